@@ -1,0 +1,97 @@
+//! The one error type of shmrpc.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong with a server or a call.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// No server of that name is running (no mapping, a stale one, or one still starting).
+    NotFound {
+        /// The name looked up.
+        name: String,
+    },
+    /// The call did not complete within its timeout; its slot is given back to the server.
+    Timeout {
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The server stopped or died while the call waited (or before it started).
+    ServerGone,
+    /// The message does not fit one slot.
+    PayloadTooLarge {
+        /// Bytes of the serialized message.
+        len: usize,
+        /// The largest message a slot carries.
+        max: usize,
+    },
+    /// A builder setting is out of range; the message names the bounds.
+    InvalidConfig(String),
+    /// The server name is not acceptable.
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A live server already holds that name.
+    AddrInUse {
+        /// The name.
+        name: String,
+    },
+    /// A message (or the mapping itself) did not validate.
+    BadMessage(String),
+    /// The handler panicked while serving this call; the server goes on serving.
+    HandlerPanicked,
+    /// An operating-system call failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotFound { name } => write!(f, "no shmrpc server named {name:?} is running"),
+            Error::Timeout { after } => write!(f, "the call timed out after {after:?}"),
+            Error::ServerGone => write!(f, "the server stopped or died"),
+            Error::PayloadTooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes is larger than the {max} bytes a slot carries"
+            ),
+            Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
+            Error::InvalidName { name, reason } => {
+                write!(f, "invalid server name {name:?}: {reason}")
+            }
+            Error::AddrInUse { name } => {
+                write!(f, "a live shmrpc server already holds the name {name:?}")
+            }
+            Error::BadMessage(why) => write!(f, "bad message: {why}"),
+            Error::HandlerPanicked => write!(f, "the server's handler panicked on this call"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        Error::Io(e.into())
+    }
+}
+
+/// `Result<T, shmrpc::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,227 @@
+//! The byte layout of the shared mapping. DESIGN.md quotes this file; keep the two in step.
+//!
+//! Everything here is `#[repr(C)]`, fixed-width and little-endian (shmrpc only builds for
+//! little-endian targets), with explicit padding instead of `CachePadded` so that a 32-bit and
+//! a 64-bit process compute the same offsets. The compile-time assertions at the bottom pin
+//! every offset that DESIGN.md names.
+
+use crate::error::Error;
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
+/// Bumped whenever any offset or meaning in this file changes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes reserved for [`Header`] at the start of the mapping.
+pub const HEADER_SIZE: usize = 1024;
+/// Bytes of [`SlotHeader`] at the start of every slot; the payload follows.
+pub const SLOT_HEADER_SIZE: usize = 64;
+/// Slots are a multiple of this many bytes, so every payload starts 64-byte aligned.
+pub const SLOT_ALIGN: usize = 64;
+/// Most slots a mapping can have: one bit each in the 16-word ready bitmap.
+pub const MAX_SLOTS: u32 = 1024;
+/// Words in the ready bitmap.
+pub const READY_WORDS: usize = (MAX_SLOTS as usize) / 64;
+/// Smallest accepted capacity (bytes of the whole mapping).
+pub const MIN_CAPACITY: usize = 64 * 1024;
+/// Largest accepted capacity; lengths in the mapping are `u32`.
+pub const MAX_CAPACITY: usize = 256 * 1024 * 1024;
+/// Default capacity: 1 MiB.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+/// Default slot count: 32 slots of just under 32 KiB at the default capacity.
+pub const DEFAULT_SLOTS: u32 = 32;
+/// A slot must be able to carry at least this many payload bytes.
+pub const MIN_PAYLOAD: usize = 256;
+
+/// Server lifecycle values of [`Header::server_state`].
+pub mod server_state {
+    /// The mapping exists but the server has not finished initializing it.
+    pub const INIT: u32 = 0;
+    /// Workers are serving.
+    pub const RUNNING: u32 = 1;
+    /// The server stopped (cleanly); callers get `ServerGone`.
+    pub const STOPPED: u32 = 2;
+}
+
+/// Slot kinds in [`SlotHeader::kind`], written by the client while it owns the slot.
+pub mod kind {
+    /// A request that expects a reply.
+    pub const REQUEST: u32 = 0;
+    /// A one-way message.
+    pub const ONEWAY: u32 = 1;
+}
+
+/// Reply status in [`SlotHeader::status`], written by the server before it publishes.
+pub mod status {
+    /// The payload holds the reply archive (or nothing, for an accepted one-way message).
+    pub const OK: u32 = 0;
+    /// The request did not validate as the server's request type.
+    pub const BAD_MESSAGE: u32 = 1;
+    /// The handler panicked; the server goes on serving.
+    pub const HANDLER_PANICKED: u32 = 2;
+    /// The reply did not fit the slot; `reply_len` holds its size.
+    pub const REPLY_TOO_LARGE: u32 = 3;
+    /// The message kind does not match the server (a request to a one-way server).
+    pub const WRONG_KIND: u32 = 4;
+}
+
+/// The header at offset 0 of the mapping. Written once by the server before it publishes
+/// `magic`; after that only the atomics change.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    /// [`MAGIC`], stored last (Release) when the header is complete.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub version: AtomicU32,
+    /// [`HEADER_SIZE`].
+    pub header_size: AtomicU32,
+    /// Bytes of the whole mapping.
+    pub capacity: AtomicU64,
+    /// Number of slots.
+    pub slot_count: AtomicU32,
+    /// Bytes per slot, header included (a multiple of [`SLOT_ALIGN`]).
+    pub slot_size: AtomicU32,
+    /// Largest archive a slot carries: `slot_size - SLOT_HEADER_SIZE`.
+    pub max_payload: AtomicU32,
+    /// Pid of the server process.
+    pub server_pid: AtomicU32,
+    /// Start time of the server process (clock ticks since boot, `/proc/PID/stat` field 22):
+    /// with the pid, it tells a live server from a recycled pid.
+    pub server_start: AtomicU64,
+    /// Bumped at every server start under this name.
+    pub epoch: AtomicU64,
+    _pad0: [u8; 8],
+    // ---- line 1 (64): the server's wake words, written by clients and workers.
+    /// One of [`server_state`].
+    pub server_state: AtomicU32,
+    /// Futex word the workers park on; bumped by a client that wakes them.
+    pub server_seq: AtomicU32,
+    /// Workers parked (or about to park) on `server_seq`.
+    pub server_sleepers: AtomicU32,
+    _pad1: [u8; 52],
+    // ---- line 2 (128): free-slot waiters.
+    /// Futex word of callers waiting for a free slot; bumped by whoever frees one.
+    pub free_seq: AtomicU32,
+    /// Callers parked (or about to park) on `free_seq`.
+    pub free_waiters: AtomicU32,
+    _pad2: [u8; 56],
+    // ---- lines 3-4 (192): the ready bitmap, one bit per slot holding a published request.
+    /// Bit `i % 64` of word `i / 64` is set by the client that publishes slot `i`.
+    pub ready: [AtomicU64; READY_WORDS],
+    // ---- line 5 (320): counters, relaxed.
+    /// Requests and one-way messages the handlers ran to completion.
+    pub served: AtomicU64,
+    /// Requests that did not validate.
+    pub bad_messages: AtomicU64,
+    /// Handler panics.
+    pub panics: AtomicU64,
+    /// Calls the clients abandoned (timeout or cancellation).
+    pub abandoned: AtomicU64,
+    _pad3: [u8; HEADER_SIZE - 352],
+}
+
+/// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
+///
+/// Apart from `state`, each field is written only by the side that owns the slot (see the
+/// state machine in `protocol.rs`); they are atomics, accessed `Relaxed`, so that a peer that
+/// breaks the protocol causes wrong values, never a data race in this process.
+#[repr(C)]
+#[derive(Debug)]
+pub struct SlotHeader {
+    /// The slot state word (`protocol::State`): kind, waiter bit and generation.
+    pub state: AtomicU32,
+    /// One of [`kind`].
+    pub kind: AtomicU32,
+    /// Length of the request archive.
+    pub req_len: AtomicU32,
+    /// Length of the reply archive.
+    pub reply_len: AtomicU32,
+    /// One of [`status`].
+    pub status: AtomicU32,
+    /// Pid of the client process that claimed the slot.
+    pub owner_pid: AtomicU32,
+    /// Start time of that process (see [`Header::server_start`]).
+    pub owner_start: AtomicU64,
+    /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
+    pub call_id: [AtomicU64; 2],
+    _pad: [u8; 16],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<Header>() == HEADER_SIZE);
+    assert!(offset_of!(Header, capacity) == 16);
+    assert!(offset_of!(Header, slot_count) == 24);
+    assert!(offset_of!(Header, slot_size) == 28);
+    assert!(offset_of!(Header, max_payload) == 32);
+    assert!(offset_of!(Header, server_pid) == 36);
+    assert!(offset_of!(Header, server_start) == 40);
+    assert!(offset_of!(Header, epoch) == 48);
+    assert!(offset_of!(Header, server_state) == 64);
+    assert!(offset_of!(Header, server_seq) == 68);
+    assert!(offset_of!(Header, server_sleepers) == 72);
+    assert!(offset_of!(Header, free_seq) == 128);
+    assert!(offset_of!(Header, free_waiters) == 132);
+    assert!(offset_of!(Header, ready) == 192);
+    assert!(offset_of!(Header, served) == 320);
+    assert!(offset_of!(Header, abandoned) == 344);
+    assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
+    assert!(offset_of!(SlotHeader, owner_pid) == 20);
+    assert!(offset_of!(SlotHeader, owner_start) == 24);
+    assert!(offset_of!(SlotHeader, call_id) == 32);
+    assert!(cfg!(target_endian = "little"));
+};
+
+/// The geometry of one mapping, computed from the configuration by the server and checked
+/// against the file by clients. Every offset the code uses comes from here, never from the
+/// mapping itself after it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes of the whole mapping.
+    pub capacity: usize,
+    /// Number of slots.
+    pub slot_count: u32,
+    /// Bytes per slot, header included.
+    pub slot_size: usize,
+}
+
+impl Layout {
+    /// The geometry for `capacity` bytes split into `slots` slots, or `InvalidConfig`.
+    pub fn new(capacity: usize, slots: u32) -> Result<Layout, Error> {
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % 4096 != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "capacity {capacity} must be a multiple of 4096 in {MIN_CAPACITY}..={MAX_CAPACITY} bytes"
+            )));
+        }
+        if !(1..=MAX_SLOTS).contains(&slots) {
+            return Err(Error::InvalidConfig(format!(
+                "slot count {slots} must be in 1..={MAX_SLOTS}"
+            )));
+        }
+        let slot_size = ((capacity - HEADER_SIZE) / slots as usize) & !(SLOT_ALIGN - 1);
+        if slot_size < SLOT_HEADER_SIZE + MIN_PAYLOAD {
+            return Err(Error::InvalidConfig(format!(
+                "{slots} slots in {capacity} bytes leave {slot_size} bytes per slot; \
+                 each needs at least {}",
+                SLOT_HEADER_SIZE + MIN_PAYLOAD
+            )));
+        }
+        Ok(Layout {
+            capacity,
+            slot_count: slots,
+            slot_size,
+        })
+    }
+
+    /// Largest message (archive bytes) one slot carries.
+    pub fn max_payload(&self) -> usize {
+        self.slot_size - SLOT_HEADER_SIZE
+    }
+
+    /// Byte offset of slot `i` from the start of the mapping.
+    pub fn slot_offset(&self, i: u32) -> usize {
+        HEADER_SIZE + i as usize * self.slot_size
+    }
+}

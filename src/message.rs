@@ -1,0 +1,135 @@
+//! Messages: the rkyv bounds a message type meets, serialization straight into a slot, and
+//! validated access to a peer's bytes.
+
+use crate::error::{Error, Result};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Positional, Writer};
+use std::cell::Cell;
+use uuid::Uuid;
+
+/// A type that can travel through shmrpc: any rkyv type whose archive validates with
+/// bytecheck. `String`, `Vec<u8>`, primitives, tuples and every
+/// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]` type qualify; the blanket
+/// impl means nobody implements this by hand.
+pub trait Message:
+    rkyv::Archive<
+        Archived: rkyv::Portable
+                      + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+    > + for<'a> rkyv::Serialize<HighSerializer<SlotWriter, ArenaHandle<'a>, rancor::Error>>
+    + Sized
+{
+}
+
+impl<T> Message for T where
+    T: rkyv::Archive<
+            Archived: rkyv::Portable
+                          + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                          + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+        > + for<'a> rkyv::Serialize<HighSerializer<SlotWriter, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// The rkyv writer that serializes straight into a slot's payload area.
+///
+/// Past the end of the area it keeps counting without writing, so that a message too large
+/// for the slot reports its exact size in `PayloadTooLarge` without a second pass.
+#[derive(Debug)]
+pub struct SlotWriter {
+    ptr: *mut u8,
+    cap: usize,
+    pos: usize,
+}
+
+impl Positional for SlotWriter {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E> Writer<E> for SlotWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let end = self.pos.saturating_add(bytes.len());
+        if end <= self.cap {
+            // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
+            // `serialize_into` owns (its slot is CLAIMED by the client or SERVING by the
+            // worker), and `bytes` is a distinct Rust slice, so the ranges do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
+            };
+        }
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// Serializes `value` into the `cap` bytes at `dst`; returns the archive's length.
+///
+/// # Safety
+/// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
+/// client or SERVING by this worker) for the duration of the call, and aligned to 16.
+pub(crate) unsafe fn serialize_into<T: Message>(
+    value: &T,
+    dst: *mut u8,
+    cap: usize,
+) -> Result<usize> {
+    let writer = SlotWriter {
+        ptr: dst,
+        cap,
+        pos: 0,
+    };
+    let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
+        .map_err(|e| Error::BadMessage(format!("could not serialize the message: {e}")))?;
+    if writer.pos > cap {
+        return Err(Error::PayloadTooLarge {
+            len: writer.pos,
+            max: cap,
+        });
+    }
+    Ok(writer.pos)
+}
+
+/// Validates `bytes` as an archived `T` with bytecheck and returns a reference into them.
+pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
+    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(|e| {
+        Error::BadMessage(format!(
+            "the bytes do not validate as {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+/// Deserializes an archived `T` into an owned `T`.
+pub fn deserialize<T: Message>(archived: &T::Archived) -> Result<T> {
+    rkyv::deserialize::<T, rancor::Error>(archived)
+        .map_err(|e| Error::BadMessage(format!("could not deserialize: {e}")))
+}
+
+thread_local! {
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A fresh random (version 4) UUID for a call, from a per-thread SplitMix64 generator seeded
+/// once from the operating system: no system call and no allocation per call. Call ids only
+/// need to be unique, not unpredictable.
+pub fn new_call_id() -> Uuid {
+    RNG.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = Uuid::new_v4().as_u64_pair().0 | 1;
+        }
+        let mut next = || {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let bytes = ((u128::from(next()) << 64) | u128::from(next())).to_le_bytes();
+        state.set(s);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    })
+}

@@ -1,0 +1,541 @@
+//! The slot protocol and the wake protocol, written once and run both in production (over the
+//! mapping and the futex) and under loom (over heap atomics and a modelled parker).
+//!
+//! # The slot state word
+//!
+//! Each slot is an SPSC channel between one client call and the server, driven by one
+//! `AtomicU32` ([`State`]): bits 0..3 are the state, bit 3 is [`State::WAITER`] (the client is
+//! parked on this word and wants a futex wake), bits 8..32 are the generation, bumped each time
+//! the slot becomes FREE again, so that a late transition made for an earlier call can never
+//! match the word of the next one.
+//!
+//! | from | to | who | method | publishes |
+//! |---|---|---|---|---|
+//! | FREE g | CLAIMED g | client | [`try_claim`] | (acquires the last owner's release) |
+//! | CLAIMED g | REQUEST g | client | [`publish_request`] | request bytes and slot fields |
+//! | REQUEST g | SERVING g | worker | [`begin_serving`] | (acquires the request) |
+//! | SERVING g | REPLY g | worker | [`finish`] | reply bytes and status |
+//! | SERVING g | ACCEPTED g | worker | [`finish`] | one-way: the message was taken |
+//! | REQUEST g, SERVING g | ABANDONED g | client | [`abandon`] | the client gave up |
+//! | ABANDONED g | FREE g+1 | worker | [`begin_serving`], [`finish`] | |
+//! | ACCEPTED g | FREE g+1 | worker | [`release`] | (after the one-way handler ran) |
+//! | REPLY g | FREE g+1 | client | [`release`] | the client is done reading the reply |
+//! | CLAIMED g | FREE g+1 | client | [`release`] | the request did not fit |
+//! | REQUEST g, SERVING g | + WAITER | client | [`wait_done`] | the client is about to park |
+//!
+//! # The ready bitmap
+//!
+//! A client that publishes slot `i` sets bit `i` of the ready bitmap; a worker takes a bit with
+//! `fetch_and`, so that exactly one worker sees each publication ([`take_ready`]), then moves
+//! the slot REQUEST -> SERVING with a compare-and-swap that also fails for a stale bit.
+//!
+//! # Wake protocol
+//!
+//! Every wait spins first, then announces itself (a waiter count or the WAITER bit), re-checks
+//! its condition, and only then parks on a futex word with the value it last saw. Every waker
+//! changes the condition first and then looks for announced waiters; it makes the wake system
+//! call only when there is one. Announcement and condition are both `SeqCst` on each side (a
+//! store-load pattern: each side writes one word and then reads the other's), so at least one
+//! of the two sees the other: the waiter does not sleep, or the waker wakes it.
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The packed slot state word: `generation << 8 | waiter << 3 | kind`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct State(pub u32);
+
+impl State {
+    /// Free: any client may claim it.
+    pub const FREE: u32 = 0;
+    /// A client owns it and is writing the request.
+    pub const CLAIMED: u32 = 1;
+    /// The request is published; a worker may take it.
+    pub const REQUEST: u32 = 2;
+    /// A worker is running the handler.
+    pub const SERVING: u32 = 3;
+    /// The reply is published; the client owns the slot and reads it.
+    pub const REPLY: u32 = 4;
+    /// The client gave up; the worker frees the slot when it sees this.
+    pub const ABANDONED: u32 = 5;
+    /// A one-way message was taken; the worker owns the slot until its handler returns.
+    pub const ACCEPTED: u32 = 6;
+    /// The client is parked on this word and needs a futex wake on the next transition.
+    pub const WAITER: u32 = 1 << 3;
+    const KIND_MASK: u32 = 0b111;
+    const GEN_SHIFT: u32 = 8;
+
+    /// The word for `kind` at generation `gen` (without WAITER).
+    #[inline]
+    pub fn new(kind: u32, gen: u32) -> State {
+        State((gen << Self::GEN_SHIFT) | kind)
+    }
+    /// The state, without waiter bit and generation.
+    #[inline]
+    pub fn kind(self) -> u32 {
+        self.0 & Self::KIND_MASK
+    }
+    /// The generation (24 bits, wrapping).
+    #[inline]
+    pub fn gen(self) -> u32 {
+        self.0 >> Self::GEN_SHIFT
+    }
+    /// Whether a client announced that it parks on this word.
+    #[inline]
+    pub fn has_waiter(self) -> bool {
+        self.0 & Self::WAITER != 0
+    }
+    /// The generation that follows `gen`.
+    #[inline]
+    pub fn next_gen(gen: u32) -> u32 {
+        gen.wrapping_add(1) & (u32::MAX >> Self::GEN_SHIFT)
+    }
+}
+
+/// Where the protocol's words live: in the mapping in production, on the heap under loom.
+pub trait Words {
+    /// Number of slots.
+    fn slot_count(&self) -> u32;
+    /// The state word of slot `i` (`i < slot_count()`).
+    fn slot_state(&self, i: u32) -> &AtomicU32;
+    /// Word `w` of the ready bitmap (`w < slot_count().div_ceil(64)`).
+    fn ready_word(&self, w: usize) -> &AtomicU64;
+    /// The server lifecycle word (`layout::server_state`).
+    fn server_state(&self) -> &AtomicU32;
+    /// Futex word the workers park on.
+    fn server_seq(&self) -> &AtomicU32;
+    /// Count of workers parked or about to park.
+    fn server_sleepers(&self) -> &AtomicU32;
+    /// Futex word of callers waiting for a free slot.
+    fn free_seq(&self) -> &AtomicU32;
+    /// Count of callers parked or about to park for a free slot.
+    fn free_waiters(&self) -> &AtomicU32;
+}
+
+/// How a thread sleeps on a word and is woken: the futex in production, a modelled parker
+/// under loom.
+pub trait Park {
+    /// Sleeps while `*word == expected`, at most `timeout`; may return spuriously.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
+    /// Wakes at most `n` threads sleeping on `word`.
+    fn wake(&self, word: &AtomicU32, n: u32);
+}
+
+/// What a waiting caller does between checks: how long to spin, how long each park lasts,
+/// whether its deadline passed and whether the peer still lives.
+pub trait Waiting {
+    /// Spins (or yields) until `done()` or the spin budget is spent; returns `done()`'s last value.
+    fn spin(&mut self, done: &mut dyn FnMut() -> bool) -> bool;
+    /// How long the next park may last, or `None` when the deadline has passed.
+    fn next_park(&mut self) -> Option<Duration>;
+    /// Whether the peer this call waits for is still alive (checked once per park).
+    fn peer_alive(&mut self) -> bool;
+}
+
+/// Why a wait ended without its condition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WaitError {
+    /// The deadline passed.
+    Timeout,
+    /// The server stopped or died.
+    Gone,
+}
+
+#[inline]
+fn server_running<W: Words + ?Sized>(w: &W) -> bool {
+    w.server_state().load(Ordering::SeqCst) == crate::layout::server_state::RUNNING
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: claim, publish, wait, abandon, release.
+
+/// Tries to claim a FREE slot, scanning from `start`. Returns the slot and its generation.
+pub fn try_claim<W: Words + ?Sized>(w: &W, start: u32) -> Option<(u32, u32)> {
+    let n = w.slot_count();
+    for k in 0..n {
+        let i = (start.wrapping_add(k)) % n;
+        let word = w.slot_state(i);
+        // SeqCst: in the slow path of `claim` this load is the re-check after announcing a
+        // free-slot waiter; it pairs with the SeqCst store of FREE in `release_slot`.
+        let s = State(word.load(Ordering::SeqCst));
+        if s.kind() != State::FREE {
+            continue;
+        }
+        let claimed = State::new(State::CLAIMED, s.gen());
+        // SYNC: Acquire pairs with the store of FREE in `release_slot`, so the previous owner's
+        // reads of this slot happen before our writes to it.
+        if word
+            .compare_exchange(s.0, claimed.0, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some((i, s.gen()));
+        }
+    }
+    None
+}
+
+/// Claims a free slot, waiting (spin, then park on `free_seq`) while all are busy.
+pub fn claim<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    start: u32,
+    waiting: &mut dyn Waiting,
+) -> Result<(u32, u32), WaitError> {
+    if let Some(c) = try_claim(w, start) {
+        return Ok(c);
+    }
+    claim_slow(w, park, start, waiting)
+}
+
+#[cold]
+fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    start: u32,
+    waiting: &mut dyn Waiting,
+) -> Result<(u32, u32), WaitError> {
+    let mut got = None;
+    if waiting.spin(&mut || {
+        got = try_claim(w, start);
+        got.is_some()
+    }) {
+        return Ok(got.expect("spin reported success"));
+    }
+    loop {
+        if !server_running(w) || !waiting.peer_alive() {
+            return Err(WaitError::Gone);
+        }
+        let Some(slice) = waiting.next_park() else {
+            return Err(WaitError::Timeout);
+        };
+        let seq = w.free_seq().load(Ordering::SeqCst);
+        // SYNC: announce, then re-check (SeqCst both); pairs with `notify_free`, which frees
+        // first and then reads `free_waiters`.
+        w.free_waiters().fetch_add(1, Ordering::SeqCst);
+        if let Some(c) = try_claim(w, start) {
+            w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+            return Ok(c);
+        }
+        if !server_running(w) {
+            w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+            return Err(WaitError::Gone);
+        }
+        park.wait(w.free_seq(), seq, Some(slice));
+        w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+        // A woken waiter always tries to claim before it looks at its deadline, so a wake for
+        // a freed slot is either used here or the slot was taken by another claimer.
+        if let Some(c) = try_claim(w, start) {
+            return Ok(c);
+        }
+    }
+}
+
+/// Publishes the request in `slot` (CLAIMED -> REQUEST) and wakes a worker if one sleeps.
+pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
+    // SYNC: Release publishes the request bytes and slot fields; pairs with the Acquire CAS in
+    // `begin_serving`.
+    w.slot_state(slot)
+        .store(State::new(State::REQUEST, gen).0, Ordering::Release);
+    // SYNC: SeqCst store-load pair with `worker_park`: set the bit, then read the sleepers.
+    w.ready_word(slot as usize / 64)
+        .fetch_or(1u64 << (slot % 64), Ordering::SeqCst);
+    if w.server_sleepers().load(Ordering::SeqCst) > 0 {
+        w.server_seq().fetch_add(1, Ordering::SeqCst);
+        park.wake(w.server_seq(), 1);
+    }
+}
+
+/// Whether a state word means the call is complete: the reply is there, or the one-way
+/// message was accepted (the worker may even have run the handler and freed the slot already,
+/// which bumps the generation: only the worker frees a slot while its client waits).
+#[inline]
+fn is_done(s: State, gen: u32) -> bool {
+    s.gen() != gen || matches!(s.kind(), State::REPLY | State::ACCEPTED)
+}
+
+/// The state a completed call reports: a slot freed after ACCEPTED reads as ACCEPTED.
+#[inline]
+fn done_state(s: State, gen: u32) -> State {
+    if s.gen() == gen {
+        s
+    } else {
+        State::new(State::ACCEPTED, gen)
+    }
+}
+
+/// Waits until the call in `slot` is complete (REPLY or ACCEPTED at `gen`).
+///
+/// On `Err`, the call is still in flight: the caller must [`abandon`] it.
+pub fn wait_done<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    gen: u32,
+    waiting: &mut dyn Waiting,
+) -> Result<State, WaitError> {
+    let word = w.slot_state(slot);
+    // SYNC: Acquire pairs with the Release in `finish`: the reply bytes are visible.
+    let s = State(word.load(Ordering::Acquire));
+    if is_done(s, gen) {
+        return Ok(done_state(s, gen));
+    }
+    wait_done_slow(w, park, slot, gen, waiting)
+}
+
+#[cold]
+fn wait_done_slow<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    gen: u32,
+    waiting: &mut dyn Waiting,
+) -> Result<State, WaitError> {
+    let word = w.slot_state(slot);
+    // SYNC (all loads below): Acquire pairs with the Release in `finish`.
+    let mut last = State(0);
+    if waiting.spin(&mut || {
+        last = State(word.load(Ordering::Acquire));
+        is_done(last, gen)
+    }) {
+        return Ok(done_state(last, gen));
+    }
+    loop {
+        let s = State(word.load(Ordering::Acquire));
+        if is_done(s, gen) {
+            return Ok(done_state(s, gen));
+        }
+        if !matches!(s.kind(), State::REQUEST | State::SERVING) {
+            // Only a peer that breaks the protocol moves our slot elsewhere.
+            return Err(WaitError::Gone);
+        }
+        let Some(slice) = waiting.next_park() else {
+            return Err(WaitError::Timeout);
+        };
+        let parked = State(s.0 | State::WAITER);
+        // SYNC: SeqCst announce (the WAITER bit), then the SeqCst re-check of the server state
+        // below; pairs with `shutdown`, which stores STOPPED and then reads every slot word.
+        if !s.has_waiter()
+            && word
+                .compare_exchange(s.0, parked.0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        if !server_running(w) || !waiting.peer_alive() {
+            return Err(WaitError::Gone);
+        }
+        park.wait(word, parked.0, Some(slice));
+    }
+}
+
+/// Gives up the call in `slot`: REQUEST/SERVING -> ABANDONED, so that the worker frees the
+/// slot. If the call completed meanwhile, returns its state instead (the caller then owns a
+/// REPLY, or nothing to do for ACCEPTED).
+pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), State> {
+    let word = w.slot_state(slot);
+    let mut cur = State(word.load(Ordering::Acquire));
+    loop {
+        if is_done(cur, gen) {
+            return Err(done_state(cur, gen));
+        }
+        if !matches!(cur.kind(), State::REQUEST | State::SERVING) {
+            return Ok(());
+        }
+        // SYNC: AcqRel: Acquire in case we lose to `finish` and read its reply; Release so the
+        // worker that frees the slot orders after our last access.
+        match word.compare_exchange(
+            cur.0,
+            State::new(State::ABANDONED, gen).0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(now) => cur = State(now),
+        }
+    }
+}
+
+/// Frees `slot` (its owner is done with it): -> FREE at the next generation, waking one
+/// caller that waits for a free slot.
+pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
+    release_slot(w, slot, gen);
+    notify_free(w, park);
+}
+
+fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {
+    // SYNC: SeqCst (a Release store): publishes that we are done with the slot, pairs with the
+    // Acquire CAS in `try_claim`; SeqCst for the store-load pair with `claim_slow`.
+    w.slot_state(slot).store(
+        State::new(State::FREE, State::next_gen(gen)).0,
+        Ordering::SeqCst,
+    );
+}
+
+fn notify_free<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
+    if w.free_waiters().load(Ordering::SeqCst) > 0 {
+        w.free_seq().fetch_add(1, Ordering::SeqCst);
+        park.wake(w.free_seq(), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side: take a ready slot, begin serving, finish, park.
+
+/// Takes one bit of the ready bitmap, scanning words from `start_word`; exactly one caller gets
+/// each set bit.
+pub fn take_ready<W: Words + ?Sized>(w: &W, start_word: usize) -> Option<u32> {
+    let words = (w.slot_count() as usize).div_ceil(64);
+    for k in 0..words {
+        let wi = (start_word + k) % words;
+        let word = w.ready_word(wi);
+        // SeqCst: this is also the re-check in `worker_park`'s store-load pair.
+        let mut v = word.load(Ordering::SeqCst);
+        while v != 0 {
+            let bit = v & v.wrapping_neg();
+            // SYNC: AcqRel on the bitmap only decides who owns the bit; the request bytes are
+            // acquired by the CAS in `begin_serving`.
+            let old = word.fetch_and(!bit, Ordering::AcqRel);
+            if old & bit != 0 {
+                let slot = wi as u32 * 64 + bit.trailing_zeros();
+                if slot < w.slot_count() {
+                    return Some(slot);
+                }
+            }
+            v = old & !bit;
+        }
+    }
+    None
+}
+
+/// What a worker found in a slot whose ready bit it took.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Begin {
+    /// The worker now owns the request at this generation (REQUEST -> SERVING).
+    Serve(u32),
+    /// Nothing to serve: an abandoned call (now freed) or a stale bit.
+    Skip,
+}
+
+/// REQUEST -> SERVING for the slot whose ready bit this worker took.
+pub fn begin_serving<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32) -> Begin {
+    let word = w.slot_state(slot);
+    let mut cur = State(word.load(Ordering::Acquire));
+    loop {
+        match cur.kind() {
+            State::REQUEST => {
+                let next = State(State::new(State::SERVING, cur.gen()).0 | (cur.0 & State::WAITER));
+                // SYNC: Acquire pairs with the Release in `publish_request`: the request bytes
+                // are visible to this worker.
+                match word.compare_exchange(cur.0, next.0, Ordering::Acquire, Ordering::Acquire) {
+                    Ok(_) => return Begin::Serve(cur.gen()),
+                    Err(now) => cur = State(now),
+                }
+            }
+            State::ABANDONED => {
+                // The client timed out before we took the request: the slot is ours to free.
+                release(w, park, slot, cur.gen());
+                return Begin::Skip;
+            }
+            _ => return Begin::Skip,
+        }
+    }
+}
+
+/// SERVING -> `to` (REPLY or ACCEPTED), publishing the reply, and wakes the client if it
+/// parked. Returns `false` if the client had abandoned the call: the slot is then freed here.
+pub fn finish<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    gen: u32,
+    to: u32,
+) -> bool {
+    let word = w.slot_state(slot);
+    let mut cur = State(word.load(Ordering::Relaxed));
+    loop {
+        if cur.gen() != gen {
+            return false;
+        }
+        match cur.kind() {
+            State::SERVING => {
+                // SYNC: Release publishes the reply bytes and status; pairs with the Acquire
+                // loads in `wait_done`. SeqCst for the WAITER store-load pair with
+                // `wait_done_slow` is not needed: the CAS itself reads the WAITER bit.
+                match word.compare_exchange(
+                    cur.0,
+                    State::new(to, gen).0,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        if cur.has_waiter() {
+                            park.wake(word, u32::MAX);
+                        }
+                        return true;
+                    }
+                    Err(now) => cur = State(now),
+                }
+            }
+            State::ABANDONED => {
+                // SYNC: the Acquire pairs with the client's AcqRel abandon CAS.
+                crate::sync::fence(Ordering::Acquire);
+                release(w, park, slot, gen);
+                return false;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Parks a worker until a request is published, the server stops, or `timeout` passes.
+pub fn worker_park<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    timeout: Option<Duration>,
+) {
+    let seq = w.server_seq().load(Ordering::SeqCst);
+    // SYNC: announce, then re-check the bitmap (SeqCst both); pairs with `publish_request`,
+    // which sets the bit and then reads `server_sleepers`.
+    w.server_sleepers().fetch_add(1, Ordering::SeqCst);
+    let words = (w.slot_count() as usize).div_ceil(64);
+    let pending = (0..words).any(|i| w.ready_word(i).load(Ordering::SeqCst) != 0);
+    if !pending && server_running(w) {
+        park.wait(w.server_seq(), seq, timeout);
+    }
+    w.server_sleepers().fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Whether any request is waiting in the ready bitmap.
+pub fn any_ready<W: Words + ?Sized>(w: &W) -> bool {
+    let words = (w.slot_count() as usize).div_ceil(64);
+    (0..words).any(|i| w.ready_word(i).load(Ordering::Relaxed) != 0)
+}
+
+/// Stops the server: sets STOPPED, then wakes every parked worker, every client parked on a
+/// slot, and every caller waiting for a free slot. Each of them re-checks the server state.
+pub fn shutdown<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
+    // SYNC: SeqCst store, then SeqCst loads of every slot word: pairs with `wait_done_slow`,
+    // which sets WAITER and then reads the server state.
+    w.server_state()
+        .store(crate::layout::server_state::STOPPED, Ordering::SeqCst);
+    w.server_seq().fetch_add(1, Ordering::SeqCst);
+    park.wake(w.server_seq(), u32::MAX);
+    for i in 0..w.slot_count() {
+        let word = w.slot_state(i);
+        let s = State(word.load(Ordering::SeqCst));
+        if s.has_waiter() {
+            // Clearing WAITER changes the futex word, so a client that announced itself but
+            // has not entered the futex yet does not sleep (its expected value is stale);
+            // it re-announces if it parks again. A failed CAS means the word changed anyway.
+            let _ = word.compare_exchange(
+                s.0,
+                s.0 & !State::WAITER,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            park.wake(word, u32::MAX);
+        }
+    }
+    w.free_seq().fetch_add(1, Ordering::SeqCst);
+    park.wake(w.free_seq(), u32::MAX);
+}

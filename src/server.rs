@@ -1,0 +1,467 @@
+//! The server: a name, a mapping, worker threads and a handler.
+
+use crate::error::{Error, Result};
+use crate::layout::{self, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
+use crate::message::{self, Message};
+use crate::protocol::{self, Begin, State};
+use crate::shm::{validate_name, Futex, Mapping, NameLock};
+use crate::sync::Ordering;
+use crate::wait::{spin_until, WaitMode};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A request as the handler sees it: the call's id and the archived message, validated and
+/// read in place in the mapping. Derefs to the archived message.
+pub struct Request<'a, T: Message> {
+    id: Uuid,
+    archived: &'a T::Archived,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Request<'_, T> {
+    /// The call's UUID (the caller's `Reply::id` is the same).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    /// The archived message, read in place.
+    pub fn archived(&self) -> &T::Archived {
+        self.archived
+    }
+    /// An owned copy of the message.
+    pub fn deserialize(&self) -> Result<T> {
+        message::deserialize::<T>(self.archived)
+    }
+}
+
+impl<T: Message> Deref for Request<'_, T> {
+    type Target = T::Archived;
+    fn deref(&self) -> &T::Archived {
+        self.archived
+    }
+}
+
+impl<T: Message> std::fmt::Debug for Request<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and starts a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    name: String,
+    capacity: usize,
+    slots: u32,
+    workers: usize,
+    wait: WaitMode,
+}
+
+impl ServerBuilder {
+    /// Bytes of the whole mapping (default 1 MiB; a multiple of 4096 in 64 KiB..=256 MiB).
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+    /// Number of slots, i.e. of calls in flight at once (default 32, at most 1024). The slot
+    /// size, and so the largest message, follows from the capacity.
+    pub fn slots(mut self, n: u32) -> Self {
+        self.slots = n;
+        self
+    }
+    /// Number of worker threads running the handler (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    /// How idle workers wait for requests (default: spin 50 µs, then park).
+    pub fn wait_mode(mut self, mode: WaitMode) -> Self {
+        self.wait = mode;
+        self
+    }
+
+    /// Starts a request/response server: `handler` returns the reply.
+    pub fn serve<Req, Resp, F>(self, handler: F) -> Result<Server>
+    where
+        Req: Message + 'static,
+        Resp: Message + 'static,
+        F: Fn(Request<'_, Req>) -> Resp + Send + Sync + 'static,
+    {
+        self.start(Arc::new(Replying {
+            handler,
+            _t: PhantomData::<fn(Req) -> Resp>,
+        }))
+    }
+
+    /// Starts a one-way server: `handler` returns nothing and callers use `Client::send`.
+    pub fn serve_oneway<Req, F>(self, handler: F) -> Result<Server>
+    where
+        Req: Message + 'static,
+        F: Fn(Request<'_, Req>) + Send + Sync + 'static,
+    {
+        self.start(Arc::new(OneWay {
+            handler,
+            _t: PhantomData::<fn(Req)>,
+        }))
+    }
+
+    fn start(self, service: Arc<dyn Service>) -> Result<Server> {
+        validate_name(&self.name)?;
+        let layout = Layout::new(self.capacity, self.slots)?;
+        if !(1..=256).contains(&self.workers) {
+            return Err(Error::InvalidConfig(format!(
+                "worker count {} must be in 1..=256",
+                self.workers
+            )));
+        }
+        let lock = NameLock::acquire(&self.name)?;
+        let map = Mapping::create(&self.name, layout, &lock)?;
+        map.header()
+            .server_state
+            .store(layout::server_state::RUNNING, Ordering::SeqCst);
+        let shared = Arc::new(Shared {
+            name: self.name,
+            map,
+            wait: self.wait,
+            stopped: Mutex::new(false),
+            stopped_cv: Condvar::new(),
+            lock: Mutex::new(Some(lock)),
+        });
+        let mut workers = Vec::with_capacity(self.workers);
+        for w in 0..self.workers {
+            let worker_shared = Arc::clone(&shared);
+            let service = Arc::clone(&service);
+            let spawned = std::thread::Builder::new()
+                .name(format!("shmrpc-worker-{w}"))
+                .spawn(move || worker_loop(&worker_shared, &*service, w));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    let server = Server { shared, workers };
+                    drop(server);
+                    return Err(Error::Io(e));
+                }
+            }
+        }
+        Ok(Server { shared, workers })
+    }
+}
+
+struct Shared {
+    name: String,
+    map: Mapping,
+    wait: WaitMode,
+    stopped: Mutex<bool>,
+    stopped_cv: Condvar,
+    /// Held until the `Server` drops (a `StopHandle` may outlive it, the name must not).
+    lock: Mutex<Option<NameLock>>,
+}
+
+impl Shared {
+    fn running(&self) -> bool {
+        self.map.header().server_state.load(Ordering::Relaxed) == layout::server_state::RUNNING
+    }
+}
+
+/// A running server. Dropping it stops the workers, wakes every waiting caller with
+/// `ServerGone` and removes the name.
+pub struct Server {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.shared.name)
+            .field("layout", self.shared.map.layout())
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+/// Stops a server from another thread (a signal handler's thread, for example).
+#[derive(Clone)]
+pub struct StopHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl StopHandle {
+    /// Stops the server: new and waiting calls get `ServerGone`, workers finish the handler
+    /// they are in and exit, and `Server::join` returns.
+    pub fn stop(&self) {
+        let mut stopped = self
+            .shared
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !*stopped {
+            *stopped = true;
+            protocol::shutdown(&self.shared.map, &Futex);
+            self.shared.stopped_cv.notify_all();
+        }
+    }
+}
+
+impl Server {
+    /// A builder for a server published under `name`.
+    pub fn builder(name: impl Into<String>) -> ServerBuilder {
+        ServerBuilder {
+            name: name.into(),
+            capacity: DEFAULT_CAPACITY,
+            slots: DEFAULT_SLOTS,
+            workers: 1,
+            wait: WaitMode::default(),
+        }
+    }
+
+    /// The name the server is published under.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The largest message (request or reply) one slot carries, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.shared.map.layout().max_payload()
+    }
+
+    /// A handle that stops this server from elsewhere.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Stops the server (see [`StopHandle::stop`]).
+    pub fn stop(&self) {
+        self.stop_handle().stop();
+    }
+
+    /// Blocks until the server is stopped (through a [`StopHandle`]), then cleans up.
+    pub fn join(self) {
+        let mut stopped = self
+            .shared
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while !*stopped {
+            stopped = self
+                .shared
+                .stopped_cv
+                .wait(stopped)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(stopped);
+        drop(self);
+    }
+
+    /// Requests served (handlers run to completion) since start.
+    pub fn served(&self) -> u64 {
+        self.shared.map.header().served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.shared.map.unlink(&self.shared.name);
+        // Last: a new server may take the name once the lock is gone.
+        drop(
+            self.shared
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// How long an idle worker parks before it re-checks the server state.
+const WORKER_PARK: Duration = Duration::from_millis(100);
+
+fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
+    let map = &shared.map;
+    let words = (map.layout().slot_count as usize).div_ceil(64);
+    let start_word = index % words;
+    let spin = match shared.wait {
+        WaitMode::Adaptive { spin } => spin,
+        WaitMode::Park => Duration::ZERO,
+    };
+    while shared.running() {
+        if let Some(slot) = protocol::take_ready(map, start_word) {
+            if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
+                service.serve(map, slot, gen);
+            }
+            continue;
+        }
+        if spin_until(spin, &mut || protocol::any_ready(map) || !shared.running()) {
+            continue;
+        }
+        protocol::worker_park(map, &Futex, Some(WORKER_PARK));
+    }
+}
+
+/// Serves one slot that the worker moved to SERVING at `gen`.
+trait Service: Send + Sync {
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32);
+}
+
+struct Replying<F, Req, Resp> {
+    handler: F,
+    _t: PhantomData<fn(Req) -> Resp>,
+}
+
+struct OneWay<F, Req> {
+    handler: F,
+    _t: PhantomData<fn(Req)>,
+}
+
+/// Reads the request in `slot` (which this worker holds in SERVING): its kind, id and
+/// validated archive, or the status to reply with.
+fn read_request<T: Message>(map: &Mapping, slot: u32) -> (u32, Uuid, Result<&T::Archived, u32>) {
+    let sh = map.slot(slot);
+    let kind = sh.kind.load(Ordering::Relaxed);
+    let id = Uuid::from_u64_pair(
+        sh.call_id[0].load(Ordering::Relaxed),
+        sh.call_id[1].load(Ordering::Relaxed),
+    );
+    let len = sh.req_len.load(Ordering::Relaxed) as usize;
+    if len > map.layout().max_payload() {
+        return (kind, id, Err(status::BAD_MESSAGE));
+    }
+    // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes before
+    // its Release publication (acquired in `begin_serving`) and writes nothing until it gets
+    // the slot back; `len` is within the payload area.
+    let bytes = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
+    (
+        kind,
+        id,
+        message::access::<T>(bytes).map_err(|_| status::BAD_MESSAGE),
+    )
+}
+
+/// Publishes a reply with `status` and no payload.
+fn reply_status(map: &Mapping, slot: u32, gen: u32, st: u32) {
+    let sh = map.slot(slot);
+    sh.status.store(st, Ordering::Relaxed);
+    sh.reply_len.store(0, Ordering::Relaxed);
+    protocol::finish(map, &Futex, slot, gen, State::REPLY);
+}
+
+/// One-way: accept first (the sender returns), then run the handler on the bytes still in the
+/// slot, which stays this worker's (ACCEPTED) until it frees it. A message whose sender gave up
+/// meanwhile is dropped unrun: that sender was told it timed out.
+fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
+    map.slot(slot).status.store(status::OK, Ordering::Relaxed);
+    if !protocol::finish(map, &Futex, slot, gen, State::ACCEPTED) {
+        return;
+    }
+    if catch_unwind(AssertUnwindSafe(run)).is_err() {
+        map.header().panics.fetch_add(1, Ordering::Relaxed);
+    } else {
+        map.header().served.fetch_add(1, Ordering::Relaxed);
+    }
+    protocol::release(map, &Futex, slot, gen);
+}
+
+fn count_bad(map: &Mapping) {
+    map.header().bad_messages.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<F, Req, Resp> Service for Replying<F, Req, Resp>
+where
+    Req: Message,
+    Resp: Message,
+    F: Fn(Request<'_, Req>) -> Resp + Send + Sync,
+{
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32) {
+        let (kind, id, archived) = read_request::<Req>(map, slot);
+        let archived = match archived {
+            Ok(a) => a,
+            Err(st) => {
+                count_bad(map);
+                return reply_status(map, slot, gen, st);
+            }
+        };
+        let request = Request {
+            id,
+            archived,
+            _t: PhantomData,
+        };
+        if kind == kind::ONEWAY {
+            // A one-way message to a replying server: accept it, run the handler, drop the
+            // reply, then free the slot (the sender is no longer waiting).
+            return accept_then_run(map, slot, gen, || drop((self.handler)(request)));
+        }
+        let Ok(reply) = catch_unwind(AssertUnwindSafe(|| (self.handler)(request))) else {
+            map.header().panics.fetch_add(1, Ordering::Relaxed);
+            return reply_status(map, slot, gen, status::HANDLER_PANICKED);
+        };
+        let max = map.layout().max_payload();
+        // SAFETY: the slot is SERVING, owned by this worker; the request archive is no longer
+        // borrowed (the handler returned an owned reply), so the payload area is free to
+        // overwrite; it is `max` bytes, 64-byte aligned.
+        let written = unsafe { message::serialize_into(&reply, map.payload(slot), max) };
+        let sh = map.slot(slot);
+        match written {
+            Ok(len) => {
+                sh.status.store(status::OK, Ordering::Relaxed);
+                sh.reply_len.store(len as u32, Ordering::Relaxed);
+            }
+            Err(Error::PayloadTooLarge { len, .. }) => {
+                sh.status.store(status::REPLY_TOO_LARGE, Ordering::Relaxed);
+                sh.reply_len
+                    .store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
+            }
+            Err(_) => {
+                sh.status.store(status::BAD_MESSAGE, Ordering::Relaxed);
+                sh.reply_len.store(0, Ordering::Relaxed);
+            }
+        }
+        map.header().served.fetch_add(1, Ordering::Relaxed);
+        protocol::finish(map, &Futex, slot, gen, State::REPLY);
+    }
+}
+
+impl<F, Req> Service for OneWay<F, Req>
+where
+    Req: Message,
+    F: Fn(Request<'_, Req>) + Send + Sync,
+{
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32) {
+        let (kind, id, archived) = read_request::<Req>(map, slot);
+        if kind != kind::ONEWAY {
+            return reply_status(map, slot, gen, status::WRONG_KIND);
+        }
+        let archived = match archived {
+            Ok(a) => a,
+            Err(st) => {
+                count_bad(map);
+                return reply_status(map, slot, gen, st);
+            }
+        };
+        let request = Request {
+            id,
+            archived,
+            _t: PhantomData,
+        };
+        accept_then_run(map, slot, gen, || (self.handler)(request));
+    }
+}

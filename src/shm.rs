@@ -1,0 +1,411 @@
+//! The shared mapping: names, creation and opening, liveness of processes, and the
+//! production implementations of [`Words`] and [`Park`].
+//!
+//! We use `rustix` (shm_open, ftruncate, fchmod, flock, mmap, futex) rather than the
+//! `shared_memory` crate: the latter has had no release since 2021, cannot set the object's
+//! mode, hides the descriptor we need for `fstat`, and its stale-object cleanup relies on a
+//! flink file. DESIGN.md explains the choice.
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Header, Layout, SlotHeader, HEADER_SIZE, SLOT_HEADER_SIZE};
+use crate::protocol::{Park, Words};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use rustix::fd::OwnedFd;
+use rustix::fs::{FlockOperation, Mode};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::shm;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+/// Longest accepted server name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Checks a server name: 1..=200 bytes of ASCII letters, digits, `_`, `-` and `.`, not
+/// starting with `.`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("the name is longer than 200 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("the name starts with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return bad("only ASCII letters, digits, '_', '-' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// The shm object name of a server's mapping: per user, so two users' servers never collide.
+pub fn object_name(name: &str) -> String {
+    format!("/shmrpc.{}.{}", rustix::process::geteuid().as_raw(), name)
+}
+
+fn lock_name(name: &str) -> String {
+    format!("{}.lock", object_name(name))
+}
+
+/// Where Linux shows shm objects in the file system.
+fn shm_path(object: &str) -> String {
+    format!("/dev/shm{object}")
+}
+
+/// Start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22), or
+/// `None` if there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the
+    // last ')'. Field 3 is the first after it, so field 22 is the 20th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's pid and start time.
+pub fn self_identity() -> (u32, u64) {
+    let pid = std::process::id();
+    (pid, process_start_time(pid).unwrap_or(0))
+}
+
+/// Whether the process `pid` that started at `start` still runs (a recycled pid has another
+/// start time). A zombie counts as dead.
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let mut fields = stat[close + 1..].split_ascii_whitespace();
+    let state = fields.next();
+    if matches!(state, Some("Z" | "X" | "x")) {
+        return false;
+    }
+    // `state` was field 3; field 22 is 19 further.
+    fields.nth(18).and_then(|f| f.parse::<u64>().ok()) == Some(start)
+}
+
+/// A mapped server mapping. The geometry (`layout`) is this process's own copy, fixed when the
+/// mapping was created or validated; nothing read from the mapping later can change it.
+#[derive(Debug)]
+pub struct Mapping {
+    base: NonNull<u8>,
+    layout: Layout,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics and through raw pointers
+// whose use the slot protocol serializes; the pointer stays valid until `Drop`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` hands out only `&Atomic*` and raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `mmap` with `layout.capacity` bytes and nothing borrows it:
+        // every borrow of a `Mapping`'s memory is tied to `&self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.base.as_ptr().cast(), self.layout.capacity);
+        }
+    }
+}
+
+fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping of `len` bytes of `fd`; nothing else refers to that
+    // address range yet. The file is at least `len` bytes long (checked by every caller).
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast()).ok_or_else(|| Error::Io(std::io::Error::other("mmap returned null")))
+}
+
+/// The exclusive claim of a server on its name: an `flock`ed lock object held for the
+/// server's lifetime. The kernel drops the lock when the process dies, however it dies.
+#[derive(Debug)]
+pub struct NameLock {
+    _fd: OwnedFd,
+    object: String,
+}
+
+impl NameLock {
+    /// Takes the name, or `AddrInUse` if a live server holds it.
+    pub fn acquire(name: &str) -> Result<NameLock> {
+        let object = lock_name(name);
+        for _ in 0..100 {
+            let fd = shm::open(
+                object.as_str(),
+                shm::OFlags::CREATE | shm::OFlags::RDWR,
+                Mode::RUSR | Mode::WUSR,
+            )?;
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(Error::AddrInUse {
+                        name: name.to_owned(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // A stopping server unlinks the lock object before it closes it: if we locked an
+            // unlinked object, try again with the current one.
+            let ours = rustix::fs::fstat(&fd)?;
+            match rustix::fs::stat(shm_path(&object)) {
+                Ok(now) if now.st_ino == ours.st_ino && now.st_dev == ours.st_dev => {
+                    return Ok(NameLock { _fd: fd, object })
+                }
+                _ => continue,
+            }
+        }
+        Err(Error::AddrInUse {
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        // Unlink while we still hold the lock; closing `fd` then releases it.
+        let _ = shm::unlink(self.object.as_str());
+    }
+}
+
+impl Mapping {
+    /// Creates the mapping of a new server under `name` (whose [`NameLock`] the caller holds),
+    /// replacing a stale one. Returns it with the server state still INIT.
+    pub fn create(name: &str, layout: Layout, _lock: &NameLock) -> Result<Mapping> {
+        let object = object_name(name);
+        let epoch = Self::stale_epoch(&object).map_or(1, |e| e.wrapping_add(1));
+        match shm::unlink(object.as_str()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fd = shm::open(
+            object.as_str(),
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        // The umask may have narrowed the mode; the contract is exactly 0600.
+        rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+        rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
+        let base = map_fd(&fd, layout.capacity)?;
+        let map = Mapping {
+            base,
+            layout,
+            _fd: fd,
+        };
+        let (pid, start) = self_identity();
+        let h = map.header();
+        h.version.store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_size.store(HEADER_SIZE as u32, Ordering::Relaxed);
+        h.capacity.store(layout.capacity as u64, Ordering::Relaxed);
+        h.slot_count.store(layout.slot_count, Ordering::Relaxed);
+        h.slot_size
+            .store(layout.slot_size as u32, Ordering::Relaxed);
+        h.max_payload
+            .store(layout.max_payload() as u32, Ordering::Relaxed);
+        h.server_pid.store(pid, Ordering::Relaxed);
+        h.server_start.store(start, Ordering::Relaxed);
+        h.epoch.store(epoch, Ordering::Relaxed);
+        // SYNC: Release publishes every header field above; pairs with the Acquire load of
+        // `magic` in `Mapping::open`.
+        h.magic.store(layout::MAGIC, Ordering::Release);
+        Ok(map)
+    }
+
+    /// The epoch of a leftover mapping under `object`, if it has a readable header.
+    fn stale_epoch(object: &str) -> Option<u64> {
+        let fd = shm::open(object, shm::OFlags::RDONLY, Mode::empty()).ok()?;
+        let size = rustix::fs::fstat(&fd).ok()?.st_size;
+        if size < HEADER_SIZE as i64 {
+            return None;
+        }
+        let mut buf = [0u8; 8];
+        rustix::io::pread(&fd, &mut buf, 48).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+
+    /// Opens the mapping of the running server `name`, checking its header against the file.
+    pub fn open(name: &str) -> Result<Mapping> {
+        let not_found = || Error::NotFound {
+            name: name.to_owned(),
+        };
+        let fd = match shm::open(object_name(name).as_str(), shm::OFlags::RDWR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        if size < HEADER_SIZE {
+            // Created but not yet sized: a server that is starting (or died starting).
+            return Err(not_found());
+        }
+        let header_only = Layout {
+            capacity: size,
+            slot_count: 0,
+            slot_size: 0,
+        };
+        let probe = Mapping {
+            base: map_fd(&fd, size)?,
+            layout: header_only,
+            _fd: fd,
+        };
+        let h = probe.header();
+        // SYNC: Acquire pairs with the Release store of `magic` in `Mapping::create`.
+        if h.magic.load(Ordering::Acquire) != layout::MAGIC {
+            return Err(not_found());
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != layout::LAYOUT_VERSION {
+            return Err(Error::BadMessage(format!(
+                "server {name:?} uses mapping layout version {version}, this library {}",
+                layout::LAYOUT_VERSION
+            )));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed) as usize;
+        let slots = h.slot_count.load(Ordering::Relaxed);
+        let slot_size = h.slot_size.load(Ordering::Relaxed) as usize;
+        let layout = match Layout::new(capacity, slots) {
+            Ok(l) if l.slot_size == slot_size && capacity == size => l,
+            _ => {
+                return Err(Error::BadMessage(format!(
+                    "the mapping of server {name:?} has an inconsistent header \
+                     (capacity {capacity}, file {size}, {slots} slots of {slot_size})"
+                )))
+            }
+        };
+        if h.server_state.load(Ordering::SeqCst) != layout::server_state::RUNNING
+            || !process_alive(
+                h.server_pid.load(Ordering::Relaxed),
+                h.server_start.load(Ordering::Relaxed),
+            )
+        {
+            return Err(not_found());
+        }
+        let mut map = probe;
+        // Same length as the probe (`capacity == size`), so `Drop` still unmaps the right range.
+        map.layout = layout;
+        Ok(map)
+    }
+
+    /// The geometry of this mapping.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned, and `Header` holds
+        // only atomics and padding, valid for any bit pattern.
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    /// The header of slot `i`.
+    pub fn slot(&self, i: u32) -> &SlotHeader {
+        assert!(i < self.layout.slot_count, "slot index out of range");
+        // SAFETY: `i < slot_count`, so the slot lies inside the mapping (`Layout::new`); slot
+        // offsets are 64-byte aligned; `SlotHeader` holds only atomics and padding.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(self.layout.slot_offset(i))
+                .cast::<SlotHeader>()
+        }
+    }
+
+    /// The payload area of slot `i`: `layout.max_payload()` bytes, 64-byte aligned.
+    ///
+    /// Reading or writing through the pointer is sound only for the side that owns the slot
+    /// under the protocol in `protocol.rs`.
+    pub fn payload(&self, i: u32) -> *mut u8 {
+        assert!(i < self.layout.slot_count, "slot index out of range");
+        // SAFETY: in bounds as in `slot`; the payload follows the slot header.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(self.layout.slot_offset(i) + SLOT_HEADER_SIZE)
+        }
+    }
+
+    /// Whether the server that created this mapping is running: not stopped and alive.
+    pub fn server_alive(&self) -> bool {
+        let h = self.header();
+        h.server_state.load(Ordering::SeqCst) == layout::server_state::RUNNING
+            && process_alive(
+                h.server_pid.load(Ordering::Relaxed),
+                h.server_start.load(Ordering::Relaxed),
+            )
+    }
+
+    /// Removes the name of this mapping if it still names this mapping (a server's cleanup).
+    pub fn unlink(&self, name: &str) {
+        let object = object_name(name);
+        if let (Ok(ours), Ok(now)) = (
+            rustix::fs::fstat(&self._fd),
+            rustix::fs::stat(shm_path(&object)),
+        ) {
+            if ours.st_ino == now.st_ino && ours.st_dev == now.st_dev {
+                let _ = shm::unlink(object.as_str());
+            }
+        }
+    }
+}
+
+impl Words for Mapping {
+    fn slot_count(&self) -> u32 {
+        self.layout.slot_count
+    }
+    fn slot_state(&self, i: u32) -> &AtomicU32 {
+        &self.slot(i).state
+    }
+    fn ready_word(&self, w: usize) -> &AtomicU64 {
+        &self.header().ready[w]
+    }
+    fn server_state(&self) -> &AtomicU32 {
+        &self.header().server_state
+    }
+    fn server_seq(&self) -> &AtomicU32 {
+        &self.header().server_seq
+    }
+    fn server_sleepers(&self) -> &AtomicU32 {
+        &self.header().server_sleepers
+    }
+    fn free_seq(&self) -> &AtomicU32 {
+        &self.header().free_seq
+    }
+    fn free_waiters(&self) -> &AtomicU32 {
+        &self.header().free_waiters
+    }
+}
+
+/// The production [`Park`]: a shared futex on a word of the mapping.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Futex;
+
+impl Park for Futex {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        crate::futex::wait(word, expected, timeout);
+    }
+    fn wake(&self, word: &AtomicU32, n: u32) {
+        crate::futex::wake(word, n);
+    }
+}

@@ -1,0 +1,330 @@
+//! In-process tests of the API contract and of every error variant.
+
+mod common;
+
+use common::{echo, unique_name, Echo};
+use shmrpc::{Client, Error, Request, Server};
+use std::time::{Duration, Instant};
+
+#[test]
+fn round_trip_carries_the_reply_and_the_call_id() {
+    let name = unique_name("roundtrip");
+    let _server = Server::builder(&name).serve(echo).unwrap();
+    let client = Client::connect(&name).unwrap();
+    for n in 0..100u64 {
+        let reply = client.request(&Echo::new(n, format!("m{n}"))).unwrap();
+        assert_eq!(reply.n, n);
+        assert_eq!(reply.text, format!("re:m{n}"));
+        // The handler saw the same UUID the caller's reply reports.
+        assert_eq!(&reply.id, reply.id().as_bytes());
+        let owned: Echo = reply.deserialize().unwrap();
+        assert_eq!(owned.n, n);
+    }
+}
+
+#[test]
+fn plain_strings_and_byte_vectors_need_no_derive() {
+    let name = unique_name("plain");
+    let _s = Server::builder(&name)
+        .serve(|req: Request<'_, String>| req.to_uppercase())
+        .unwrap();
+    let c = Client::connect(&name).unwrap();
+    assert_eq!(c.request(&"hello".to_string()).unwrap().as_str(), "HELLO");
+
+    let name = unique_name("bytes");
+    let _s = Server::builder(&name)
+        .serve(|req: Request<'_, Vec<u8>>| req.iter().rev().copied().collect::<Vec<u8>>())
+        .unwrap();
+    let c = Client::connect(&name).unwrap();
+    assert_eq!(c.request(&vec![1u8, 2, 3]).unwrap().as_slice(), &[3, 2, 1]);
+}
+
+#[test]
+fn different_request_and_reply_types() {
+    let name = unique_name("typed");
+    let _s = Server::builder(&name)
+        .serve(|req: Request<'_, String>| req.len() as u64)
+        .unwrap();
+    let c = Client::builder(&name).connect::<String, u64>().unwrap();
+    assert_eq!(*c.request(&"four".to_string()).unwrap(), 4);
+}
+
+#[test]
+fn one_handle_shared_by_many_threads_gets_each_its_own_reply() {
+    let name = unique_name("threads");
+    let _server = Server::builder(&name).workers(2).serve(echo).unwrap();
+    let client = Client::connect(&name).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let client = client.clone();
+            s.spawn(move || {
+                for i in 0..500u64 {
+                    let n = t * 1_000_000 + i;
+                    let reply = client.request(&Echo::new(n, n.to_string())).unwrap();
+                    assert_eq!(reply.n, n);
+                    assert_eq!(reply.text, format!("re:{n}"));
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn more_callers_than_slots_wait_for_a_slot_instead_of_failing() {
+    // 2 slots, 16 threads holding replies briefly: callers must queue on the free-slot futex.
+    let name = unique_name("fewslots");
+    let _server = Server::builder(&name).slots(2).serve(echo).unwrap();
+    let client = Client::connect(&name).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..16u64 {
+            let client = client.clone();
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let reply = client.request(&Echo::new(t * 100 + i, "x")).unwrap();
+                    assert_eq!(reply.n, t * 100 + i);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn oneway_server_runs_the_handler_for_each_message() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let name = unique_name("oneway");
+    let sum = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&sum);
+    let server = Server::builder(&name)
+        .serve_oneway(move |req: Request<'_, u64>| {
+            seen.fetch_add(req.to_native(), Ordering::SeqCst);
+        })
+        .unwrap();
+    let client = Client::connect(&name).unwrap();
+    for i in 1..=100u64 {
+        client.send(&i).unwrap();
+    }
+    // `send` returns once the message is taken; dropping the server joins the workers, so
+    // every taken message has run its handler.
+    drop(server);
+    assert_eq!(sum.load(Ordering::SeqCst), 5050);
+}
+
+#[test]
+fn request_to_a_oneway_server_is_a_bad_message() {
+    let name = unique_name("wrongkind");
+    let _s = Server::builder(&name)
+        .serve_oneway(|_: Request<'_, u64>| {})
+        .unwrap();
+    let c = Client::<u64>::connect(&name).unwrap();
+    assert!(matches!(c.request(&1), Err(Error::BadMessage(_))));
+    c.send(&1).unwrap();
+}
+
+#[test]
+fn invalid_names_are_rejected() {
+    for name in ["", "a/b", ".hidden", "sp ace", &"x".repeat(201)] {
+        let err = Server::builder(name).serve(echo).unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
+        let err = Client::<Echo>::connect(name).unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
+    }
+}
+
+#[test]
+fn invalid_configs_name_their_bounds() {
+    let name = unique_name("config");
+    for (capacity, slots) in [
+        (0, 4),
+        (1 << 40, 4),
+        (1 << 20, 0),
+        (1 << 20, 5000),
+        (1 << 16, 1000),
+        (1000, 1),
+    ] {
+        let err = Server::builder(&name)
+            .capacity(capacity)
+            .slots(slots)
+            .serve(echo)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig(_)),
+            "{capacity} {slots}: {err}"
+        );
+    }
+    let err = Server::builder(&name).workers(0).serve(echo).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)));
+    // Nothing was created: the name is still free.
+    assert!(matches!(
+        Client::<Echo>::connect(&name),
+        Err(Error::NotFound { .. })
+    ));
+    // The accepted range includes 256 KiB..=1 MiB.
+    for capacity in [256 << 10, 512 << 10, 1 << 20] {
+        drop(
+            Server::builder(&name)
+                .capacity(capacity)
+                .serve(echo)
+                .unwrap(),
+        );
+    }
+}
+
+#[test]
+fn second_server_under_a_live_name_is_addr_in_use() {
+    let name = unique_name("inuse");
+    let first = Server::builder(&name).serve(echo).unwrap();
+    let err = Server::builder(&name).serve(echo).unwrap_err();
+    assert!(matches!(err, Error::AddrInUse { .. }), "{err}");
+    // The first server is untouched.
+    let c = Client::connect(&name).unwrap();
+    assert_eq!(c.request(&Echo::new(7, "a")).unwrap().n, 7);
+    drop(c);
+    drop(first);
+    // Once stopped, the name is free again.
+    drop(Server::builder(&name).serve(echo).unwrap());
+}
+
+#[test]
+fn missing_server_is_not_found() {
+    let err = Client::<Echo>::connect(&unique_name("missing")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn dropping_the_server_removes_the_name() {
+    let name = unique_name("removed");
+    drop(Server::builder(&name).serve(echo).unwrap());
+    assert!(matches!(
+        Client::<Echo>::connect(&name),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn oversized_request_and_reply_are_payload_too_large_and_change_nothing() {
+    let name = unique_name("toolarge");
+    let server = Server::builder(&name)
+        .capacity(256 << 10)
+        .slots(8)
+        .serve(|req: Request<'_, Vec<u8>>| vec![0u8; req.len() * 4])
+        .unwrap();
+    let max = server.max_payload();
+    let c = Client::connect(&name).unwrap();
+    match c.request(&vec![0u8; max + 1]) {
+        Err(Error::PayloadTooLarge { len, max: m }) => {
+            assert!(len > max);
+            assert_eq!(m, max);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    // A request that fits but whose reply does not.
+    assert!(matches!(
+        c.request(&vec![0u8; max / 2]),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    // The slots went back: the server still answers, many times over.
+    for _ in 0..100 {
+        assert_eq!(c.request(&vec![1u8; 10]).unwrap().len(), 40);
+    }
+}
+
+#[test]
+fn request_that_does_not_validate_is_a_bad_message() {
+    let name = unique_name("badmsg");
+    let _s = Server::builder(&name)
+        .serve(|req: Request<'_, String>| req.len() as u32)
+        .unwrap();
+    // A Vec<u8> archive has the layout of a String archive; invalid UTF-8 fails validation.
+    let c = Client::builder(&name).connect::<Vec<u8>, u32>().unwrap();
+    let err = c.request(&vec![0xff, 0xfe, 0xfd]).unwrap_err();
+    assert!(matches!(err, Error::BadMessage(_)), "{err}");
+    // The server goes on serving well-typed callers.
+    let good = Client::builder(&name).connect::<String, u32>().unwrap();
+    assert_eq!(*good.request(&"abc".to_string()).unwrap(), 3);
+}
+
+#[test]
+fn handler_panic_is_reported_and_the_server_keeps_serving() {
+    let name = unique_name("panic");
+    let _s = Server::builder(&name).serve(echo).unwrap();
+    let c = Client::connect(&name).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            c.request(&Echo::new(1, "panic")),
+            Err(Error::HandlerPanicked)
+        ));
+        assert_eq!(c.request(&Echo::new(2, "fine")).unwrap().n, 2);
+    }
+}
+
+#[test]
+fn timeout_then_the_next_call_gets_its_own_reply_never_the_late_one() {
+    let name = unique_name("timeout");
+    let _s = Server::builder(&name).serve(echo).unwrap();
+    let c = Client::connect(&name).unwrap();
+    let mut slow = Echo::new(1, "slow");
+    slow.sleep_ms = 300;
+    let t0 = Instant::now();
+    let err = c
+        .request_timeout(&slow, Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The single worker is still busy with the slow call; this one waits for it, then gets
+    // its own reply (n == 2), not the abandoned one (n == 1).
+    for n in 2..20 {
+        let reply = c.request(&Echo::new(n, "fast")).unwrap();
+        assert_eq!(reply.n, n);
+        assert_eq!(reply.text, "re:fast");
+        assert_eq!(&reply.id, reply.id().as_bytes());
+    }
+}
+
+#[test]
+fn stopping_the_server_wakes_a_waiting_caller_with_server_gone() {
+    let name = unique_name("gone");
+    let server = Server::builder(&name).serve(echo).unwrap();
+    let stop = server.stop_handle();
+    let c = Client::connect(&name).unwrap();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        stop.stop();
+        t
+    });
+    let mut slow = Echo::new(1, "slow");
+    slow.sleep_ms = 2_000;
+    let err = c
+        .request_timeout(&slow, Duration::from_secs(10))
+        .unwrap_err();
+    let stopped_at = stopper.join().unwrap();
+    assert!(matches!(err, Error::ServerGone), "{err}");
+    // Woken by the stop itself, not by a slice timeout or the handler finishing.
+    assert!(stopped_at.elapsed() < Duration::from_millis(1_000));
+    // New calls fail fast.
+    assert!(matches!(
+        c.request(&Echo::new(2, "x")),
+        Err(Error::ServerGone)
+    ));
+    drop(server);
+}
+
+#[test]
+fn an_unopenable_name_is_an_io_error() {
+    // A directory where the shm object should be: shm_open fails with EISDIR, even as root.
+    let name = unique_name("io");
+    let uid = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let path = format!("/dev/shm/shmrpc.{}.{}", uid.unwrap(), name);
+    std::fs::create_dir(&path).unwrap();
+    let err = Client::<Echo>::connect(&name).unwrap_err();
+    std::fs::remove_dir(&path).unwrap();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+}
