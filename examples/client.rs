@@ -12,7 +12,11 @@ struct Hello {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let text = if text.is_empty() { "server".into() } else { text };
+    let text = if text.is_empty() {
+        "server".into()
+    } else {
+        text
+    };
     let client = Client::connect("TestRpcServer")?;
     let reply = client.request_timeout(&Hello { text }, Duration::from_secs(5))?;
     println!("reply {}: {:?}", reply.id(), reply.text.as_str());

@@ -52,10 +52,9 @@ fn run_both() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_server() -> Result<(), Box<dyn std::error::Error>> {
-    let server = Server::builder(NAME)
-        .serve(|req: Request<'_, Hello>| Hello {
-            text: format!("hi, {}", req.text),
-        })?;
+    let server = Server::builder(NAME).serve(|req: Request<'_, Hello>| Hello {
+        text: format!("hi, {}", req.text),
+    })?;
     println!(
         "serving {NAME:?}: 1 worker, {} bytes max per message",
         server.max_payload()

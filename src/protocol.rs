@@ -34,11 +34,13 @@
 //! Every wait spins first, then announces itself (a waiter count or the WAITER bit), re-checks
 //! its condition, and only then parks on a futex word with the value it last saw. Every waker
 //! changes the condition first and then looks for announced waiters; it makes the wake system
-//! call only when there is one. Announcement and condition are both `SeqCst` on each side (a
-//! store-load pattern: each side writes one word and then reads the other's), so at least one
-//! of the two sees the other: the waiter does not sleep, or the waker wakes it.
+//! call only when there is one. Each side separates its write from its read of the other's
+//! word with a `fence(SeqCst)` (the store-load pattern), so at least one of the two sees the
+//! other: the waiter does not sleep, or the waker wakes it. Fences rather than `SeqCst`
+//! accesses: loom models `SeqCst` fences exactly but treats `SeqCst` accesses as `AcqRel`, and
+//! on x86 a locked RMW followed by a fence costs about what a `SeqCst` RMW does.
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The packed slot state word: `generation << 8 | waiter << 3 | kind`.
@@ -110,6 +112,44 @@ pub trait Words {
     fn free_seq(&self) -> &AtomicU32;
     /// Count of callers parked or about to park for a free slot.
     fn free_waiters(&self) -> &AtomicU32;
+    /// The deliberate bug these words run with (loom models only).
+    #[cfg(loom)]
+    fn mutant(&self) -> Mutant {
+        Mutant::None
+    }
+}
+
+/// A deliberate bug that the loom models switch on (through [`Words::mutant`]) to prove that
+/// they catch it. Only `--cfg loom` builds can select one; elsewhere [`mutated`] is `false`
+/// and the compiler removes every branch on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mutant {
+    /// The real protocol.
+    None,
+    /// `try_claim` loads FREE and then stores CLAIMED instead of a compare-and-swap.
+    ClaimByStore,
+    /// `publish_request` publishes with `Relaxed` (the REQUEST store and the ready bit)
+    /// instead of `Release`/`SeqCst`.
+    PublishRelaxed,
+    /// `finish` publishes the reply with `Relaxed` instead of `Release`.
+    FinishRelaxed,
+    /// `publish_request` never wakes a parked worker.
+    NoWorkerWake,
+    /// `shutdown` wakes parked clients without clearing their WAITER bit.
+    ShutdownKeepsWaiter,
+    /// `take_ready` takes a bit with a load and a store instead of `fetch_and`.
+    TakeByLoad,
+    /// `release` frees a slot without bumping its generation.
+    NoGeneration,
+}
+
+/// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
+#[inline(always)]
+fn mutated<W: Words + ?Sized>(_w: &W, _m: Mutant) -> bool {
+    #[cfg(loom)]
+    return _w.mutant() == _m;
+    #[cfg(not(loom))]
+    return false;
 }
 
 /// How a thread sleeps on a word and is woken: the futex in production, a modelled parker
@@ -143,7 +183,7 @@ pub enum WaitError {
 
 #[inline]
 fn server_running<W: Words + ?Sized>(w: &W) -> bool {
-    w.server_state().load(Ordering::SeqCst) == crate::layout::server_state::RUNNING
+    w.server_state().load(Ordering::Acquire) == crate::layout::server_state::RUNNING
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,13 +195,15 @@ pub fn try_claim<W: Words + ?Sized>(w: &W, start: u32) -> Option<(u32, u32)> {
     for k in 0..n {
         let i = (start.wrapping_add(k)) % n;
         let word = w.slot_state(i);
-        // SeqCst: in the slow path of `claim` this load is the re-check after announcing a
-        // free-slot waiter; it pairs with the SeqCst store of FREE in `release_slot`.
-        let s = State(word.load(Ordering::SeqCst));
+        let s = State(word.load(Ordering::Relaxed));
         if s.kind() != State::FREE {
             continue;
         }
         let claimed = State::new(State::CLAIMED, s.gen());
+        if mutated(w, Mutant::ClaimByStore) {
+            word.store(claimed.0, Ordering::SeqCst);
+            return Some((i, s.gen()));
+        }
         // SYNC: Acquire pairs with the store of FREE in `release_slot`, so the previous owner's
         // reads of this slot happen before our writes to it.
         if word
@@ -208,20 +250,23 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
         let Some(slice) = waiting.next_park() else {
             return Err(WaitError::Timeout);
         };
-        let seq = w.free_seq().load(Ordering::SeqCst);
-        // SYNC: announce, then re-check (SeqCst both); pairs with `notify_free`, which frees
-        // first and then reads `free_waiters`.
-        w.free_waiters().fetch_add(1, Ordering::SeqCst);
+        // SYNC: Acquire pairs with the Release bump in `notify_free`/`shutdown`: a waiter that
+        // reads a bumped value also sees the freed slot or the STOPPED state.
+        let seq = w.free_seq().load(Ordering::Acquire);
+        w.free_waiters().fetch_add(1, Ordering::Relaxed);
+        // SYNC: announce, fence, re-check; pairs with the fence in `notify_free` (free, fence,
+        // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...).
+        fence(Ordering::SeqCst);
         if let Some(c) = try_claim(w, start) {
-            w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+            w.free_waiters().fetch_sub(1, Ordering::Relaxed);
             return Ok(c);
         }
         if !server_running(w) {
-            w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+            w.free_waiters().fetch_sub(1, Ordering::Relaxed);
             return Err(WaitError::Gone);
         }
         park.wait(w.free_seq(), seq, Some(slice));
-        w.free_waiters().fetch_sub(1, Ordering::SeqCst);
+        w.free_waiters().fetch_sub(1, Ordering::Relaxed);
         // A woken waiter always tries to claim before it looks at its deadline, so a wake for
         // a freed slot is either used here or the slot was taken by another claimer.
         if let Some(c) = try_claim(w, start) {
@@ -234,13 +279,23 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
 pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
     // SYNC: Release publishes the request bytes and slot fields; pairs with the Acquire CAS in
     // `begin_serving`.
+    let order = if mutated(w, Mutant::PublishRelaxed) {
+        Ordering::Relaxed
+    } else {
+        Ordering::Release
+    };
     w.slot_state(slot)
-        .store(State::new(State::REQUEST, gen).0, Ordering::Release);
-    // SYNC: SeqCst store-load pair with `worker_park`: set the bit, then read the sleepers.
+        .store(State::new(State::REQUEST, gen).0, order);
+    // SYNC: Release (the bit also publishes the request to the worker whose AcqRel
+    // `fetch_and` in `take_ready` takes it).
     w.ready_word(slot as usize / 64)
-        .fetch_or(1u64 << (slot % 64), Ordering::SeqCst);
-    if w.server_sleepers().load(Ordering::SeqCst) > 0 {
-        w.server_seq().fetch_add(1, Ordering::SeqCst);
+        .fetch_or(1u64 << (slot % 64), order);
+    // SYNC: set the bit, fence, read the sleepers; pairs with the fence in `worker_park`
+    // (announce, fence, read the bitmap).
+    fence(Ordering::SeqCst);
+    if w.server_sleepers().load(Ordering::Relaxed) > 0 && !mutated(w, Mutant::NoWorkerWake) {
+        // SYNC: Release pairs with the Acquire load of `server_seq` in `worker_park`.
+        w.server_seq().fetch_add(1, Ordering::Release);
         park.wake(w.server_seq(), 1);
     }
 }
@@ -312,15 +367,18 @@ fn wait_done_slow<W: Words + ?Sized, P: Park + ?Sized>(
             return Err(WaitError::Timeout);
         };
         let parked = State(s.0 | State::WAITER);
-        // SYNC: SeqCst announce (the WAITER bit), then the SeqCst re-check of the server state
-        // below; pairs with `shutdown`, which stores STOPPED and then reads every slot word.
+        // The WAITER bit is set on the word `finish` CASes, so `finish` reads it in the same
+        // modification order: no fence needed against the reply.
         if !s.has_waiter()
             && word
-                .compare_exchange(s.0, parked.0, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange(s.0, parked.0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
             continue;
         }
+        // SYNC: announce (WAITER), fence, re-check the server state; pairs with the fence in
+        // `shutdown` (store STOPPED, fence, read every slot word).
+        fence(Ordering::SeqCst);
         if !server_running(w) || !waiting.peer_alive() {
             return Err(WaitError::Gone);
         }
@@ -363,17 +421,24 @@ pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, 
 }
 
 fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {
-    // SYNC: SeqCst (a Release store): publishes that we are done with the slot, pairs with the
-    // Acquire CAS in `try_claim`; SeqCst for the store-load pair with `claim_slow`.
-    w.slot_state(slot).store(
-        State::new(State::FREE, State::next_gen(gen)).0,
-        Ordering::SeqCst,
-    );
+    // SYNC: Release publishes that we are done with the slot; pairs with the Acquire CAS in
+    // `try_claim`.
+    let next = if mutated(w, Mutant::NoGeneration) {
+        gen
+    } else {
+        State::next_gen(gen)
+    };
+    w.slot_state(slot)
+        .store(State::new(State::FREE, next).0, Ordering::Release);
 }
 
 fn notify_free<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
-    if w.free_waiters().load(Ordering::SeqCst) > 0 {
-        w.free_seq().fetch_add(1, Ordering::SeqCst);
+    // SYNC: (the slot was freed,) fence, read the waiters; pairs with the fence in
+    // `claim_slow` (announce, fence, look for a free slot).
+    fence(Ordering::SeqCst);
+    if w.free_waiters().load(Ordering::Relaxed) > 0 {
+        // SYNC: Release pairs with the Acquire load of `free_seq` in `claim_slow`.
+        w.free_seq().fetch_add(1, Ordering::Release);
         park.wake(w.free_seq(), 1);
     }
 }
@@ -388,13 +453,18 @@ pub fn take_ready<W: Words + ?Sized>(w: &W, start_word: usize) -> Option<u32> {
     for k in 0..words {
         let wi = (start_word + k) % words;
         let word = w.ready_word(wi);
-        // SeqCst: this is also the re-check in `worker_park`'s store-load pair.
-        let mut v = word.load(Ordering::SeqCst);
+        let mut v = word.load(Ordering::Relaxed);
         while v != 0 {
             let bit = v & v.wrapping_neg();
             // SYNC: AcqRel on the bitmap only decides who owns the bit; the request bytes are
             // acquired by the CAS in `begin_serving`.
-            let old = word.fetch_and(!bit, Ordering::AcqRel);
+            let old = if mutated(w, Mutant::TakeByLoad) {
+                let old = word.load(Ordering::SeqCst);
+                word.store(old & !bit, Ordering::SeqCst);
+                old
+            } else {
+                word.fetch_and(!bit, Ordering::AcqRel)
+            };
             if old & bit != 0 {
                 let slot = wi as u32 * 64 + bit.trailing_zeros();
                 if slot < w.slot_count() {
@@ -459,14 +529,14 @@ pub fn finish<W: Words + ?Sized, P: Park + ?Sized>(
         match cur.kind() {
             State::SERVING => {
                 // SYNC: Release publishes the reply bytes and status; pairs with the Acquire
-                // loads in `wait_done`. SeqCst for the WAITER store-load pair with
-                // `wait_done_slow` is not needed: the CAS itself reads the WAITER bit.
-                match word.compare_exchange(
-                    cur.0,
-                    State::new(to, gen).0,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                ) {
+                // loads in `wait_done`. The CAS itself reads the WAITER bit: no fence needed.
+                let order = if mutated(w, Mutant::FinishRelaxed) {
+                    Ordering::Relaxed
+                } else {
+                    Ordering::Release
+                };
+                match word.compare_exchange(cur.0, State::new(to, gen).0, order, Ordering::Relaxed)
+                {
                     Ok(_) => {
                         if cur.has_waiter() {
                             park.wake(word, u32::MAX);
@@ -493,16 +563,16 @@ pub fn worker_park<W: Words + ?Sized, P: Park + ?Sized>(
     park: &P,
     timeout: Option<Duration>,
 ) {
-    let seq = w.server_seq().load(Ordering::SeqCst);
-    // SYNC: announce, then re-check the bitmap (SeqCst both); pairs with `publish_request`,
-    // which sets the bit and then reads `server_sleepers`.
-    w.server_sleepers().fetch_add(1, Ordering::SeqCst);
-    let words = (w.slot_count() as usize).div_ceil(64);
-    let pending = (0..words).any(|i| w.ready_word(i).load(Ordering::SeqCst) != 0);
-    if !pending && server_running(w) {
+    // SYNC: Acquire pairs with the Release bumps in `publish_request` and `shutdown`.
+    let seq = w.server_seq().load(Ordering::Acquire);
+    w.server_sleepers().fetch_add(1, Ordering::Relaxed);
+    // SYNC: announce, fence, re-check the bitmap; pairs with the fence in `publish_request`
+    // (set the bit, fence, read `server_sleepers`).
+    fence(Ordering::SeqCst);
+    if !any_ready(w) && server_running(w) {
         park.wait(w.server_seq(), seq, timeout);
     }
-    w.server_sleepers().fetch_sub(1, Ordering::SeqCst);
+    w.server_sleepers().fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Whether any request is waiting in the ready bitmap.
@@ -514,28 +584,32 @@ pub fn any_ready<W: Words + ?Sized>(w: &W) -> bool {
 /// Stops the server: sets STOPPED, then wakes every parked worker, every client parked on a
 /// slot, and every caller waiting for a free slot. Each of them re-checks the server state.
 pub fn shutdown<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
-    // SYNC: SeqCst store, then SeqCst loads of every slot word: pairs with `wait_done_slow`,
-    // which sets WAITER and then reads the server state.
     w.server_state()
-        .store(crate::layout::server_state::STOPPED, Ordering::SeqCst);
-    w.server_seq().fetch_add(1, Ordering::SeqCst);
+        .store(crate::layout::server_state::STOPPED, Ordering::Release);
+    // SYNC: store STOPPED, fence, read every slot word; pairs with the fence in
+    // `wait_done_slow` (set WAITER, fence, read the server state) and in `claim_slow`.
+    fence(Ordering::SeqCst);
+    // SYNC: Release bumps pair with the Acquire loads of the futex words by the waiters.
+    w.server_seq().fetch_add(1, Ordering::Release);
     park.wake(w.server_seq(), u32::MAX);
     for i in 0..w.slot_count() {
         let word = w.slot_state(i);
-        let s = State(word.load(Ordering::SeqCst));
+        let s = State(word.load(Ordering::Relaxed));
         if s.has_waiter() {
             // Clearing WAITER changes the futex word, so a client that announced itself but
             // has not entered the futex yet does not sleep (its expected value is stale);
             // it re-announces if it parks again. A failed CAS means the word changed anyway.
-            let _ = word.compare_exchange(
-                s.0,
-                s.0 & !State::WAITER,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            );
+            if !mutated(w, Mutant::ShutdownKeepsWaiter) {
+                let _ = word.compare_exchange(
+                    s.0,
+                    s.0 & !State::WAITER,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             park.wake(word, u32::MAX);
         }
     }
-    w.free_seq().fetch_add(1, Ordering::SeqCst);
+    w.free_seq().fetch_add(1, Ordering::Release);
     park.wake(w.free_seq(), u32::MAX);
 }
