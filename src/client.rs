@@ -6,7 +6,10 @@ use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
 use crate::shm::{self, validate_name, Futex, Mapping};
 use crate::sync::Ordering;
+use crate::trust::{copy_out, Trust};
 use crate::wait::{CallWait, WaitMode};
+use arc_swap::{ArcSwap, Guard};
+use rkyv::util::AlignedVec;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -32,7 +35,7 @@ fn shared_mapping(name: &str) -> Result<Arc<Mapping>> {
     let mut guard = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
     let maps = guard.get_or_insert_with(HashMap::new);
     if let Some(map) = maps.get(name).and_then(Weak::upgrade) {
-        if map.server_alive() {
+        if !map.known_gone() {
             return Ok(map);
         }
     }
@@ -48,6 +51,7 @@ pub struct ClientBuilder {
     name: String,
     timeout: Duration,
     wait: WaitMode,
+    trust: Trust,
 }
 
 impl ClientBuilder {
@@ -61,6 +65,12 @@ impl ClientBuilder {
         self.wait = mode;
         self
     }
+    /// Whether replies are read in place (`Trust::Trusted`, the default) or copied out of the
+    /// mapping before validation (`Trust::Untrusted`; one buffer per reply).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
     /// Connects with request type `Req` and reply type `Resp`.
     pub fn connect<Req: Message, Resp: Message>(self) -> Result<Client<Req, Resp>> {
         validate_name(&self.name)?;
@@ -69,9 +79,10 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 name: self.name,
-                map,
+                map: ArcSwap::new(map),
                 timeout: self.timeout,
                 wait: self.wait,
+                trust: self.trust,
                 pid,
                 start,
             }),
@@ -83,9 +94,11 @@ impl ClientBuilder {
 #[derive(Debug)]
 struct Inner {
     name: String,
-    map: Arc<Mapping>,
+    /// The current server's mapping; replaced when that server is gone and a new one runs.
+    map: ArcSwap<Mapping>,
     timeout: Duration,
     wait: WaitMode,
+    trust: Trust,
     pid: u32,
     start: u64,
 }
@@ -131,12 +144,14 @@ impl Client<(), ()> {
             name: name.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             wait: WaitMode::default(),
+            trust: Trust::default(),
         }
     }
 }
 
 /// How a call ended in the slot: the slot and generation, and the final state word.
 struct Done {
+    map: Guard<Arc<Mapping>>,
     slot: u32,
     gen: u32,
     state: State,
@@ -151,7 +166,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// The largest message (request or reply) one slot carries, in bytes.
     pub fn max_payload(&self) -> usize {
-        self.inner.map.layout().max_payload()
+        self.inner.map.load().layout().max_payload()
     }
 
     /// Sends `msg` and waits for the reply, at most the default timeout.
@@ -162,7 +177,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// Sends `msg` and waits for the reply, at most `timeout`.
     pub fn request_timeout(&self, msg: &Req, timeout: Duration) -> Result<Reply<'_, Resp>> {
         let done = self.call(msg, kind::REQUEST, timeout)?;
-        let map = &*self.inner.map;
+        let map = &**done.map;
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request: only a peer breaking the protocol does that, and the
             // slot is then the server's to free.
@@ -174,41 +189,66 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
         let max = map.layout().max_payload();
-        let result = match st {
-            status::OK if len <= max => {
-                // SAFETY: the slot is in REPLY at our generation: it is ours until `release`;
-                // the server wrote these bytes before its Release publication, acquired in
-                // `wait_done`; `len <= max` keeps the slice inside the payload area.
-                let bytes = unsafe { std::slice::from_raw_parts(map.payload(done.slot), len) };
-                message::access::<Resp>(bytes).map(|archived| archived as *const _)
-            }
-            status::OK => Err(Error::BadMessage(format!(
+        let same_call = Uuid::from_u64_pair(
+            sh.call_id[0].load(Ordering::Relaxed),
+            sh.call_id[1].load(Ordering::Relaxed),
+        ) == done.id;
+        let error = match st {
+            _ if !same_call => Some(Error::BadMessage(
+                "the slot no longer holds this call (a peer wrote into it)".into(),
+            )),
+            status::OK if len <= max => None,
+            status::OK => Some(Error::BadMessage(format!(
                 "reply length {len} exceeds the slot's {max} bytes"
             ))),
-            status::HANDLER_PANICKED => Err(Error::HandlerPanicked),
-            status::REPLY_TOO_LARGE => Err(Error::PayloadTooLarge { len, max }),
-            status::WRONG_KIND => Err(Error::BadMessage(
+            status::HANDLER_PANICKED => Some(Error::HandlerPanicked),
+            status::REPLY_TOO_LARGE => Some(Error::PayloadTooLarge { len, max }),
+            status::WRONG_KIND => Some(Error::BadMessage(
                 "the server is one-way: use `send`, not `request`".into(),
             )),
-            _ => Err(Error::BadMessage(format!(
+            _ => Some(Error::BadMessage(format!(
                 "the server could not validate the request as its request type \
                  (status {st}); sent {}",
                 std::any::type_name::<Req>()
             ))),
         };
-        match result {
-            Ok(archived) => Ok(Reply {
-                map,
+        if let Some(e) = error {
+            protocol::release(map, &Futex, done.slot, done.gen);
+            return Err(e);
+        }
+        let held = match self.inner.trust {
+            Trust::Trusted => Held::Slot {
+                map: done.map,
                 slot: done.slot,
                 gen: done.gen,
+            },
+            Trust::Untrusted => {
+                let mut copy = AlignedVec::with_capacity(len);
+                // SAFETY: `len <= max`: the range is inside our slot's payload, 64-byte aligned.
+                unsafe { copy_out(map.payload(done.slot), len, &mut copy) };
+                // The reply is ours now: give the slot back at once.
+                protocol::release(map, &Futex, done.slot, done.gen);
+                Held::Copy(copy)
+            }
+        };
+        let bytes: &[u8] = match &held {
+            // SAFETY: the slot is in REPLY at our generation: it is ours until `release`; the
+            // server wrote these bytes before its Release publication, acquired in
+            // `wait_done`; `len <= max` keeps the slice inside the payload area.
+            Held::Slot { map, slot, .. } => unsafe {
+                std::slice::from_raw_parts(map.payload(*slot), len)
+            },
+            Held::Copy(copy) => copy.as_slice(),
+        };
+        match message::access::<Resp>(bytes) {
+            Ok(archived) => Ok(Reply {
                 id: done.id,
                 archived,
+                held,
                 _t: PhantomData,
             }),
-            Err(e) => {
-                protocol::release(map, &Futex, done.slot, done.gen);
-                Err(e)
-            }
+            // Dropping `held` releases the slot.
+            Err(e) => Err(e),
         }
     }
 
@@ -225,7 +265,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             // The server owns the slot until its handler returns.
             return Ok(());
         }
-        let map = &*self.inner.map;
+        let map = &**done.map;
         let st = map.slot(done.slot).status.load(Ordering::Relaxed);
         protocol::release(map, &Futex, done.slot, done.gen);
         Err(match st {
@@ -238,15 +278,35 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         })
     }
 
+    /// The current server's mapping; if its server is known to be gone, the mapping of a new
+    /// server under the same name (swapped in for every clone of this handle), or
+    /// `ServerGone`.
+    fn mapping(&self) -> Result<Guard<Arc<Mapping>>> {
+        let map = self.inner.map.load();
+        if !map.known_gone() {
+            return Ok(map);
+        }
+        self.reconnect(&map)
+    }
+
+    #[cold]
+    fn reconnect(&self, stale: &Arc<Mapping>) -> Result<Guard<Arc<Mapping>>> {
+        match shared_mapping(&self.inner.name) {
+            Ok(fresh) if !Arc::ptr_eq(&fresh, stale) => {
+                self.inner.map.store(fresh);
+                Ok(self.inner.map.load())
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => Err(Error::ServerGone),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Claims a slot, writes `msg`, publishes it and waits until the server replies or
     /// accepts it. On error the slot has been released or abandoned.
     fn call(&self, msg: &Req, kind: u32, timeout: Duration) -> Result<Done> {
         let inner = &*self.inner;
-        let map = &*inner.map;
-        if map.header().server_state.load(Ordering::Relaxed) != crate::layout::server_state::RUNNING
-        {
-            return Err(Error::ServerGone);
-        }
+        let map_guard = self.mapping()?;
+        let map = &**map_guard;
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(far_future);
@@ -254,13 +314,23 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let mut waiting = CallWait::new(inner.wait, deadline, &alive);
         let wait_error = |e| match e {
             WaitError::Timeout => Error::Timeout { after: timeout },
-            WaitError::Gone => Error::ServerGone,
+            WaitError::Gone => {
+                // Remember it (for every handle in this process) if the server is really gone.
+                let _ = map.server_alive();
+                Error::ServerGone
+            }
         };
         let (slot, gen) =
             protocol::claim(map, &Futex, SLOT_HINT.get(), &mut waiting).map_err(wait_error)?;
         SLOT_HINT.set(slot);
-        let id = message::new_call_id();
         let sh = map.slot(slot);
+        // Who owns the slot, first, so that the server's reaper can tell if we die.
+        sh.owner_pid.store(inner.pid, Ordering::Relaxed);
+        sh.owner_start.store(inner.start, Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire load of `owner_gen` in the reaper: a matching
+        // generation vouches for the pid and start time above.
+        sh.owner_gen.store(gen, Ordering::Release);
+        let id = message::new_call_id();
         let max = map.layout().max_payload();
         // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
         // payload until we publish it; the area is `max` bytes, 64-byte aligned.
@@ -276,30 +346,25 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         sh.call_id[1].store(lo, Ordering::Relaxed);
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);
-        sh.owner_pid.store(inner.pid, Ordering::Relaxed);
-        sh.owner_start.store(inner.start, Ordering::Relaxed);
         protocol::publish_request(map, &Futex, slot, gen);
-        match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
-            Ok(state) => Ok(Done {
-                slot,
-                gen,
-                state,
-                id,
-            }),
+        let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
+            Ok(state) => state,
             Err(e) => match protocol::abandon(map, slot, gen) {
                 Ok(()) => {
                     map.header().abandoned.fetch_add(1, Ordering::Relaxed);
-                    Err(wait_error(e))
+                    return Err(wait_error(e));
                 }
                 // It completed as we gave up: take it after all.
-                Err(state) => Ok(Done {
-                    slot,
-                    gen,
-                    state,
-                    id,
-                }),
+                Err(state) => state,
             },
-        }
+        };
+        Ok(Done {
+            map: map_guard,
+            slot,
+            gen,
+            state,
+            id,
+        })
     }
 }
 
@@ -307,15 +372,32 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
-/// A reply, read in place in the server's mapping; derefs to the archived reply. The slot
-/// stays this call's until the `Reply` drops, so drop it before making many more calls.
+/// Where a reply's bytes are: in its slot (trusted), or in a private copy (untrusted).
+enum Held {
+    Slot {
+        map: Guard<Arc<Mapping>>,
+        slot: u32,
+        gen: u32,
+    },
+    Copy(AlignedVec),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Slot { map, slot, gen } = self {
+            protocol::release(&***map, &Futex, *slot, *gen);
+        }
+    }
+}
+
+/// A reply, read in place in the server's mapping (or, untrusted, in a private copy); derefs
+/// to the archived reply. In place, the slot stays this call's until the `Reply` drops, so
+/// drop it before making many more calls.
 pub struct Reply<'c, Resp: Message> {
-    map: &'c Mapping,
-    slot: u32,
-    gen: u32,
     id: Uuid,
     archived: *const Resp::Archived,
-    _t: PhantomData<&'c Resp::Archived>,
+    held: Held,
+    _t: PhantomData<(&'c (), fn() -> Resp)>,
 }
 
 impl<Resp: Message> Reply<'_, Resp> {
@@ -323,10 +405,11 @@ impl<Resp: Message> Reply<'_, Resp> {
     pub fn id(&self) -> Uuid {
         self.id
     }
-    /// The archived reply, read in place.
+    /// The archived reply.
     pub fn archived(&self) -> &Resp::Archived {
-        // SAFETY: `archived` points into our slot, validated by bytecheck; the slot is in
-        // REPLY and ours until `Drop`, so the bytes stay put while `&self` lives.
+        // SAFETY: `archived` points into `held` (our slot, which is in REPLY and ours until
+        // `held` drops, or our private copy, which does not move: the vector is never
+        // resized), validated by bytecheck; both live as long as `&self`.
         unsafe { &*self.archived }
     }
     /// An owned copy of the reply.
@@ -342,17 +425,11 @@ impl<Resp: Message> Deref for Reply<'_, Resp> {
     }
 }
 
-impl<Resp: Message> Drop for Reply<'_, Resp> {
-    fn drop(&mut self) {
-        protocol::release(self.map, &Futex, self.slot, self.gen);
-    }
-}
-
 impl<Resp: Message> std::fmt::Debug for Reply<'_, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reply")
             .field("id", &self.id)
-            .field("slot", &self.slot)
+            .field("in_place", &matches!(self.held, Held::Slot { .. }))
             .finish_non_exhaustive()
     }
 }

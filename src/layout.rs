@@ -118,7 +118,9 @@ pub struct Header {
     pub panics: AtomicU64,
     /// Calls the clients abandoned (timeout or cancellation).
     pub abandoned: AtomicU64,
-    _pad3: [u8; HEADER_SIZE - 352],
+    /// Slots the reaper took back from dead client processes.
+    pub reclaimed: AtomicU64,
+    _pad3: [u8; HEADER_SIZE - 360],
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -145,7 +147,11 @@ pub struct SlotHeader {
     pub owner_start: AtomicU64,
     /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
     pub call_id: [AtomicU64; 2],
-    _pad: [u8; 16],
+    /// The generation at which `owner_pid`/`owner_start` were written (stored last, Release):
+    /// the owner fields describe the current call only while this equals the state's
+    /// generation.
+    pub owner_gen: AtomicU32,
+    _pad: [u8; 12],
 }
 
 #[cfg(not(loom))]
@@ -167,10 +173,12 @@ const _: () = {
     assert!(offset_of!(Header, ready) == 192);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
+    assert!(offset_of!(Header, reclaimed) == 352);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(offset_of!(SlotHeader, owner_pid) == 20);
     assert!(offset_of!(SlotHeader, owner_start) == 24);
     assert!(offset_of!(SlotHeader, call_id) == 32);
+    assert!(offset_of!(SlotHeader, owner_gen) == 48);
     assert!(cfg!(target_endian = "little"));
 };
 

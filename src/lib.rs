@@ -36,9 +36,13 @@ mod futex;
 #[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]
+mod reaper;
+#[cfg(not(loom))]
 mod server;
 #[cfg(not(loom))]
 mod shm;
+#[cfg(not(loom))]
+mod trust;
 #[cfg(not(loom))]
 mod wait;
 
@@ -49,6 +53,8 @@ pub use error::{Error, Result};
 pub use message::Message;
 #[cfg(not(loom))]
 pub use server::{Request, Server, ServerBuilder, StopHandle};
+#[cfg(not(loom))]
+pub use trust::Trust;
 #[cfg(not(loom))]
 pub use wait::WaitMode;
 

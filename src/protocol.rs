@@ -21,6 +21,8 @@
 //! | ACCEPTED g | FREE g+1 | worker | [`release`] | (after the one-way handler ran) |
 //! | REPLY g | FREE g+1 | client | [`release`] | the client is done reading the reply |
 //! | CLAIMED g | FREE g+1 | client | [`release`] | the request did not fit |
+//! | CLAIMED g, REPLY g | FREE g+1 | server's reaper | [`reclaim`] | the owner process died |
+//! | REQUEST g, SERVING g | ABANDONED g | server's reaper | [`abandon`] | the owner process died |
 //! | REQUEST g, SERVING g | + WAITER | client | [`wait_done`] | the client is about to park |
 //!
 //! # The ready bitmap
@@ -418,6 +420,31 @@ pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), Stat
 pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
     release_slot(w, slot, gen);
     notify_free(w, park);
+}
+
+/// Takes back a client-owned slot (CLAIMED or REPLY) whose owner died: `observed` -> FREE at
+/// the next generation, waking one caller that waits for a slot. Fails (returns `false`) if
+/// the word changed since it was observed, so a live owner's progress always wins.
+pub fn reclaim<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    observed: State,
+) -> bool {
+    if !matches!(observed.kind(), State::CLAIMED | State::REPLY) {
+        return false;
+    }
+    let free = State::new(State::FREE, State::next_gen(observed.gen()));
+    // SYNC: Release as in `release_slot`; Acquire on success orders our view of the dead
+    // owner's last writes before the next claimer's (not needed for data, kept for symmetry).
+    if w.slot_state(slot)
+        .compare_exchange(observed.0, free.0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    notify_free(w, park);
+    true
 }
 
 fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {

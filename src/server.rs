@@ -4,15 +4,18 @@ use crate::error::{Error, Result};
 use crate::layout::{self, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
 use crate::message::{self, Message};
 use crate::protocol::{self, Begin, State};
+use crate::reaper::{Reaper, SCAN_EVERY};
 use crate::shm::{validate_name, Futex, Mapping, NameLock};
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
+use crate::trust::{copy_out, Trust};
 use crate::wait::{spin_until, WaitMode};
+use rkyv::util::AlignedVec;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A request as the handler sees it: the call's id and the archived message, validated and
@@ -61,6 +64,7 @@ pub struct ServerBuilder {
     slots: u32,
     workers: usize,
     wait: WaitMode,
+    trust: Trust,
 }
 
 impl ServerBuilder {
@@ -83,6 +87,13 @@ impl ServerBuilder {
     /// How idle workers wait for requests (default: spin 50 µs, then park).
     pub fn wait_mode(mut self, mode: WaitMode) -> Self {
         self.wait = mode;
+        self
+    }
+
+    /// Whether requests are read in place (`Trust::Trusted`, the default) or copied out of the
+    /// mapping before validation (`Trust::Untrusted`).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
         self
     }
 
@@ -129,17 +140,25 @@ impl ServerBuilder {
             name: self.name,
             map,
             wait: self.wait,
+            trust: self.trust,
+            stopping: AtomicU32::new(0),
             stopped: Mutex::new(false),
             stopped_cv: Condvar::new(),
             lock: Mutex::new(Some(lock)),
         });
-        let mut workers = Vec::with_capacity(self.workers);
-        for w in 0..self.workers {
+        let mut workers = Vec::with_capacity(self.workers + 1);
+        for w in 0..=self.workers {
             let worker_shared = Arc::clone(&shared);
             let service = Arc::clone(&service);
-            let spawned = std::thread::Builder::new()
-                .name(format!("shmrpc-worker-{w}"))
-                .spawn(move || worker_loop(&worker_shared, &*service, w));
+            let spawned = if w < self.workers {
+                std::thread::Builder::new()
+                    .name(format!("shmrpc-worker-{w}"))
+                    .spawn(move || worker_loop(&worker_shared, &*service, w))
+            } else {
+                std::thread::Builder::new()
+                    .name("shmrpc-reaper".into())
+                    .spawn(move || reaper_loop(&worker_shared))
+            };
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -157,6 +176,10 @@ struct Shared {
     name: String,
     map: Mapping,
     wait: WaitMode,
+    trust: Trust,
+    /// Set (1) when the server stops. Process-local: the mapping's `server_state` tells
+    /// clients, but a peer could overwrite that, so the workers do not obey it.
+    stopping: AtomicU32,
     stopped: Mutex<bool>,
     stopped_cv: Condvar,
     /// Held until the `Server` drops (a `StopHandle` may outlive it, the name must not).
@@ -165,7 +188,7 @@ struct Shared {
 
 impl Shared {
     fn running(&self) -> bool {
-        self.map.header().server_state.load(Ordering::Relaxed) == layout::server_state::RUNNING
+        self.stopping.load(Ordering::Acquire) == 0
     }
 }
 
@@ -211,6 +234,7 @@ impl StopHandle {
             .unwrap_or_else(|e| e.into_inner());
         if !*stopped {
             *stopped = true;
+            self.shared.stopping.store(1, Ordering::Release);
             protocol::shutdown(&self.shared.map, &Futex);
             self.shared.stopped_cv.notify_all();
         }
@@ -226,6 +250,7 @@ impl Server {
             slots: DEFAULT_SLOTS,
             workers: 1,
             wait: WaitMode::default(),
+            trust: Trust::default(),
         }
     }
 
@@ -304,10 +329,16 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         WaitMode::Adaptive { spin } => spin,
         WaitMode::Park => Duration::ZERO,
     };
+    // Untrusted mode: requests are copied here before validation (reused: no allocation per
+    // request once it has grown to the largest request seen).
+    let mut scratch = match shared.trust {
+        Trust::Trusted => None,
+        Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
+    };
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-                service.serve(map, slot, gen);
+                service.serve(map, slot, gen, scratch.as_mut());
             }
             continue;
         }
@@ -318,9 +349,30 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     }
 }
 
-/// Serves one slot that the worker moved to SERVING at `gen`.
+/// The reaper thread: every `SCAN_EVERY`, takes back the slots of dead client processes.
+fn reaper_loop(shared: &Shared) {
+    let mut reaper = Reaper::new(shared.map.layout().slot_count);
+    let mut stopped = shared.stopped.lock().unwrap_or_else(|e| e.into_inner());
+    while !*stopped {
+        let reaped = reaper.scan(&shared.map, Instant::now());
+        if reaped.freed + reaped.abandoned > 0 {
+            shared.map.header().reclaimed.fetch_add(
+                u64::from(reaped.freed + reaped.abandoned),
+                Ordering::Relaxed,
+            );
+        }
+        stopped = shared
+            .stopped_cv
+            .wait_timeout(stopped, SCAN_EVERY)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Serves one slot that the worker moved to SERVING at `gen`. `scratch` is the worker's copy
+/// buffer in untrusted mode.
 trait Service: Send + Sync {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32);
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>);
 }
 
 struct Replying<F, Req, Resp> {
@@ -334,8 +386,12 @@ struct OneWay<F, Req> {
 }
 
 /// Reads the request in `slot` (which this worker holds in SERVING): its kind, id and
-/// validated archive, or the status to reply with.
-fn read_request<T: Message>(map: &Mapping, slot: u32) -> (u32, Uuid, Result<&T::Archived, u32>) {
+/// validated archive (in place, or in `scratch` when untrusted), or the status to reply with.
+fn read_request<'a, T: Message>(
+    map: &'a Mapping,
+    slot: u32,
+    scratch: Option<&'a mut AlignedVec>,
+) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
     let sh = map.slot(slot);
     let kind = sh.kind.load(Ordering::Relaxed);
     let id = Uuid::from_u64_pair(
@@ -346,10 +402,18 @@ fn read_request<T: Message>(map: &Mapping, slot: u32) -> (u32, Uuid, Result<&T::
     if len > map.layout().max_payload() {
         return (kind, id, Err(status::BAD_MESSAGE));
     }
-    // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes before
-    // its Release publication (acquired in `begin_serving`) and writes nothing until it gets
-    // the slot back; `len` is within the payload area.
-    let bytes = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
+    let bytes: &[u8] = match scratch {
+        Some(buf) => {
+            // SAFETY: `len <= max_payload`, so the range is inside this slot's payload area,
+            // which starts 64-byte aligned.
+            unsafe { copy_out(map.payload(slot), len, buf) };
+            buf.as_slice()
+        }
+        // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes
+        // before its Release publication (acquired in `begin_serving`) and, following the
+        // protocol, writes nothing until it gets the slot back; `len` is within the payload.
+        None => unsafe { std::slice::from_raw_parts(map.payload(slot), len) },
+    };
     (
         kind,
         id,
@@ -391,8 +455,8 @@ where
     Resp: Message,
     F: Fn(Request<'_, Req>) -> Resp + Send + Sync,
 {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32) {
-        let (kind, id, archived) = read_request::<Req>(map, slot);
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
+        let (kind, id, archived) = read_request::<Req>(map, slot, scratch);
         let archived = match archived {
             Ok(a) => a,
             Err(st) => {
@@ -445,8 +509,8 @@ where
     Req: Message,
     F: Fn(Request<'_, Req>) + Send + Sync,
 {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32) {
-        let (kind, id, archived) = read_request::<Req>(map, slot);
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
+        let (kind, id, archived) = read_request::<Req>(map, slot, scratch);
         if kind != kind::ONEWAY {
             return reply_status(map, slot, gen, status::WRONG_KIND);
         }

@@ -103,6 +103,9 @@ pub struct Mapping {
     base: NonNull<u8>,
     layout: Layout,
     _fd: OwnedFd,
+    /// Process-local: set once a caller found this mapping's server dead or stopped, so that
+    /// later calls through any handle fail fast (or reconnect) without re-checking `/proc`.
+    gone: AtomicU32,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics and through raw pointers
@@ -210,6 +213,7 @@ impl Mapping {
             base,
             layout,
             _fd: fd,
+            gone: AtomicU32::new(0),
         };
         let (pid, start) = self_identity();
         let h = map.header();
@@ -267,6 +271,7 @@ impl Mapping {
             base: map_fd(&fd, size)?,
             layout: header_only,
             _fd: fd,
+            gone: AtomicU32::new(0),
         };
         let h = probe.header();
         // SYNC: Acquire pairs with the Release store of `magic` in `Mapping::create`.
@@ -346,14 +351,28 @@ impl Mapping {
         }
     }
 
-    /// Whether the server that created this mapping is running: not stopped and alive.
+    /// Whether the server that created this mapping is running: not stopped and alive (reads
+    /// `/proc`; a negative answer is remembered, see [`Mapping::known_gone`]).
     pub fn server_alive(&self) -> bool {
+        if self.known_gone() {
+            return false;
+        }
         let h = self.header();
-        h.server_state.load(Ordering::SeqCst) == layout::server_state::RUNNING
+        let alive = h.server_state.load(Ordering::Acquire) == layout::server_state::RUNNING
             && process_alive(
                 h.server_pid.load(Ordering::Relaxed),
                 h.server_start.load(Ordering::Relaxed),
-            )
+            );
+        if !alive {
+            self.gone.store(1, Ordering::Relaxed);
+        }
+        alive
+    }
+
+    /// Whether this mapping's server is known to have stopped or died: cheap, no system call.
+    pub fn known_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed) != 0
+            || self.header().server_state.load(Ordering::Acquire) != layout::server_state::RUNNING
     }
 
     /// Removes the name of this mapping if it still names this mapping (a server's cleanup).
