@@ -372,6 +372,9 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
+/// Ties a `Reply` to its client's borrow and to `Resp`, without owning either.
+type ReplyMarker<'c, Resp> = (&'c (), fn() -> Resp);
+
 /// Where a reply's bytes are: in its slot (trusted), or in a private copy (untrusted).
 enum Held {
     Slot {
@@ -397,7 +400,7 @@ pub struct Reply<'c, Resp: Message> {
     id: Uuid,
     archived: *const Resp::Archived,
     held: Held,
-    _t: PhantomData<(&'c (), fn() -> Resp)>,
+    _t: PhantomData<ReplyMarker<'c, Resp>>,
 }
 
 impl<Resp: Message> Reply<'_, Resp> {
