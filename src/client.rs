@@ -1,7 +1,7 @@
 //! The client: a cheap, cloneable handle on a server's mapping.
 
 use crate::error::{Error, Result};
-use crate::layout::{kind, status};
+use crate::layout::{checksum, kind, status, OWNER_VALID};
 use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
 use crate::shm::{self, validate_name, Futex, Mapping};
@@ -188,6 +188,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let sh = map.slot(done.slot);
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
+        let reply_sum = sh.reply_sum.load(Ordering::Relaxed);
         let max = map.layout().max_payload();
         let same_call = Uuid::from_u64_pair(
             sh.call_id[0].load(Ordering::Relaxed),
@@ -238,7 +239,14 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             Held::Slot { map, slot, .. } => unsafe {
                 std::slice::from_raw_parts(map.payload(*slot), len)
             },
-            Held::Copy(copy) => copy.as_slice(),
+            Held::Copy(copy) => {
+                if checksum(copy) != reply_sum {
+                    return Err(Error::BadMessage(
+                        "the reply's checksum does not match (altered in the mapping)".into(),
+                    ));
+                }
+                copy.as_slice()
+            }
         };
         match message::access::<Resp>(bytes) {
             Ok(archived) => Ok(Reply {
@@ -329,7 +337,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         sh.owner_start.store(inner.start, Ordering::Relaxed);
         // SYNC: Release pairs with the Acquire load of `owner_gen` in the reaper: a matching
         // generation vouches for the pid and start time above.
-        sh.owner_gen.store(gen, Ordering::Release);
+        sh.owner_gen.store(gen | OWNER_VALID, Ordering::Release);
         let id = message::new_call_id();
         let max = map.layout().max_payload();
         // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
@@ -344,6 +352,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let (hi, lo) = id.as_u64_pair();
         sh.call_id[0].store(hi, Ordering::Relaxed);
         sh.call_id[1].store(lo, Ordering::Relaxed);
+        let kind = match inner.trust {
+            Trust::Trusted => kind,
+            Trust::Untrusted => {
+                // SAFETY: our CLAIMED slot; we wrote these `len <= max` bytes just above.
+                let written = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
+                sh.req_sum.store(checksum(written), Ordering::Relaxed);
+                kind | kind::CHECKED
+            }
+        };
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);
         protocol::publish_request(map, &Futex, slot, gen);

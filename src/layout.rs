@@ -49,6 +49,32 @@ pub mod kind {
     pub const REQUEST: u32 = 0;
     /// A one-way message.
     pub const ONEWAY: u32 = 1;
+    /// Mask of the kind proper; the bits above are flags.
+    pub const MASK: u32 = 0xff;
+    /// Flag: the client is untrusting; `req_sum` holds the request's checksum, and the server
+    /// must put the reply's checksum in `reply_sum`.
+    pub const CHECKED: u32 = 1 << 8;
+}
+
+/// Marks `owner_gen` as written (zeroed memory never matches a generation).
+pub const OWNER_VALID: u32 = 1 << 31;
+
+/// The integrity checksum of an archive in untrusting mode: a 64-bit multiply-mix over 8-byte
+/// words, folded to 32 bits. It turns a peer's stray write into a `BadMessage` instead of a
+/// silently altered message; it is not a defence against a peer that forges on purpose.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    h ^= h >> 32;
+    h as u32
 }
 
 /// Reply status in [`SlotHeader::status`], written by the server before it publishes.
@@ -151,7 +177,11 @@ pub struct SlotHeader {
     /// the owner fields describe the current call only while this equals the state's
     /// generation.
     pub owner_gen: AtomicU32,
-    _pad: [u8; 12],
+    /// Checksum of the request archive, when `kind` has [`kind::CHECKED`].
+    pub req_sum: AtomicU32,
+    /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
+    pub reply_sum: AtomicU32,
+    _pad: [u8; 4],
 }
 
 #[cfg(not(loom))]
@@ -179,6 +209,8 @@ const _: () = {
     assert!(offset_of!(SlotHeader, owner_start) == 24);
     assert!(offset_of!(SlotHeader, call_id) == 32);
     assert!(offset_of!(SlotHeader, owner_gen) == 48);
+    assert!(offset_of!(SlotHeader, req_sum) == 52);
+    assert!(offset_of!(SlotHeader, reply_sum) == 56);
     assert!(cfg!(target_endian = "little"));
 };
 

@@ -1,14 +1,16 @@
 //! Dead-client detection: the server's reaper thread takes back the slots of client processes
 //! that died (SIGKILL, crash) in the middle of a call.
 //!
-//! A slot's owner is known when `owner_gen` equals the generation of its state word: the client
-//! writes its pid and start time right after it claims the slot, then `owner_gen` (Release).
+//! A slot's owner is known when `owner_gen` equals the generation of its state word with
+//! `OWNER_VALID` set: the client writes its pid and start time right after it claims the slot,
+//! then `owner_gen` (Release). Zeroed memory never matches, a previous owner's value matches
+//! only the previous generation.
 //! The pid with the start time identifies the process even if the pid is recycled. A slot held
 //! by a known owner that no longer runs is reclaimed at the next scan; a slot whose owner never
 //! got to write its identity (killed between the claim and those stores, a window of a few
 //! instructions) is reclaimed once it has sat unchanged for [`UNKNOWN_OWNER_GRACE`].
 
-use crate::layout::SlotHeader;
+use crate::layout::{SlotHeader, OWNER_VALID};
 use crate::protocol::{self, State};
 use crate::shm::{process_alive, Futex, Mapping};
 use crate::sync::Ordering;
@@ -19,7 +21,7 @@ pub(crate) const SCAN_EVERY: Duration = Duration::from_millis(100);
 
 /// How long a slot with no recorded owner may stay unchanged before it is reclaimed. A live
 /// client holds that state for nanoseconds; only one killed in that window leaves it.
-pub(crate) const UNKNOWN_OWNER_GRACE: Duration = Duration::from_millis(700);
+pub(crate) const UNKNOWN_OWNER_GRACE: Duration = Duration::from_millis(600);
 
 /// What one scan did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +97,7 @@ impl Reaper {
 fn owner(sh: &SlotHeader, s: State) -> Option<(u32, u64)> {
     // SYNC: Acquire pairs with the Release store of `owner_gen` in `Client::call`: when it
     // matches, the pid and start time below are the current owner's.
-    if sh.owner_gen.load(Ordering::Acquire) != s.gen() {
+    if sh.owner_gen.load(Ordering::Acquire) != s.gen() | OWNER_VALID {
         return None;
     }
     Some((

@@ -1,7 +1,7 @@
 //! The server: a name, a mapping, worker threads and a handler.
 
 use crate::error::{Error, Result};
-use crate::layout::{self, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
+use crate::layout::{self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
 use crate::message::{self, Message};
 use crate::protocol::{self, Begin, State};
 use crate::reaper::{Reaper, SCAN_EVERY};
@@ -393,7 +393,8 @@ fn read_request<'a, T: Message>(
     scratch: Option<&'a mut AlignedVec>,
 ) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
     let sh = map.slot(slot);
-    let kind = sh.kind.load(Ordering::Relaxed);
+    let flags = sh.kind.load(Ordering::Relaxed);
+    let kind = flags & kind::MASK;
     let id = Uuid::from_u64_pair(
         sh.call_id[0].load(Ordering::Relaxed),
         sh.call_id[1].load(Ordering::Relaxed),
@@ -407,6 +408,9 @@ fn read_request<'a, T: Message>(
             // SAFETY: `len <= max_payload`, so the range is inside this slot's payload area,
             // which starts 64-byte aligned.
             unsafe { copy_out(map.payload(slot), len, buf) };
+            if flags & kind::CHECKED != 0 && checksum(buf) != sh.req_sum.load(Ordering::Relaxed) {
+                return (kind, id, Err(status::BAD_MESSAGE));
+            }
             buf.as_slice()
         }
         // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes
@@ -486,6 +490,11 @@ where
         let sh = map.slot(slot);
         match written {
             Ok(len) => {
+                if sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0 {
+                    // SAFETY: our SERVING slot; we wrote these `len <= max` bytes just above.
+                    let reply = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
+                    sh.reply_sum.store(checksum(reply), Ordering::Relaxed);
+                }
                 sh.status.store(status::OK, Ordering::Relaxed);
                 sh.reply_len.store(len as u32, Ordering::Relaxed);
             }

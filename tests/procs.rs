@@ -6,99 +6,11 @@
 
 mod common;
 
-use common::{echo, unique_name, Echo};
+use common::{echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Proc, ROLE};
 use shmrpc::{Client, Error, Request, Server};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ROLE: &str = "SHMRPC_TEST_CHILD";
-
-/// A child process, killed on drop if still running.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-/// Child lines meant for the parent start with this marker (libtest prints its own text,
-/// sometimes on the same line).
-const MARK: &str = "@@ ";
-
-/// The longest a parent waits for any one line from a child.
-const LINE_LIMIT: Duration = Duration::from_secs(60);
-
-impl Proc {
-    fn spawn(role: &[&str]) -> Proc {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_entry",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(ROLE, role.join(" "))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if let Some(at) = line.find(MARK) {
-                    if tx.send(line[at + MARK.len()..].to_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The next marked line the child prints, waiting at most `LINE_LIMIT`.
-    fn line(&mut self) -> String {
-        match self.lines.recv_timeout(LINE_LIMIT) {
-            Ok(line) => line,
-            Err(e) => panic!("no line from the child within {LINE_LIMIT:?}: {e}"),
-        }
-    }
-
-    /// Closes stdin (a server's stop signal) and waits for the exit, at most `limit`.
-    fn finish(&mut self, limit: Duration) -> bool {
-        drop(self.child.stdin.take());
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(t0.elapsed() < limit, "child did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Blocks until stdin closes: the parent's stop signal for server children.
-fn wait_for_stdin_eof() {
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
-}
-
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\n{MARK}{line}").unwrap();
-    out.flush().unwrap();
-}
 
 /// Entry point of every child process; a no-op in the normal test run.
 #[test]
@@ -192,12 +104,6 @@ fn child_entry() {
         }
         _ => panic!("unknown child role {role:?}"),
     }
-}
-
-fn start_server(role: &[&str]) -> Proc {
-    let mut p = Proc::spawn(role);
-    assert_eq!(p.line(), "ready");
-    p
 }
 
 /// The original library's test: 5000 client instances created in a parallel loop, one request

@@ -1,0 +1,485 @@
+//! Faults: client processes killed mid-call, killed servers, a rogue writer scribbling over
+//! the mapping, and the mapping's permissions. Every peer here is a real process, killed with
+//! SIGKILL; every wait is bounded.
+
+mod common;
+
+use common::{echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Proc, ROLE};
+use shmrpc::{Client, Error, Server, Trust};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Offsets from DESIGN.md (pinned by compile-time assertions in `src/layout.rs`).
+const HEADER_SIZE: usize = 1024;
+const SLOT_STATE: usize = 0;
+const SLOT_OWNER_PID: usize = 20;
+const SLOT_OWNER_START: usize = 24;
+const SLOT_OWNER_GEN: usize = 48;
+const SLOT_PAYLOAD: usize = 64;
+
+/// The path of a server's mapping, for the raw-access children.
+fn object_path(name: &str) -> String {
+    format!(
+        "/dev/shm/shmrpc.{}.{name}",
+        rustix::process::geteuid().as_raw()
+    )
+}
+
+/// Maps a server's mapping read-write, outside the library: what a buggy or hostile peer of
+/// the same user can do.
+fn raw_map(name: &str) -> (*mut u8, usize) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(object_path(name))
+        .unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh shared mapping of the whole file; this process only touches it through
+    // atomics and volatile writes.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &file,
+            0,
+        )
+        .unwrap()
+    };
+    (ptr.cast(), len)
+}
+
+fn word32(base: *mut u8, offset: usize) -> &'static AtomicU32 {
+    // SAFETY: `offset` is 4-aligned and inside the mapping, which stays mapped until exit.
+    unsafe { &*base.add(offset).cast::<AtomicU32>() }
+}
+
+fn word64(base: *mut u8, offset: usize) -> &'static AtomicU64 {
+    // SAFETY: `offset` is 8-aligned and inside the mapping, which stays mapped until exit.
+    unsafe { &*base.add(offset).cast::<AtomicU64>() }
+}
+
+fn own_start_time() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_ascii_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A small deterministic generator (SplitMix64) for the rogue and for random kills.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Entry point of every child process; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let args: Vec<&str> = role.split(' ').collect();
+    match args[..] {
+        ["echo-server", name, workers, slots, trust] => {
+            let trust = if trust == "untrusted" {
+                Trust::Untrusted
+            } else {
+                Trust::Trusted
+            };
+            let server = Server::builder(name)
+                .workers(workers.parse().unwrap())
+                .slots(slots.parse().unwrap())
+                .capacity(256 << 10)
+                .trust(trust)
+                .serve(echo)
+                .unwrap();
+            say("ready".into());
+            wait_for_stdin_eof();
+            drop(server);
+            say("stopped".into());
+        }
+        // Killed while it holds its reply (the slot is in REPLY, owned by this process).
+        ["hold-reply", name] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            let reply = client.request(&Echo::new(1, "hold")).unwrap();
+            say("holding".into());
+            let _keep = reply;
+            sleep_forever();
+        }
+        // Killed while it waits for the reply (REQUEST or SERVING).
+        ["wait-reply", name] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            say("calling".into());
+            let mut slow = Echo::new(1, "slow");
+            slow.sleep_ms = 400;
+            let _ = client.request(&slow);
+            sleep_forever();
+        }
+        // Killed right after claiming, before it could record who it is (the worst case).
+        ["raw-claim", name] => {
+            let (base, _) = raw_map(name);
+            let state = word32(base, HEADER_SIZE + SLOT_STATE);
+            let s = state.load(Ordering::SeqCst);
+            assert_eq!(s & 0b111, 0, "slot 0 is not free");
+            state
+                .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
+                .unwrap();
+            say("claimed".into());
+            sleep_forever();
+        }
+        // Killed while writing its request: claimed, owner recorded, half a payload written.
+        ["raw-write", name] => {
+            let (base, _) = raw_map(name);
+            let slot = HEADER_SIZE;
+            let state = word32(base, slot + SLOT_STATE);
+            let s = state.load(Ordering::SeqCst);
+            assert_eq!(s & 0b111, 0, "slot 0 is not free");
+            state
+                .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
+                .unwrap();
+            word32(base, slot + SLOT_OWNER_PID).store(std::process::id(), Ordering::SeqCst);
+            word64(base, slot + SLOT_OWNER_START).store(own_start_time(), Ordering::SeqCst);
+            const OWNER_VALID: u32 = 1 << 31;
+            word32(base, slot + SLOT_OWNER_GEN).store((s >> 8) | OWNER_VALID, Ordering::SeqCst);
+            for i in 0..16 {
+                word32(base, slot + SLOT_PAYLOAD + 4 * i).store(0xdead_beef, Ordering::SeqCst);
+            }
+            say("writing".into());
+            sleep_forever();
+        }
+        // Calls in a loop for `secs`, checking every reply; reports the count of bad replies.
+        ["looper", name, tag, secs] => {
+            let client = Client::builder(name)
+                .timeout(Duration::from_secs(5))
+                .connect::<Echo, Echo>()
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(secs.parse().unwrap());
+            let (mut calls, mut bad, mut errors) = (0u64, 0u64, 0u64);
+            say("started".into());
+            while Instant::now() < until {
+                let text = format!("{tag}/{calls}");
+                match client.request(&Echo::new(calls, text.clone())) {
+                    Ok(r) => {
+                        if r.n != calls || r.text != format!("re:{text}") {
+                            bad += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                calls += 1;
+            }
+            say(format!("result calls={calls} bad={bad} errors={errors}"));
+        }
+        // Writes random bytes, state words, lengths and bitmap bits all over the mapping.
+        ["rogue", name, millis, seed] => {
+            let (base, len) = raw_map(name);
+            let mut rng = Rng(seed.parse().unwrap());
+            let until = Instant::now() + Duration::from_millis(millis.parse().unwrap());
+            let mut writes = 0u64;
+            while Instant::now() < until {
+                for _ in 0..64 {
+                    let offset = (rng.below(len as u64) as usize) & !7;
+                    let value = match rng.below(4) {
+                        0 => rng.next(),
+                        1 => rng.below(8) << (8 * rng.below(4)),
+                        2 => u64::MAX,
+                        _ => 0,
+                    };
+                    word64(base, offset).store(value, Ordering::Relaxed);
+                    writes += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            say(format!("result writes={writes}"));
+        }
+        _ => panic!("unknown child role {role:?}"),
+    }
+}
+
+/// Waits until `client` gets a reply again, at most `limit`; returns how long it took.
+fn time_until_served(client: &Client<Echo>, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    let reply = client
+        .request_timeout(&Echo::new(42, "after"), limit)
+        .unwrap_or_else(|e| panic!("no slot came back within {limit:?}: {e}"));
+    assert_eq!(reply.n, 42);
+    t0.elapsed()
+}
+
+/// A client process killed at each point of a call (claiming, writing, waiting, holding the
+/// reply) costs nobody anything: its slot (the only one) is reclaimed within a second and the
+/// next caller is served. Fails if the reaper misses a state or mistakes a live owner.
+#[test]
+fn client_killed_at_any_point_of_a_call_has_its_slot_reclaimed_within_a_second() {
+    let mut worst = Duration::ZERO;
+    for (role, line) in [
+        ("raw-claim", "claimed"),
+        ("raw-write", "writing"),
+        ("wait-reply", "calling"),
+        ("hold-reply", "holding"),
+    ] {
+        let name = unique_name(role);
+        let _server = Server::builder(&name).slots(1).serve(echo).unwrap();
+        let client = Client::<Echo>::connect(&name).unwrap();
+        let mut child = Proc::spawn(&[role, &name]);
+        assert_eq!(child.line(), line);
+        if role == "wait-reply" {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.child.kill().unwrap();
+        child.child.wait().unwrap();
+        let took = time_until_served(&client, Duration::from_secs(3));
+        println!("{role}: slot back and served {took:?} after the kill");
+        assert!(took < Duration::from_secs(1), "{role}: took {took:?}");
+        worst = worst.max(took);
+    }
+    println!("longest time to reclaim a slot: {worst:?}");
+}
+
+/// Under load, client processes are killed at random and replaced; every survivor gets
+/// exactly its own replies, and afterwards every slot is free again (the server never
+/// stalled and leaked nothing). Fails on a mixed-up reply or a leaked slot.
+#[test]
+fn random_client_kills_under_load_cost_the_survivors_nothing() {
+    const SLOTS: u32 = 4;
+    let name = unique_name("kills");
+    let mut server = start_server(&["echo-server", &name, "2", &SLOTS.to_string(), "trusted"]);
+    let mut rng = Rng(0x5eed);
+    let survivors: Vec<Proc> = (0..2)
+        .map(|i| Proc::spawn(&["looper", &name, &format!("s{i}"), "4"]))
+        .collect();
+    let mut victims: Vec<Proc> = Vec::new();
+    let mut kills = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let mut v = Proc::spawn(&["looper", &name, "v", "30"]);
+        assert_eq!(v.line(), "started");
+        std::thread::sleep(Duration::from_millis(5 + rng.below(60)));
+        v.child.kill().unwrap();
+        v.child.wait().unwrap();
+        kills += 1;
+        victims.push(v);
+    }
+    for mut s in survivors {
+        assert_eq!(s.line(), "started");
+        let result = s.line();
+        assert!(result.ends_with("bad=0 errors=0"), "{result}");
+        assert!(s.finish(Duration::from_secs(10)));
+    }
+    // Every slot can be held at once again: nothing leaked.
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let barrier = Barrier::new(SLOTS as usize);
+    std::thread::scope(|s| {
+        for i in 0..SLOTS {
+            let (client, barrier) = (&client, &barrier);
+            s.spawn(move || {
+                let reply = client
+                    .request_timeout(&Echo::new(u64::from(i), "all"), Duration::from_secs(3))
+                    .unwrap();
+                barrier.wait(); // all SLOTS replies held at the same time
+                assert_eq!(reply.n, u64::from(i));
+            });
+        }
+    });
+    println!("client processes killed: {kills}");
+    assert!(kills >= 10);
+    assert!(server.finish(Duration::from_secs(10)));
+}
+
+/// A server killed with SIGKILL: every waiting caller gets `ServerGone` within 250 ms, new calls
+/// fail fast, and a new server under the same name starts with no cleanup and is reached by
+/// the old handles on their next call.
+#[test]
+fn killed_server_is_reported_fast_and_a_restarted_one_is_reached_by_old_handles() {
+    let name = unique_name("srvkill");
+    let mut server = start_server(&["echo-server", &name, "2", "8", "trusted"]);
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let waiters: Vec<_> = (0..4)
+        .map(|i| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let mut slow = Echo::new(i, "slow");
+                slow.sleep_ms = if i < 2 { 10_000 } else { 0 };
+                // Two wait in the handler, two wait for a slot behind them or for a reply.
+                let r = client.request_timeout(&slow, Duration::from_secs(30));
+                (r.map(|_| ()), Instant::now())
+            })
+        })
+        .collect();
+    // Off the 50 ms rhythm of the callers' parks, so the figure is not a lucky alignment.
+    std::thread::sleep(Duration::from_millis(325));
+    server.child.kill().unwrap();
+    let killed_at = Instant::now();
+    server.child.wait().unwrap();
+    let mut worst = Duration::ZERO;
+    for w in waiters {
+        let (result, at) = w.join().unwrap();
+        if let Err(e) = result {
+            assert!(matches!(e, Error::ServerGone), "{e}");
+            assert!(at > killed_at, "ServerGone before the server was killed");
+            let took = at.duration_since(killed_at);
+            println!("a waiting caller got ServerGone {took:?} after the kill");
+            worst = worst.max(took);
+        }
+    }
+    println!("longest time to ServerGone: {worst:?}");
+    assert!(
+        worst < Duration::from_millis(250),
+        "ServerGone after {worst:?}"
+    );
+    let t0 = Instant::now();
+    assert!(matches!(
+        client.request(&Echo::new(9, "x")),
+        Err(Error::ServerGone)
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Restart with no cleanup; the old handle (and its clones) reach the new server.
+    let mut again = start_server(&["echo-server", &name, "1", "8", "trusted"]);
+    let reply = client.request(&Echo::new(10, "back")).unwrap();
+    assert_eq!((reply.n.to_native(), reply.text.as_str()), (10, "re:back"));
+    drop(reply);
+    assert!(again.finish(Duration::from_secs(10)));
+}
+
+/// A rogue process with write access scribbles over the header, the slots, state words,
+/// lengths, payloads and the ready bitmap while clients call an untrusted-mode server. The
+/// server never panics or hangs (it answers afterwards and stops cleanly); callers get their
+/// own reply or a clear error, never someone else's reply.
+#[test]
+fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
+    let name = unique_name("rogue");
+    let mut server = start_server(&["echo-server", &name, "2", "8", "untrusted"]);
+    let client = Client::builder(&name)
+        .trust(Trust::Untrusted)
+        .timeout(Duration::from_millis(300))
+        .connect::<Echo, Echo>()
+        .unwrap();
+    let mut rogue = Proc::spawn(&["rogue", &name, "2000", "12345"]);
+    let (ok, errors, wrong) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (client, ok, errors, wrong) = (&client, &ok, &errors, &wrong);
+            s.spawn(move || {
+                let until = Instant::now() + Duration::from_millis(2200);
+                let mut i = 0u64;
+                while Instant::now() < until {
+                    let n = (t << 32) | i;
+                    let text = format!("{t}:{i}");
+                    match client.request(&Echo::new(n, text.clone())) {
+                        Ok(r) if r.n == n && r.text == format!("re:{text}") => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(
+                            Error::Timeout { .. }
+                            | Error::BadMessage(_)
+                            | Error::ServerGone
+                            | Error::HandlerPanicked
+                            | Error::PayloadTooLarge { .. },
+                        ) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("unexpected error kind: {e}"),
+                    }
+                    i += 1;
+                }
+            });
+        }
+    });
+    let writes = rogue.line();
+    assert!(rogue.finish(Duration::from_secs(10)));
+    println!(
+        "rogue {writes}; calls ok={} clear errors={} wrong replies={}",
+        ok.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        wrong.load(Ordering::Relaxed)
+    );
+    assert_eq!(wrong.load(Ordering::Relaxed), 0);
+    // The server process is alive, not hung: it stops on request, cleanly, without a panic.
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server process died"
+    );
+    drop(server.child.stdin.take());
+    assert_eq!(server.line(), "stopped");
+    assert!(
+        server.finish(Duration::from_secs(10)),
+        "the server exited with an error"
+    );
+}
+
+/// The mapping and the name lock are created with mode 0600, whatever the umask.
+#[test]
+fn mapping_is_created_owner_read_write_only() {
+    let name = unique_name("perm");
+    // umask is process-wide: other tests creating files meanwhile get wider modes, harmless.
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    let server = Server::builder(&name).serve(echo);
+    rustix::process::umask(old);
+    let _server = server.unwrap();
+    for path in [object_path(&name), format!("{}.lock", object_path(&name))] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path}");
+    }
+}
+
+/// Bad input changes nothing: after each typed error the server under that name still serves.
+#[test]
+fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let name = unique_name("badinput");
+    let _server = Server::builder(&name)
+        .capacity(256 << 10)
+        .serve(echo)
+        .unwrap();
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let max = client.max_payload();
+    for bad in ["", "a/b", &"n".repeat(300)] {
+        assert!(matches!(
+            Server::builder(bad).serve(echo),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+    for capacity in [0, 1 << 40] {
+        assert!(matches!(
+            Server::builder(&name).capacity(capacity).serve(echo),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+    assert!(matches!(
+        Server::builder(&name).serve(echo),
+        Err(Error::AddrInUse { .. })
+    ));
+    let huge = Echo::new(1, "x".repeat(max + 1));
+    assert!(matches!(
+        client.request(&huge),
+        Err(Error::PayloadTooLarge { max: m, .. }) if m == max
+    ));
+    assert_eq!(client.request(&Echo::new(5, "still")).unwrap().n, 5);
+}
