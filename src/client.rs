@@ -194,26 +194,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             sh.call_id[0].load(Ordering::Relaxed),
             sh.call_id[1].load(Ordering::Relaxed),
         ) == done.id;
-        let error = match st {
-            _ if !same_call => Some(Error::BadMessage(
-                "the slot no longer holds this call (a peer wrote into it)".into(),
-            )),
-            status::OK if len <= max => None,
-            status::OK => Some(Error::BadMessage(format!(
-                "reply length {len} exceeds the slot's {max} bytes"
-            ))),
-            status::HANDLER_PANICKED => Some(Error::HandlerPanicked),
-            status::REPLY_TOO_LARGE => Some(Error::PayloadTooLarge { len, max }),
-            status::WRONG_KIND => Some(Error::BadMessage(
-                "the server is one-way: use `send`, not `request`".into(),
-            )),
-            _ => Some(Error::BadMessage(format!(
-                "the server could not validate the request as its request type \
-                 (status {st}); sent {}",
-                std::any::type_name::<Req>()
-            ))),
-        };
-        if let Some(e) = error {
+        if let Some(e) = reply_error::<Req>(st, len, max, same_call) {
             protocol::release(map, &Futex, done.slot, done.gen);
             return Err(e);
         }
@@ -383,6 +364,30 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             id,
         })
     }
+}
+
+/// What a reply's status and length say, before its bytes are read: `None` if the bytes hold
+/// a reply to validate, or the error to report.
+pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool) -> Option<Error> {
+    Some(match st {
+        _ if !same_call => Error::BadMessage(
+            "the slot no longer holds this call (a peer wrote into it)".into(),
+        ),
+        status::OK if len <= max => return None,
+        status::OK => Error::BadMessage(format!(
+            "reply length {len} exceeds the slot's {max} bytes"
+        )),
+        status::HANDLER_PANICKED => Error::HandlerPanicked,
+        status::REPLY_TOO_LARGE => Error::PayloadTooLarge { len, max },
+        status::WRONG_KIND => {
+            Error::BadMessage("the server is one-way: use `send`, not `request`".into())
+        }
+        _ => Error::BadMessage(format!(
+            "the server could not validate the request as its request type \
+             (status {st}); sent {}",
+            std::any::type_name::<Req>()
+        )),
+    })
 }
 
 fn far_future() -> Instant {

@@ -34,6 +34,9 @@ mod error;
 #[cfg(not(loom))]
 mod futex;
 #[cfg(not(loom))]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]
 mod reaper;

@@ -369,6 +369,40 @@ fn reaper_loop(shared: &Shared) {
     }
 }
 
+/// Runs the server's code over an arbitrary mapping image (fuzzing): one reaper scan, then up
+/// to two passes of take-ready / begin-serving / serve with a `String` echo handler and a
+/// one-way handler. Returns how many slots were served.
+#[doc(hidden)]
+pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
+    let replying = Replying {
+        handler: |req: Request<'_, String>| req.as_str().to_owned(),
+        _t: PhantomData::<fn(String) -> String>,
+    };
+    let one_way = OneWay {
+        handler: |req: Request<'_, String>| {
+            std::hint::black_box(req.len());
+        },
+        _t: PhantomData::<fn(String)>,
+    };
+    let service: &dyn Service = if oneway { &one_way } else { &replying };
+    let _ = Reaper::new(map.layout().slot_count).scan(map, Instant::now());
+    let mut scratch = match trust {
+        Trust::Trusted => None,
+        Trust::Untrusted => Some(AlignedVec::new()),
+    };
+    let mut served = 0;
+    for _ in 0..2 * map.layout().slot_count {
+        let Some(slot) = protocol::take_ready(map, 0) else {
+            break;
+        };
+        if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
+            service.serve(map, slot, gen, scratch.as_mut());
+            served += 1;
+        }
+    }
+    served
+}
+
 /// Serves one slot that the worker moved to SERVING at `gen`. `scratch` is the worker's copy
 /// buffer in untrusted mode.
 trait Service: Send + Sync {

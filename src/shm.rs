@@ -234,6 +234,26 @@ impl Mapping {
         Ok(map)
     }
 
+    /// A private mapping with `layout` (an anonymous memfd) holding `image` (repeated or cut to
+    /// size): what the fuzz targets feed to the server's code in place of a shared mapping.
+    pub fn from_image(layout: Layout, image: &[u8]) -> Result<Mapping> {
+        let fd = rustix::fs::memfd_create("shmrpc-image", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
+        let base = map_fd(&fd, layout.capacity)?;
+        if !image.is_empty() {
+            for (i, b) in image.iter().cycle().take(layout.capacity).enumerate() {
+                // SAFETY: `i < capacity`; the mapping is new and private to this call.
+                unsafe { base.as_ptr().add(i).write(*b) };
+            }
+        }
+        Ok(Mapping {
+            base,
+            layout,
+            _fd: fd,
+            gone: AtomicU32::new(0),
+        })
+    }
+
     /// The epoch of a leftover mapping under `object`, if it has a readable header.
     fn stale_epoch(object: &str) -> Option<u64> {
         let fd = shm::open(object, shm::OFlags::RDONLY, Mode::empty()).ok()?;

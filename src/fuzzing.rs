@@ -1,0 +1,129 @@
+//! Entry points for fuzzing: the same functions run under cargo-fuzz (`fuzz/`, nightly) and
+//! from the stable test `tests/fuzz_stable.rs` with seeded inputs. Not part of the API.
+
+use crate::client::reply_error;
+use crate::layout::{status, Layout};
+use crate::message;
+use crate::protocol::State;
+use crate::shm::Mapping;
+use crate::sync::Ordering;
+use crate::trust::{copy_out, Trust};
+use rkyv::util::AlignedVec;
+
+/// A message type with every shape the validator must handle: strings, vectors, options,
+/// enums, nesting.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+pub struct Rich {
+    /// A number.
+    pub n: u64,
+    /// A string.
+    pub text: String,
+    /// A vector of numbers.
+    pub values: Vec<u32>,
+    /// An optional nested vector of strings.
+    pub tags: Option<Vec<String>>,
+    /// An enum.
+    pub shape: Shape,
+}
+
+/// An enum with payloads, for [`Rich`].
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+pub enum Shape {
+    /// No payload.
+    Empty,
+    /// A byte vector.
+    Bytes(Vec<u8>),
+    /// A pair.
+    Pair(u16, String),
+}
+
+impl Rich {
+    /// A valid value to serialize and mutate.
+    pub fn sample(n: u64) -> Rich {
+        Rich {
+            n,
+            text: format!("sample {n}"),
+            values: (0..(n % 7) as u32).collect(),
+            tags: (n % 2 == 0).then(|| vec!["a".into(), "bc".into()]),
+            shape: match n % 3 {
+                0 => Shape::Empty,
+                1 => Shape::Bytes(vec![1, 2, 3]),
+                _ => Shape::Pair(7, "pair".into()),
+            },
+        }
+    }
+
+    /// The bytes of `self` as an archive (for seeding mutations).
+    pub fn to_archive(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map(|v| v.to_vec())
+            .unwrap_or_default()
+    }
+}
+
+fn check<T: message::Message>(bytes: &[u8]) -> bool {
+    match message::access::<T>(bytes) {
+        Ok(archived) => {
+            // Valid archives must also deserialize.
+            message::deserialize::<T>(archived).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Target (a): validates `data` as a request or reply of several types, exactly as a server
+/// or client does with a peer's bytes, and deserializes what validates. Returns how many
+/// types accepted the bytes.
+pub fn message_bytes(data: &[u8]) -> usize {
+    let mut buf = AlignedVec::<16>::new();
+    buf.extend_from_slice(data);
+    let bytes = buf.as_slice();
+    [
+        check::<String>(bytes),
+        check::<Vec<u8>>(bytes),
+        check::<u64>(bytes),
+        check::<(u32, String)>(bytes),
+        check::<Rich>(bytes),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
+}
+
+/// The geometry the mapping-image target uses: 64 KiB, 4 slots.
+pub fn image_layout() -> Layout {
+    Layout::new(64 * 1024, 4).expect("valid layout")
+}
+
+/// Target (b): runs the server's code (reaper scan, take / begin / serve / finish, in trusted
+/// and untrusted mode, request and one-way) over an arbitrary mapping image, then reads every
+/// slot in REPLY the way a client does. Returns how many slots were served.
+pub fn mapping_image(data: &[u8]) -> usize {
+    let selector = data.first().copied().unwrap_or(0);
+    let trust = if selector & 1 == 0 {
+        Trust::Trusted
+    } else {
+        Trust::Untrusted
+    };
+    let Ok(map) = Mapping::from_image(image_layout(), data) else {
+        return 0;
+    };
+    let served = crate::server::serve_image(&map, trust, selector & 2 != 0);
+    let max = map.layout().max_payload();
+    let mut copy = AlignedVec::new();
+    for slot in 0..map.layout().slot_count {
+        let sh = map.slot(slot);
+        if State(sh.state.load(Ordering::Acquire)).kind() != State::REPLY {
+            continue;
+        }
+        let st = sh.status.load(Ordering::Relaxed);
+        let len = sh.reply_len.load(Ordering::Relaxed) as usize;
+        if reply_error::<String>(st, len, max, true).is_none() {
+            debug_assert_eq!(st, status::OK);
+            // SAFETY: `len <= max`, inside the slot's payload, 64-byte aligned.
+            unsafe { copy_out(map.payload(slot), len, &mut copy) };
+            let _ = check::<String>(&copy);
+        }
+    }
+    served
+}

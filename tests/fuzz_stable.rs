@@ -1,0 +1,147 @@
+//! The fuzz targets of `fuzz/`, driven on stable Rust: seeded random inputs and mutations of
+//! valid messages and mapping images, a few seconds in all. A panic, a hang or a crash here is
+//! a bug; crashers found by cargo-fuzz are kept in `REGRESSIONS` below.
+
+use shmrpc::fuzzing::{image_layout, mapping_image, message_bytes, Rich};
+use shmrpc::layout::{HEADER_SIZE, SLOT_HEADER_SIZE};
+use std::time::{Duration, Instant};
+
+/// Inputs that once crashed or hung a target (from cargo-fuzz runs); each must now pass.
+const REGRESSIONS: &[&[u8]] = &[b"", &[0xff; 64], &[0; 4096]];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+    /// Flips bits, overwrites bytes with edge values, truncates or extends.
+    fn mutate(&mut self, data: &mut Vec<u8>) {
+        for _ in 0..1 + self.below(4) {
+            match self.below(5) {
+                0 if !data.is_empty() => {
+                    let i = self.below(data.len());
+                    data[i] ^= 1 << self.below(8);
+                }
+                1 if !data.is_empty() => {
+                    let i = self.below(data.len());
+                    data[i] = [0, 0xff, 0x7f, 0x80][self.below(4)];
+                }
+                2 => data.truncate(self.below(data.len() + 1)),
+                3 => {
+                    let n = self.below(16);
+                    let extra = self.bytes(n);
+                    data.extend(extra);
+                }
+                _ if data.len() >= 4 => {
+                    let i = self.below(data.len() - 3);
+                    let v = (self.next() as u32).to_le_bytes();
+                    data[i..i + 4].copy_from_slice(&v);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Target (a), a few seconds: random bytes and mutated valid archives never panic, and valid
+/// archives are accepted (so the target does real work).
+#[test]
+fn validating_message_bytes_never_panics() {
+    for r in REGRESSIONS {
+        message_bytes(r);
+    }
+    let mut rng = Rng(1);
+    let valid: Vec<Vec<u8>> = (0..12).map(|n| Rich::sample(n).to_archive()).collect();
+    for v in &valid {
+        assert!(message_bytes(v) >= 1, "a valid archive was rejected");
+    }
+    let (mut runs, mut accepted) = (0u64, 0u64);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let input = if rng.below(2) == 0 {
+            let len = rng.below(300);
+            rng.bytes(len)
+        } else {
+            let mut v = valid[rng.below(valid.len())].clone();
+            rng.mutate(&mut v);
+            v
+        };
+        accepted += message_bytes(&input) as u64;
+        runs += 1;
+    }
+    println!("message_bytes: {runs} inputs, {accepted} type acceptances");
+    assert!(runs > 1000);
+}
+
+/// A mapping image with every slot holding a published request (a `String` archive).
+fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
+    let layout = image_layout();
+    let mut image = vec![0u8; layout.capacity];
+    let text = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
+    for slot in 0..layout.slot_count {
+        let base = HEADER_SIZE + slot as usize * layout.slot_size;
+        let gen = rng.below(1000) as u32;
+        image[base..base + 4].copy_from_slice(&((gen << 8) | 2).to_le_bytes()); // REQUEST
+        image[base + 4..base + 8].copy_from_slice(&(rng.below(2) as u32).to_le_bytes()); // kind
+        image[base + 8..base + 12].copy_from_slice(&(text.len() as u32).to_le_bytes());
+        let payload = base + SLOT_HEADER_SIZE;
+        image[payload..payload + text.len()].copy_from_slice(&text);
+    }
+    image[192..200].copy_from_slice(&0b1111u64.to_le_bytes()); // ready bits for 4 slots
+    image
+}
+
+/// Target (b), a few seconds: arbitrary and mutated mapping images never make the server's code
+/// panic, hang, or touch memory outside the mapping; a well-formed image is fully served.
+#[test]
+fn serving_an_arbitrary_mapping_image_never_panics() {
+    for r in REGRESSIONS {
+        mapping_image(r);
+    }
+    let mut rng = Rng(2);
+    let mut well_formed = image_with_requests(&mut rng);
+    well_formed[0] = 0; // trusted, request/response
+    assert_eq!(mapping_image(&well_formed), 4, "a well-formed image was not served");
+    let (mut runs, mut served) = (0u64, 0u64);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let input = match rng.below(3) {
+            0 => {
+                let len = rng.below(2048);
+                rng.bytes(len)
+            }
+            _ => {
+                let mut image = image_with_requests(&mut rng);
+                // Mutate the header and slot headers most, the payloads too.
+                for _ in 0..1 + rng.below(16) {
+                    let layout = image_layout();
+                    let i = match rng.below(3) {
+                        0 => rng.below(HEADER_SIZE),
+                        1 => {
+                            let slot = rng.below(layout.slot_count as usize);
+                            HEADER_SIZE + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE)
+                        }
+                        _ => rng.below(image.len()),
+                    };
+                    image[i] = rng.next() as u8;
+                }
+                image[0] = rng.next() as u8; // the selector: trust and one-way
+                image
+            }
+        };
+        served += mapping_image(&input) as u64;
+        runs += 1;
+    }
+    println!("mapping_image: {runs} images, {served} slots served");
+    assert!(runs > 100);
+}
