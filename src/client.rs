@@ -370,13 +370,13 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 /// a reply to validate, or the error to report.
 pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool) -> Option<Error> {
     Some(match st {
-        _ if !same_call => Error::BadMessage(
-            "the slot no longer holds this call (a peer wrote into it)".into(),
-        ),
+        _ if !same_call => {
+            Error::BadMessage("the slot no longer holds this call (a peer wrote into it)".into())
+        }
         status::OK if len <= max => return None,
-        status::OK => Error::BadMessage(format!(
-            "reply length {len} exceeds the slot's {max} bytes"
-        )),
+        status::OK => {
+            Error::BadMessage(format!("reply length {len} exceeds the slot's {max} bytes"))
+        }
         status::HANDLER_PANICKED => Error::HandlerPanicked,
         status::REPLY_TOO_LARGE => Error::PayloadTooLarge { len, max },
         status::WRONG_KIND => {

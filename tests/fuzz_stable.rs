@@ -111,7 +111,11 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
     let mut rng = Rng(2);
     let mut well_formed = image_with_requests(&mut rng);
     well_formed[0] = 0; // trusted, request/response
-    assert_eq!(mapping_image(&well_formed), 4, "a well-formed image was not served");
+    assert_eq!(
+        mapping_image(&well_formed),
+        4,
+        "a well-formed image was not served"
+    );
     let (mut runs, mut served) = (0u64, 0u64);
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {

@@ -1,0 +1,682 @@
+//! Round trips between two real processes: shmrpc beside the hardware limit and the usual
+//! alternatives, in one binary and one run, so that ratios are meaningful on a noisy machine.
+//!
+//! ```text
+//! cargo bench --bench rpc                          # shmrpc and the in-house baselines
+//! cargo bench --bench rpc --features bench-peers   # plus iceoryx2 and ipc-channel
+//! ```
+//!
+//! This binary is also every server: it re-executes itself with `SHMRPC_BENCH_ROLE` set.
+//! Each figure is one request of N bytes and one reply of N bytes, timed with `iter_custom`
+//! after criterion's warm-up; servers are started before and stopped after each contender.
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use rustix::fs::Mode;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+use shmrpc::{Client, Request, Server, WaitMode};
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "SHMRPC_BENCH_ROLE";
+const SIZES: [usize; 4] = [64, 1024, 16 * 1024, 128 * 1024];
+
+// ---------------------------------------------------------------------------------------------
+// Servers (child processes).
+
+/// A server child process; killed when dropped.
+struct ServerProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ServerProc {
+    fn start(role: &str) -> ServerProc {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "server {role:?} said {line:?}");
+        ServerProc {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The line the server printed after "ready" (e.g. a channel name).
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready() {
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+}
+
+fn wait_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn serve_shmrpc<const N: usize>(name: &str, mode: WaitMode, workers: usize) {
+    let server = Server::builder(name)
+        .capacity(1 << 20)
+        .slots(4)
+        .workers(workers)
+        .wait_mode(mode)
+        .serve(|req: Request<'_, [u8; N]>| *req.archived())
+        .unwrap();
+    ready();
+    wait_stdin_eof();
+    drop(server);
+}
+
+/// The raw shared-memory ping-pong: no protocol, no validation. Layout: request sequence word
+/// at 0, reply sequence word at 64, stop word at 128, request bytes at 4096, reply bytes at
+/// 4096 + N (rounded up to a page).
+struct Raw {
+    base: *mut u8,
+    n: usize,
+}
+
+// SAFETY: the raw mapping is shared memory used through atomics and the ping-pong protocol.
+unsafe impl Send for Raw {}
+
+impl Raw {
+    fn len(n: usize) -> usize {
+        4096 + 2 * n.div_ceil(4096) * 4096
+    }
+    fn open(path: &str, n: usize, create: bool) -> Raw {
+        let flags = if create {
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::RDWR
+        } else {
+            rustix::shm::OFlags::RDWR
+        };
+        let fd = rustix::shm::open(path, flags, Mode::RUSR | Mode::WUSR).unwrap();
+        if create {
+            rustix::fs::ftruncate(&fd, Raw::len(n) as u64).unwrap();
+        }
+        // SAFETY: a fresh shared mapping of the whole object.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                Raw::len(n),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+            .unwrap()
+        };
+        Raw {
+            base: base.cast(),
+            n,
+        }
+    }
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offsets 0, 64, 128 are inside the first page, 4-aligned.
+        unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
+    }
+    fn request(&self) -> *mut u8 {
+        // SAFETY: inside the mapping.
+        unsafe { self.base.add(4096) }
+    }
+    fn reply(&self) -> *mut u8 {
+        // SAFETY: inside the mapping.
+        unsafe { self.base.add(4096 + self.n.div_ceil(4096) * 4096) }
+    }
+    /// Waits until `word` differs from `old`: spinning, or parked on the futex.
+    fn wait_change(word: &AtomicU32, old: u32, spin: bool) -> u32 {
+        loop {
+            let now = word.load(Ordering::Acquire);
+            if now != old {
+                return now;
+            }
+            if spin {
+                std::hint::spin_loop();
+            } else {
+                let _ = futex::wait(word, futex::Flags::empty(), old, None);
+            }
+        }
+    }
+    fn publish(word: &AtomicU32, spin: bool) {
+        word.fetch_add(1, Ordering::Release);
+        if !spin {
+            let _ = futex::wake(word, futex::Flags::empty(), 1);
+        }
+    }
+}
+
+fn serve_raw(path: &str, n: usize, spin: bool) {
+    let raw = Raw::open(path, n, false);
+    // Read the sequence before saying ready: the client may publish at once after.
+    let mut seen = raw.word(0).load(Ordering::Acquire);
+    ready();
+    loop {
+        seen = Raw::wait_change(raw.word(0), seen, spin);
+        if raw.word(128).load(Ordering::Acquire) != 0 {
+            return;
+        }
+        // SAFETY: the client wrote the request before its Release bump and waits for ours.
+        unsafe { std::ptr::copy_nonoverlapping(raw.request(), raw.reply(), n) };
+        Raw::publish(raw.word(64), spin);
+    }
+}
+
+fn serve_uds(path: &str, n: usize) {
+    let listener = UnixListener::bind(path).unwrap();
+    ready();
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { break };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; n];
+            while stream.read_exact(&mut buf).is_ok() {
+                if stream.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn serve_pipe(n: usize) {
+    ready();
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = vec![0u8; n];
+    while stdin.read_exact(&mut buf).is_ok() {
+        if stdout.write_all(&buf).and_then(|_| stdout.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve(role: &str) {
+    let args: Vec<&str> = role.split(' ').collect();
+    let n: usize = args[1].parse().unwrap();
+    match args[0] {
+        "shmrpc" | "shmrpc-park" => {
+            let mode = if args[0] == "shmrpc" {
+                WaitMode::default()
+            } else {
+                WaitMode::Park
+            };
+            let workers: usize = args[3].parse().unwrap();
+            match n {
+                64 => serve_shmrpc::<64>(args[2], mode, workers),
+                1024 => serve_shmrpc::<1024>(args[2], mode, workers),
+                16384 => serve_shmrpc::<16384>(args[2], mode, workers),
+                131072 => serve_shmrpc::<131072>(args[2], mode, workers),
+                _ => panic!("unsupported size {n}"),
+            }
+        }
+        "raw-spin" => serve_raw(args[2], n, true),
+        "raw-futex" => serve_raw(args[2], n, false),
+        "uds" => serve_uds(args[2], n),
+        "pipe" => serve_pipe(n),
+        #[cfg(feature = "bench-peers")]
+        "ipc-channel" => peers::serve_ipc_channel(args[2]),
+        #[cfg(feature = "bench-peers")]
+        "iceoryx2" => peers::serve_iceoryx2(args[2], n),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients (in the bench process): one round trip each.
+
+fn name(kind: &str, n: usize) -> String {
+    format!("bench-{kind}-{n}-{}", std::process::id())
+}
+
+fn bench_shmrpc<const N: usize>(c: &mut Criterion, group: &str, kind: &str, mode: WaitMode) {
+    let name = name(kind, N);
+    let _server = ServerProc::start(&format!("{kind} {N} {name} 1"));
+    let client = Client::builder(&name)
+        .wait_mode(mode)
+        .connect::<[u8; N], [u8; N]>()
+        .unwrap();
+    let msg = Box::new([7u8; N]);
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Bytes(2 * N as u64));
+    g.bench_with_input(BenchmarkId::new(kind, N), &N, |b, _| {
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                let reply = client.request(&msg).unwrap();
+                black_box(reply[N - 1]);
+            }
+            t0.elapsed()
+        })
+    });
+    g.finish();
+}
+
+fn bench_raw(c: &mut Criterion, group: &str, kind: &str, n: usize, spin: bool) {
+    let path = format!("/{}", name(kind, n));
+    let raw = Raw::open(&path, n, true);
+    let server = ServerProc::start(&format!("{kind} {n} {path}"));
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Bytes(2 * n as u64));
+    g.bench_with_input(BenchmarkId::new(kind, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                let seen = raw.word(64).load(Ordering::Acquire);
+                // SAFETY: the server reads the request only after our Release bump below.
+                unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
+                Raw::publish(raw.word(0), spin);
+                Raw::wait_change(raw.word(64), seen, spin);
+                // SAFETY: the server wrote the reply before its Release bump.
+                unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
+                black_box(out[n - 1]);
+            }
+            t0.elapsed()
+        })
+    });
+    g.finish();
+    raw.word(128).store(1, Ordering::Release);
+    Raw::publish(raw.word(0), spin);
+    drop(server);
+    let _ = rustix::shm::unlink(path.as_str());
+}
+
+fn bench_stream<S: Read + Write>(
+    c: &mut Criterion,
+    group: &str,
+    kind: &str,
+    n: usize,
+    mut tx: impl Write,
+    mut rx: S,
+) {
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Bytes(2 * n as u64));
+    g.bench_with_input(BenchmarkId::new(kind, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                tx.write_all(&msg).unwrap();
+                tx.flush().unwrap();
+                rx.read_exact(&mut out).unwrap();
+                black_box(out[n - 1]);
+            }
+            t0.elapsed()
+        })
+    });
+    g.finish();
+}
+
+/// A read half for the pipe contender (the server's stdout).
+struct PipeRx<'a>(&'a mut BufReader<ChildStdout>);
+impl Read for PipeRx<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+impl Write for PipeRx<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        unreachable!("read half")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn round_trips(c: &mut Criterion) {
+    const GROUP: &str = "round_trip";
+    for n in SIZES {
+        match n {
+            64 => bench_shmrpc::<64>(c, GROUP, "shmrpc", WaitMode::default()),
+            1024 => bench_shmrpc::<1024>(c, GROUP, "shmrpc", WaitMode::default()),
+            16384 => bench_shmrpc::<16384>(c, GROUP, "shmrpc", WaitMode::default()),
+            _ => bench_shmrpc::<131072>(c, GROUP, "shmrpc", WaitMode::default()),
+        }
+        match n {
+            64 => bench_shmrpc::<64>(c, GROUP, "shmrpc-park", WaitMode::Park),
+            1024 => bench_shmrpc::<1024>(c, GROUP, "shmrpc-park", WaitMode::Park),
+            16384 => bench_shmrpc::<16384>(c, GROUP, "shmrpc-park", WaitMode::Park),
+            _ => bench_shmrpc::<131072>(c, GROUP, "shmrpc-park", WaitMode::Park),
+        }
+        bench_raw(c, GROUP, "raw-spin", n, true);
+        bench_raw(c, GROUP, "raw-futex", n, false);
+        {
+            let path = format!("/tmp/{}.sock", name("uds", n));
+            let _server = ServerProc::start(&format!("uds {n} {path}"));
+            let stream = UnixStream::connect(&path).unwrap();
+            bench_stream(
+                c,
+                GROUP,
+                "unix-socket",
+                n,
+                stream.try_clone().unwrap(),
+                stream,
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+        {
+            let mut server = ServerProc::start(&format!("pipe {n}"));
+            let tx = server.stdin.take().unwrap();
+            bench_stream(c, GROUP, "pipe", n, tx, PipeRx(&mut server.stdout));
+        }
+        #[cfg(feature = "bench-peers")]
+        {
+            peers::bench_ipc_channel(c, GROUP, n);
+            peers::bench_iceoryx2(c, GROUP, n);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput: many callers at once, 64-byte messages.
+
+fn throughput(c: &mut Criterion) {
+    let mut g = c.benchmark_group("throughput_64B");
+    g.sample_size(10);
+    for workers in [1usize, 2] {
+        let name = name(&format!("tp{workers}"), 64);
+        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers}"));
+        let client = Client::builder(&name)
+            .connect::<[u8; 64], [u8; 64]>()
+            .unwrap();
+        for threads in [1u64, 2, 4, 8] {
+            g.throughput(Throughput::Elements(threads));
+            let id = BenchmarkId::new(format!("shmrpc-{workers}w"), format!("{threads}t"));
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Arc::new(Barrier::new(threads as usize + 1));
+                    let handles: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (client, barrier) = (client.clone(), barrier.clone());
+                            std::thread::spawn(move || {
+                                let msg = [1u8; 64];
+                                barrier.wait();
+                                for _ in 0..iters {
+                                    black_box(client.request(&msg).unwrap()[0]);
+                                }
+                            })
+                        })
+                        .collect();
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    for h in handles {
+                        h.join().unwrap();
+                    }
+                    t0.elapsed()
+                })
+            });
+        }
+        // Two client processes, each making `iters` calls when told.
+        g.throughput(Throughput::Elements(2));
+        let id = BenchmarkId::new(format!("shmrpc-{workers}w"), "2p");
+        let mut procs: Vec<ServerProc> = (0..2)
+            .map(|_| ServerProc::start(&format!("caller 64 {name}")))
+            .collect();
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for p in &mut procs {
+                    writeln!(p.stdin.as_mut().unwrap(), "{iters}").unwrap();
+                }
+                for p in &mut procs {
+                    assert_eq!(p.read_line(), "done");
+                }
+                t0.elapsed()
+            })
+        });
+    }
+    // The Unix socket under the same load: one connection per thread, a thread per connection.
+    let path = format!("/tmp/{}.sock", name("tp-uds", 64));
+    let _server = ServerProc::start(&format!("uds 64 {path}"));
+    for threads in [1u64, 2, 4, 8] {
+        g.throughput(Throughput::Elements(threads));
+        let id = BenchmarkId::new("unix-socket", format!("{threads}t"));
+        let streams: Vec<UnixStream> = (0..threads)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(threads as usize + 1));
+                let handles: Vec<_> = streams
+                    .iter()
+                    .map(|s| {
+                        let (mut s, barrier) = (s.try_clone().unwrap(), barrier.clone());
+                        std::thread::spawn(move || {
+                            let (msg, mut out) = ([1u8; 64], [0u8; 64]);
+                            barrier.wait();
+                            for _ in 0..iters {
+                                s.write_all(&msg).unwrap();
+                                s.read_exact(&mut out).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                barrier.wait();
+                let t0 = Instant::now();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                t0.elapsed()
+            })
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    g.finish();
+}
+
+/// A calling child for the two-process throughput figure: makes N calls per line on stdin.
+fn caller(name: &str) {
+    let client = Client::builder(name)
+        .connect::<[u8; 64], [u8; 64]>()
+        .unwrap();
+    ready();
+    let msg = [1u8; 64];
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let n: u64 = line.trim().parse().unwrap();
+        for _ in 0..n {
+            black_box(client.request(&msg).unwrap()[0]);
+        }
+        println!("done");
+        std::io::stdout().flush().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cost of safety: validation against unchecked access, and untrusted mode's copy.
+
+fn safety(c: &mut Criterion) {
+    let mut g = c.benchmark_group("safety");
+    for (label, values) in [("64B", 12usize), ("16KiB", 4090)] {
+        let msg: Vec<u32> = (0..values as u32).collect();
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
+        g.bench_function(BenchmarkId::new("bytecheck-access", label), |b| {
+            b.iter(|| {
+                let a = rkyv::access::<
+                    rkyv::vec::ArchivedVec<rkyv::rend::u32_le>,
+                    rkyv::rancor::Error,
+                >(black_box(&bytes))
+                .unwrap();
+                black_box(a.len())
+            })
+        });
+        g.bench_function(BenchmarkId::new("unchecked-access", label), |b| {
+            b.iter(|| {
+                // SAFETY: `bytes` was just produced by rkyv for this type.
+                let a = unsafe {
+                    rkyv::access_unchecked::<rkyv::vec::ArchivedVec<rkyv::rend::u32_le>>(black_box(
+                        &bytes,
+                    ))
+                };
+                black_box(a.len())
+            })
+        });
+        let mut copy = rkyv::util::AlignedVec::new();
+        g.bench_function(BenchmarkId::new("untrusted-copy+checksum", label), |b| {
+            b.iter(|| {
+                black_box(shmrpc::fuzzing::untrusted_copy(
+                    black_box(&bytes),
+                    &mut copy,
+                ))
+            })
+        });
+    }
+    g.finish();
+}
+
+#[cfg(feature = "bench-peers")]
+mod peers {
+    //! iceoryx2 request-response and ipc-channel, written as their documentation shows.
+    use super::*;
+    use iceoryx2::prelude::*;
+    use ipc_channel::ipc::{self as ipcc, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer};
+
+    pub fn serve_ipc_channel(server_name: &str) {
+        let tx0: ipcc::IpcSender<(IpcBytesSender, IpcBytesReceiver)> =
+            ipcc::IpcSender::connect(server_name.to_owned()).unwrap();
+        let (req_tx, req_rx) = ipcc::bytes_channel().unwrap();
+        let (rep_tx, rep_rx) = ipcc::bytes_channel().unwrap();
+        tx0.send((req_tx, rep_rx)).unwrap();
+        ready();
+        while let Ok(msg) = req_rx.recv() {
+            if rep_tx.send(&msg).is_err() {
+                break;
+            }
+        }
+    }
+
+    pub fn bench_ipc_channel(c: &mut Criterion, group: &str, n: usize) {
+        let (server, server_name) =
+            IpcOneShotServer::<(IpcBytesSender, IpcBytesReceiver)>::new().unwrap();
+        let _proc = ServerProc::start(&format!("ipc-channel {n} {server_name}"));
+        let (_, (req_tx, rep_rx)) = server.accept().unwrap();
+        let msg = vec![7u8; n];
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Bytes(2 * n as u64));
+        g.bench_with_input(BenchmarkId::new("ipc-channel", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    req_tx.send(&msg).unwrap();
+                    black_box(rep_rx.recv().unwrap().len());
+                }
+                t0.elapsed()
+            })
+        });
+        g.finish();
+    }
+
+    fn iceoryx2_server<const N: usize>(service_name: &str) {
+        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
+        let service = node
+            .service_builder(&service_name.try_into().unwrap())
+            .request_response::<[u8; N], [u8; N]>()
+            .open_or_create()
+            .unwrap();
+        let server = service.server_builder().create().unwrap();
+        ready();
+        let stop = std::thread::spawn(wait_stdin_eof);
+        while !stop.is_finished() {
+            while let Some(active) = server.receive().unwrap() {
+                let response = active.loan_uninit().unwrap();
+                response.write_payload(*active).send().unwrap();
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    pub fn serve_iceoryx2(service_name: &str, n: usize) {
+        match n {
+            64 => iceoryx2_server::<64>(service_name),
+            1024 => iceoryx2_server::<1024>(service_name),
+            16384 => iceoryx2_server::<16384>(service_name),
+            _ => iceoryx2_server::<131072>(service_name),
+        }
+    }
+
+    fn iceoryx2_client<const N: usize>(c: &mut Criterion, group: &str) {
+        let service_name = format!("shmrpc/bench/{}", name("iox2", N));
+        let _proc = ServerProc::start(&format!("iceoryx2 {N} {service_name}"));
+        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
+        let service = node
+            .service_builder(&service_name.as_str().try_into().unwrap())
+            .request_response::<[u8; N], [u8; N]>()
+            .open_or_create()
+            .unwrap();
+        let client = service.client_builder().create().unwrap();
+        let msg = Box::new([7u8; N]);
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Bytes(2 * N as u64));
+        g.bench_with_input(BenchmarkId::new("iceoryx2", N), &N, |b, _| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    let request = client.loan_uninit().unwrap();
+                    let pending = request.write_payload(*msg).send().unwrap();
+                    loop {
+                        if let Some(response) = pending.receive().unwrap() {
+                            black_box(response[N - 1]);
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+                t0.elapsed()
+            })
+        });
+        g.finish();
+    }
+
+    pub fn bench_iceoryx2(c: &mut Criterion, group: &str, n: usize) {
+        match n {
+            64 => iceoryx2_client::<64>(c, group),
+            1024 => iceoryx2_client::<1024>(c, group),
+            16384 => iceoryx2_client::<16384>(c, group),
+            _ => iceoryx2_client::<131072>(c, group),
+        }
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        if let Some(name) = role.strip_prefix("caller 64 ") {
+            return caller(name);
+        }
+        return serve(&role);
+    }
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    round_trips(&mut c);
+    throughput(&mut c);
+    safety(&mut c);
+    c.final_summary();
+}
