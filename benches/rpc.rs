@@ -514,15 +514,15 @@ fn caller(name: &str) {
 
 fn safety(c: &mut Criterion) {
     let mut g = c.benchmark_group("safety");
-    for (label, values) in [("64B", 12usize), ("16KiB", 4090)] {
-        let msg: Vec<u32> = (0..values as u32).collect();
+    // A String: its validation (UTF-8) reads every byte, unlike a Vec of plain integers.
+    for (label, len) in [("64B", 56usize), ("16KiB", 16376)] {
+        let msg: String = "shmrpc ".chars().cycle().take(len).collect();
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
         g.bench_function(BenchmarkId::new("bytecheck-access", label), |b| {
             b.iter(|| {
-                let a = rkyv::access::<
-                    rkyv::vec::ArchivedVec<rkyv::rend::u32_le>,
-                    rkyv::rancor::Error,
-                >(black_box(&bytes))
+                let a = rkyv::access::<rkyv::string::ArchivedString, rkyv::rancor::Error>(
+                    black_box(&bytes),
+                )
                 .unwrap();
                 black_box(a.len())
             })
@@ -531,9 +531,7 @@ fn safety(c: &mut Criterion) {
             b.iter(|| {
                 // SAFETY: `bytes` was just produced by rkyv for this type.
                 let a = unsafe {
-                    rkyv::access_unchecked::<rkyv::vec::ArchivedVec<rkyv::rend::u32_le>>(black_box(
-                        &bytes,
-                    ))
+                    rkyv::access_unchecked::<rkyv::string::ArchivedString>(black_box(&bytes))
                 };
                 black_box(a.len())
             })

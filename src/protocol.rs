@@ -21,8 +21,8 @@
 //! | ACCEPTED g | FREE g+1 | worker | [`release`] | (after the one-way handler ran) |
 //! | REPLY g | FREE g+1 | client | [`release`] | the client is done reading the reply |
 //! | CLAIMED g | FREE g+1 | client | [`release`] | the request did not fit |
-//! | CLAIMED g, REPLY g | FREE g+1 | server's reaper | [`reclaim`] | the owner process died |
-//! | REQUEST g, SERVING g | ABANDONED g | server's reaper | [`abandon`] | the owner process died |
+//! | CLAIMED g, REQUEST g, REPLY g | FREE g+1 | server's reaper | [`reclaim`] | the owner process died |
+//! | SERVING g | ABANDONED g | server's reaper | [`abandon`] | the owner process died |
 //! | REQUEST g, SERVING g | + WAITER | client | [`wait_done`] | the client is about to park |
 //!
 //! # The ready bitmap
@@ -422,16 +422,19 @@ pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, 
     notify_free(w, park);
 }
 
-/// Takes back a client-owned slot (CLAIMED or REPLY) whose owner died: `observed` -> FREE at
-/// the next generation, waking one caller that waits for a slot. Fails (returns `false`) if
-/// the word changed since it was observed, so a live owner's progress always wins.
+/// Takes back the slot of a client that died while it held it (CLAIMED or REPLY) or while its
+/// request waited for a worker (REQUEST): `observed` -> FREE at the next generation, waking
+/// one caller that waits for a slot. Fails (returns `false`) if the word changed since it was
+/// observed, so a live owner's or a worker's progress always wins. A REQUEST may still have
+/// its ready bit set (or may never have had it: the client can die between the two stores of
+/// `publish_request`); a stale bit is harmless, `begin_serving` skips a slot not in REQUEST.
 pub fn reclaim<W: Words + ?Sized, P: Park + ?Sized>(
     w: &W,
     park: &P,
     slot: u32,
     observed: State,
 ) -> bool {
-    if !matches!(observed.kind(), State::CLAIMED | State::REPLY) {
+    if !matches!(observed.kind(), State::CLAIMED | State::REQUEST | State::REPLY) {
         return false;
     }
     let free = State::new(State::FREE, State::next_gen(observed.gen()));

@@ -74,13 +74,16 @@ impl Reaper {
                 continue;
             }
             match s.kind() {
-                State::CLAIMED | State::REPLY => {
+                // Nobody else holds these: free them. (A REQUEST's ready bit may be missing if
+                // the client died between its two publishing stores, so it is not left to a
+                // worker.)
+                State::CLAIMED | State::REQUEST | State::REPLY => {
                     if protocol::reclaim(map, &Futex, i, s) {
                         out.freed += 1;
                     }
                 }
+                // A worker holds it: mark it, and the worker frees it when the handler returns.
                 _ => {
-                    // The worker frees an abandoned slot when it takes or finishes it.
                     if protocol::abandon(map, i, s.gen()).is_ok() {
                         out.abandoned += 1;
                     }

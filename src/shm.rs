@@ -15,6 +15,7 @@ use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm;
+use std::io::Write as _;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -62,14 +63,43 @@ fn shm_path(object: &str) -> String {
     format!("/dev/shm{object}")
 }
 
+/// Reads `/proc/PID/stat` into `buf` without allocating (the reaper and waiting callers run
+/// this on paths that must not allocate); returns the bytes read.
+fn read_proc_stat(pid: u32, buf: &mut [u8; 1024]) -> Option<&[u8]> {
+    let mut path = [0u8; 32];
+    let mut w = &mut path[..];
+    write!(w, "/proc/{pid}/stat").ok()?;
+    let len = 32 - w.len();
+    let path = std::str::from_utf8(&path[..len]).ok()?;
+    // rustix converts a short path on the stack, no allocation.
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let n = rustix::io::read(&fd, &mut buf[..]).ok()?;
+    Some(&buf[..n])
+}
+
+/// The process state (field 3) and start time (field 22) in a `/proc/PID/stat` line.
+fn parse_stat(stat: &[u8]) -> Option<(u8, u64)> {
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the
+    // last ')'. Field 3 is the first after it, so field 22 is the 20th.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    let start = std::str::from_utf8(fields.nth(18)?).ok()?.parse().ok()?;
+    Some((state, start))
+}
+
 /// Start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22), or
 /// `None` if there is no such process.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields resume after the
-    // last ')'. Field 3 is the first after it, so field 22 is the 20th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut buf = [0u8; 1024];
+    parse_stat(read_proc_stat(pid, &mut buf)?).map(|(_, start)| start)
 }
 
 /// This process's pid and start time.
@@ -79,21 +109,13 @@ pub fn self_identity() -> (u32, u64) {
 }
 
 /// Whether the process `pid` that started at `start` still runs (a recycled pid has another
-/// start time). A zombie counts as dead.
+/// start time). A zombie counts as dead. Allocates nothing.
 pub fn process_alive(pid: u32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return false;
-    };
-    let mut fields = stat[close + 1..].split_ascii_whitespace();
-    let state = fields.next();
-    if matches!(state, Some("Z" | "X" | "x")) {
-        return false;
+    let mut buf = [0u8; 1024];
+    match read_proc_stat(pid, &mut buf).and_then(parse_stat) {
+        Some((state, started)) => !matches!(state, b'Z' | b'X' | b'x') && started == start,
+        None => false,
     }
-    // `state` was field 3; field 22 is 19 further.
-    fields.nth(18).and_then(|f| f.parse::<u64>().ok()) == Some(start)
 }
 
 /// A mapped server mapping. The geometry (`layout`) is this process's own copy, fixed when the
