@@ -321,26 +321,25 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         sh.owner_gen.store(gen | OWNER_VALID, Ordering::Release);
         let id = message::new_call_id();
         let max = map.layout().max_payload();
-        // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
-        // payload until we publish it; the area is `max` bytes, 64-byte aligned.
-        let len = match unsafe { message::serialize_into(msg, map.payload(slot), max) } {
-            Ok(len) => len,
-            Err(e) => {
-                protocol::release(map, &Futex, slot, gen);
-                return Err(e);
-            }
-        };
+        let checked = inner.trust == Trust::Untrusted;
+        let (len, sum) =
+            // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
+            // payload until we publish it; the area is `max` bytes, 64-byte aligned.
+            match unsafe { message::serialize_into(msg, map.payload(slot), max, checked) } {
+                Ok(written) => written,
+                Err(e) => {
+                    protocol::release(map, &Futex, slot, gen);
+                    return Err(e);
+                }
+            };
         let (hi, lo) = id.as_u64_pair();
         sh.call_id[0].store(hi, Ordering::Relaxed);
         sh.call_id[1].store(lo, Ordering::Relaxed);
-        let kind = match inner.trust {
-            Trust::Trusted => kind,
-            Trust::Untrusted => {
-                // SAFETY: our CLAIMED slot; we wrote these `len <= max` bytes just above.
-                let written = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
-                sh.req_sum.store(checksum(written), Ordering::Relaxed);
-                kind | kind::CHECKED
-            }
+        let kind = if checked {
+            sh.req_sum.store(sum, Ordering::Relaxed);
+            kind | kind::CHECKED
+        } else {
+            kind
         };
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);

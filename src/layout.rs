@@ -63,18 +63,77 @@ pub const OWNER_VALID: u32 = 1 << 31;
 /// words, folded to 32 bits. It turns a peer's stray write into a `BadMessage` instead of a
 /// silently altered message; it is not a defence against a peer that forges on purpose.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    let mut c = Checksum::new();
+    c.update(bytes);
+    c.finish()
+}
+
+/// [`checksum`] computed over a stream of writes, so that a writer can sum the bytes it
+/// writes (its own, private copy) rather than re-read them from the mapping, where a peer
+/// could have changed them in between.
+#[derive(Debug, Clone)]
+pub struct Checksum {
+    h: u64,
+    carry: [u8; 8],
+    carried: usize,
+    total: u64,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Self::new()
     }
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
-    h ^= h >> 32;
-    h as u32
+}
+
+impl Checksum {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// An empty sum.
+    pub fn new() -> Checksum {
+        Checksum {
+            h: Self::K,
+            carry: [0; 8],
+            carried: 0,
+            total: 0,
+        }
+    }
+
+    #[inline]
+    fn word(&mut self, w: u64) {
+        self.h = (self.h ^ w).wrapping_mul(Self::K).rotate_left(29);
+    }
+
+    /// Adds `bytes` to the sum.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        if self.carried > 0 {
+            let take = (8 - self.carried).min(bytes.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&bytes[..take]);
+            self.carried += take;
+            bytes = &bytes[take..];
+            if self.carried < 8 {
+                return;
+            }
+            self.word(u64::from_le_bytes(self.carry));
+            self.carried = 0;
+        }
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
+    }
+
+    /// The 32-bit sum of everything added.
+    pub fn finish(&self) -> u32 {
+        let mut tail = [0u8; 8];
+        tail[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+        let mut h = (self.h ^ u64::from_le_bytes(tail)).wrapping_mul(Self::K);
+        h = (h ^ self.total).wrapping_mul(Self::K);
+        (h ^ (h >> 32)) as u32
+    }
 }
 
 /// Reply status in [`SlotHeader::status`], written by the server before it publishes.
@@ -263,5 +322,31 @@ impl Layout {
     /// Byte offset of slot `i` from the start of the mapping.
     pub fn slot_offset(&self, i: u32) -> usize {
         HEADER_SIZE + i as usize * self.slot_size
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The streaming sum a writer computes equals the one-shot sum the reader computes, for
+    /// every way of splitting the bytes into writes. Fails if a carry across writes is lost.
+    #[test]
+    fn streamed_checksum_equals_one_shot_checksum() {
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+        for len in [0, 1, 7, 8, 9, 63, 200] {
+            let whole = checksum(&data[..len]);
+            for split in 0..=len {
+                for split2 in split..=len {
+                    let mut c = Checksum::new();
+                    c.update(&data[..split]);
+                    c.update(&data[split..split2]);
+                    c.update(&data[split2..len]);
+                    assert_eq!(c.finish(), whole, "len {len} split {split}/{split2}");
+                }
+            }
+        }
+        assert_ne!(checksum(b"abc"), checksum(b"abd"));
+        assert_ne!(checksum(&[0; 8]), checksum(&[0; 16]));
     }
 }

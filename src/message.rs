@@ -2,6 +2,7 @@
 //! validated access to a peer's bytes.
 
 use crate::error::{Error, Result};
+use crate::layout::Checksum;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -42,6 +43,8 @@ pub struct SlotWriter {
     ptr: *mut u8,
     cap: usize,
     pos: usize,
+    /// Sums the bytes as they are written (untrusting peers), from our own copy of them.
+    sum: Option<Checksum>,
 }
 
 impl Positional for SlotWriter {
@@ -52,6 +55,9 @@ impl Positional for SlotWriter {
 
 impl<E> Writer<E> for SlotWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        if let Some(sum) = &mut self.sum {
+            sum.update(bytes);
+        }
         let end = self.pos.saturating_add(bytes.len());
         if end <= self.cap {
             // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
@@ -66,7 +72,8 @@ impl<E> Writer<E> for SlotWriter {
     }
 }
 
-/// Serializes `value` into the `cap` bytes at `dst`; returns the archive's length.
+/// Serializes `value` into the `cap` bytes at `dst`; returns the archive's length and, if
+/// `checked`, its checksum (0 otherwise), summed from the bytes as they were produced.
 ///
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
@@ -75,11 +82,13 @@ pub(crate) unsafe fn serialize_into<T: Message>(
     value: &T,
     dst: *mut u8,
     cap: usize,
-) -> Result<usize> {
+    checked: bool,
+) -> Result<(usize, u32)> {
     let writer = SlotWriter {
         ptr: dst,
         cap,
         pos: 0,
+        sum: checked.then(Checksum::new),
     };
     let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
         .map_err(|e| Error::BadMessage(format!("could not serialize the message: {e}")))?;
@@ -89,7 +98,7 @@ pub(crate) unsafe fn serialize_into<T: Message>(
             max: cap,
         });
     }
-    Ok(writer.pos)
+    Ok((writer.pos, writer.sum.map_or(0, |s| s.finish())))
 }
 
 /// Validates `bytes` as an archived `T` with bytecheck and returns a reference into them.

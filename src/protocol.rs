@@ -434,7 +434,10 @@ pub fn reclaim<W: Words + ?Sized, P: Park + ?Sized>(
     slot: u32,
     observed: State,
 ) -> bool {
-    if !matches!(observed.kind(), State::CLAIMED | State::REQUEST | State::REPLY) {
+    if !matches!(
+        observed.kind(),
+        State::CLAIMED | State::REQUEST | State::REPLY
+    ) {
         return false;
     }
     let free = State::new(State::FREE, State::next_gen(observed.gen()));

@@ -517,17 +517,16 @@ where
             return reply_status(map, slot, gen, status::HANDLER_PANICKED);
         };
         let max = map.layout().max_payload();
+        let sh = map.slot(slot);
+        let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
         // SAFETY: the slot is SERVING, owned by this worker; the request archive is no longer
         // borrowed (the handler returned an owned reply), so the payload area is free to
         // overwrite; it is `max` bytes, 64-byte aligned.
-        let written = unsafe { message::serialize_into(&reply, map.payload(slot), max) };
-        let sh = map.slot(slot);
+        let written = unsafe { message::serialize_into(&reply, map.payload(slot), max, checked) };
         match written {
-            Ok(len) => {
-                if sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0 {
-                    // SAFETY: our SERVING slot; we wrote these `len <= max` bytes just above.
-                    let reply = unsafe { std::slice::from_raw_parts(map.payload(slot), len) };
-                    sh.reply_sum.store(checksum(reply), Ordering::Relaxed);
+            Ok((len, sum)) => {
+                if checked {
+                    sh.reply_sum.store(sum, Ordering::Relaxed);
                 }
                 sh.status.store(status::OK, Ordering::Relaxed);
                 sh.reply_len.store(len as u32, Ordering::Relaxed);
