@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Proc, ROLE};
+use common::{echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Proc, Rng, ROLE};
 use shmrpc::{Client, Error, Server, Trust};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -71,19 +71,15 @@ fn own_start_time() -> u64 {
         .unwrap()
 }
 
-/// A small deterministic generator (SplitMix64) for the rogue and for random kills.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// Claims slot 0 (FREE -> CLAIMED) the way a client does; returns the state word it replaced.
+fn claim_slot_0(base: *mut u8) -> u32 {
+    let state = word32(base, HEADER_SIZE + SLOT_STATE);
+    let s = state.load(Ordering::SeqCst);
+    assert_eq!(s & 0b111, 0, "slot 0 is not free");
+    state
+        .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
+        .unwrap();
+    s
 }
 
 fn sleep_forever() -> ! {
@@ -138,12 +134,7 @@ fn child_entry() {
         // Killed right after claiming, before it could record who it is (the worst case).
         ["raw-claim", name] => {
             let (base, _) = raw_map(name);
-            let state = word32(base, HEADER_SIZE + SLOT_STATE);
-            let s = state.load(Ordering::SeqCst);
-            assert_eq!(s & 0b111, 0, "slot 0 is not free");
-            state
-                .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
-                .unwrap();
+            claim_slot_0(base);
             say("claimed".into());
             sleep_forever();
         }
@@ -151,12 +142,7 @@ fn child_entry() {
         ["raw-write", name] => {
             let (base, _) = raw_map(name);
             let slot = HEADER_SIZE;
-            let state = word32(base, slot + SLOT_STATE);
-            let s = state.load(Ordering::SeqCst);
-            assert_eq!(s & 0b111, 0, "slot 0 is not free");
-            state
-                .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
-                .unwrap();
+            let s = claim_slot_0(base);
             word32(base, slot + SLOT_OWNER_PID).store(std::process::id(), Ordering::SeqCst);
             word64(base, slot + SLOT_OWNER_START).store(own_start_time(), Ordering::SeqCst);
             const OWNER_VALID: u32 = 1 << 31;
@@ -198,10 +184,10 @@ fn child_entry() {
             let mut writes = 0u64;
             while Instant::now() < until {
                 for _ in 0..64 {
-                    let offset = (rng.below(len as u64) as usize) & !7;
+                    let offset = rng.below(len) & !7;
                     let value = match rng.below(4) {
                         0 => rng.next(),
-                        1 => rng.below(8) << (8 * rng.below(4)),
+                        1 => (rng.below(8) as u64) << (8 * rng.below(4)),
                         2 => u64::MAX,
                         _ => 0,
                     };
@@ -274,7 +260,7 @@ fn random_client_kills_under_load_cost_the_survivors_nothing() {
     while t0.elapsed() < Duration::from_secs(3) {
         let mut v = Proc::spawn(&["looper", &name, "v", "30"]);
         assert_eq!(v.line(), "started");
-        std::thread::sleep(Duration::from_millis(5 + rng.below(60)));
+        std::thread::sleep(Duration::from_millis(5 + rng.below(60) as u64));
         v.child.kill().unwrap();
         v.child.wait().unwrap();
         kills += 1;

@@ -236,3 +236,24 @@ fn killed_server_gives_waiting_caller_server_gone() {
     let fresh = Client::<Echo>::connect(&name).unwrap();
     assert_eq!(fresh.request(&Echo::new(3, "x")).unwrap().n, 3);
 }
+
+/// A handler panic in a server process: the caller gets `HandlerPanicked`, the server process
+/// stays up and keeps serving this and other callers. Fails if a panic unwinds out of a worker
+/// or leaves the slot held.
+#[test]
+fn handler_panic_in_a_server_process_is_reported_and_serving_goes_on() {
+    let name = unique_name("ppanic");
+    let mut server = start_server(&["echo-server", &name, "1"]);
+    let client = Client::<Echo>::connect(&name).unwrap();
+    for round in 0..3u64 {
+        let err = client.request(&Echo::new(round, "panic")).unwrap_err();
+        assert!(matches!(err, Error::HandlerPanicked), "{err}");
+        let reply = client.request(&Echo::new(round, "after")).unwrap();
+        assert_eq!(reply.n, round);
+    }
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server process died"
+    );
+    assert!(server.finish(Duration::from_secs(10)));
+}
