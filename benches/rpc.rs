@@ -82,10 +82,12 @@ fn wait_stdin_eof() {
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
-fn serve_shmrpc<const N: usize>(name: &str, mode: WaitMode, workers: usize) {
+/// 4 slots leave room for 128 KiB messages in the default 1 MiB; the throughput server uses
+/// the default 32, so that 8 callers never queue for a slot.
+fn serve_shmrpc<const N: usize>(name: &str, mode: WaitMode, workers: usize, slots: u32) {
     let server = Server::builder(name)
         .capacity(1 << 20)
-        .slots(4)
+        .slots(slots)
         .workers(workers)
         .wait_mode(mode)
         .serve(|req: Request<'_, [u8; N]>| *req.archived())
@@ -226,11 +228,12 @@ fn serve(role: &str) {
                 WaitMode::Park
             };
             let workers: usize = args[3].parse().unwrap();
+            let slots: u32 = args[4].parse().unwrap();
             match n {
-                64 => serve_shmrpc::<64>(args[2], mode, workers),
-                1024 => serve_shmrpc::<1024>(args[2], mode, workers),
-                16384 => serve_shmrpc::<16384>(args[2], mode, workers),
-                131072 => serve_shmrpc::<131072>(args[2], mode, workers),
+                64 => serve_shmrpc::<64>(args[2], mode, workers, slots),
+                1024 => serve_shmrpc::<1024>(args[2], mode, workers, slots),
+                16384 => serve_shmrpc::<16384>(args[2], mode, workers, slots),
+                131072 => serve_shmrpc::<131072>(args[2], mode, workers, slots),
                 _ => panic!("unsupported size {n}"),
             }
         }
@@ -255,7 +258,7 @@ fn name(kind: &str, n: usize) -> String {
 
 fn bench_shmrpc<const N: usize>(c: &mut Criterion, group: &str, kind: &str, mode: WaitMode) {
     let name = name(kind, N);
-    let _server = ServerProc::start(&format!("{kind} {N} {name} 1"));
+    let _server = ServerProc::start(&format!("{kind} {N} {name} 1 4"));
     let client = Client::builder(&name)
         .wait_mode(mode)
         .connect::<[u8; N], [u8; N]>()
@@ -402,7 +405,7 @@ fn throughput(c: &mut Criterion) {
     g.sample_size(10);
     for workers in [1usize, 2] {
         let name = name(&format!("tp{workers}"), 64);
-        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers}"));
+        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers} 32"));
         let client = Client::builder(&name)
             .connect::<[u8; 64], [u8; 64]>()
             .unwrap();

@@ -166,12 +166,25 @@ pub trait Park {
 /// What a waiting caller does between checks: how long to spin, how long each park lasts,
 /// whether its deadline passed and whether the peer still lives.
 pub trait Waiting {
-    /// Spins (or yields) until `done()` or the spin budget is spent; returns `done()`'s last value.
-    fn spin(&mut self, done: &mut dyn FnMut() -> bool) -> bool;
+    /// Spins (or yields) until `poll()` is `Ready` or the spin budget is spent; returns whether
+    /// it became ready.
+    fn spin(&mut self, poll: &mut dyn FnMut() -> Poll) -> bool;
     /// How long the next park may last, or `None` when the deadline has passed.
     fn next_park(&mut self) -> Option<Duration>;
     /// Whether the peer this call waits for is still alive (checked once per park).
     fn peer_alive(&mut self) -> bool;
+}
+
+/// What a spinning waiter sees at one check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Poll {
+    /// The condition holds: stop waiting.
+    Ready,
+    /// The peer is working on it (the call is being served): worth spinning.
+    Busy,
+    /// The peer has not started (the request waits for a worker, or no slot is free): the
+    /// worker is busy elsewhere, so spinning only takes CPU from it.
+    Queued,
 }
 
 /// Why a wait ended without its condition.
@@ -241,7 +254,11 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
     let mut got = None;
     if waiting.spin(&mut || {
         got = try_claim(w, start);
-        got.is_some()
+        if got.is_some() {
+            Poll::Ready
+        } else {
+            Poll::Queued
+        }
     }) {
         return Ok(got.expect("spin reported success"));
     }
@@ -352,7 +369,13 @@ fn wait_done_slow<W: Words + ?Sized, P: Park + ?Sized>(
     let mut last = State(0);
     if waiting.spin(&mut || {
         last = State(word.load(Ordering::Acquire));
-        is_done(last, gen)
+        if is_done(last, gen) {
+            Poll::Ready
+        } else if last.kind() == State::REQUEST {
+            Poll::Queued
+        } else {
+            Poll::Busy
+        }
     }) {
         return Ok(done_state(last, gen));
     }

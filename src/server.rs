@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::layout::{self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
 use crate::message::{self, Message};
-use crate::protocol::{self, Begin, State};
+use crate::protocol::{self, Begin, Poll, State};
 use crate::reaper::{Reaper, SCAN_EVERY};
 use crate::shm::{validate_name, Futex, Mapping, NameLock};
 use crate::sync::{AtomicU32, Ordering};
@@ -342,7 +342,14 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
             }
             continue;
         }
-        if spin_until(spin, &mut || protocol::any_ready(map) || !shared.running()) {
+        // An idle worker waits for callers: always worth spinning for (within its budget).
+        if spin_until(spin, &mut || {
+            if protocol::any_ready(map) || !shared.running() {
+                Poll::Ready
+            } else {
+                Poll::Busy
+            }
+        }) {
             continue;
         }
         protocol::worker_park(map, &Futex, Some(WORKER_PARK));

@@ -5,7 +5,7 @@
 //! cost of one wake-up: spinning longer than a wake costs cannot save more than it burns), and
 //! after 5 µs it yields between bursts, so that a peer sharing our core can run.
 
-use crate::protocol::Waiting;
+use crate::protocol::{Poll, Waiting};
 use std::time::{Duration, Instant};
 
 /// How a caller or a worker waits for its peer.
@@ -37,27 +37,31 @@ impl WaitMode {
     }
 }
 
-/// Spins on `done` for up to `budget`, checking it after every PAUSE: a hand-off takes a few
+/// Spins on `poll` for up to `budget`, checking it after every PAUSE: a hand-off takes a few
 /// hundred nanoseconds, so exponential backoff (whose bursts reach 64 PAUSEs, 1.6 µs here)
-/// would add up to a burst's length to every call. After [`PURE_SPIN`] the spinner yields
-/// between bursts, so that a peer sharing its core (oversubscription) can run.
-pub(crate) fn spin_until(budget: Duration, done: &mut dyn FnMut() -> bool) -> bool {
+/// would add up to a burst's length to every call. The spinner yields between bursts after
+/// [`PURE_SPIN`], or at once when a whole burst saw the call still queued (its server is busy
+/// with other calls: with more spinners than cores, spinning would take the CPU it needs).
+pub(crate) fn spin_until(budget: Duration, poll: &mut dyn FnMut() -> Poll) -> bool {
     if budget.is_zero() {
-        return done();
+        return poll() == Poll::Ready;
     }
     let start = Instant::now();
     loop {
+        let mut queued = 0;
         for _ in 0..SPIN_BURST {
-            if done() {
-                return true;
+            match poll() {
+                Poll::Ready => return true,
+                Poll::Queued => queued += 1,
+                Poll::Busy => {}
             }
             std::hint::spin_loop();
         }
         let spent = start.elapsed();
         if spent >= budget {
-            return done();
+            return poll() == Poll::Ready;
         }
-        if spent >= PURE_SPIN {
+        if spent >= PURE_SPIN || queued == SPIN_BURST {
             std::thread::yield_now();
         }
     }
@@ -92,8 +96,8 @@ impl<'a> CallWait<'a> {
 }
 
 impl Waiting for CallWait<'_> {
-    fn spin(&mut self, done: &mut dyn FnMut() -> bool) -> bool {
-        spin_until(self.spin, done)
+    fn spin(&mut self, poll: &mut dyn FnMut() -> Poll) -> bool {
+        spin_until(self.spin, poll)
     }
 
     fn next_park(&mut self) -> Option<Duration> {

@@ -19,7 +19,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use shmrpc::layout::server_state;
-use shmrpc::protocol::{self, Begin, Mutant, Park, State, WaitError, Waiting, Words};
+use shmrpc::protocol::{self, Begin, Mutant, Park, Poll, State, WaitError, Waiting, Words};
 use shmrpc::sync::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -131,8 +131,8 @@ struct ModelWait {
 }
 
 impl Waiting for ModelWait {
-    fn spin(&mut self, done: &mut dyn FnMut() -> bool) -> bool {
-        done()
+    fn spin(&mut self, poll: &mut dyn FnMut() -> Poll) -> bool {
+        poll() == Poll::Ready
     }
     fn next_park(&mut self) -> Option<Duration> {
         (!self.expired).then_some(Duration::from_secs(1))
