@@ -3,6 +3,8 @@
 
     cargo bench --bench rpc --features bench-peers
     python3 scripts/bench_report.py            # rewrites BENCHMARKS.md between the markers
+    python3 scripts/bench_report.py --also RUN_DIR...   # plus key ratios of earlier runs
+                                               # (copies of target/criterion, oldest first)
 
 Reads target/criterion/<group>/<id>/<param>/new/estimates.json (the median of the samples)
 and never types a figure by hand. The plot needs matplotlib (pip install matplotlib).
@@ -24,8 +26,8 @@ CONTENDERS = ["shmrpc", "shmrpc-park", "raw-spin", "raw-futex", "unix-socket", "
               "iceoryx2", "ipc-channel"]
 
 
-def median_ns(*parts):
-    path = os.path.join(CRIT, *parts, "new", "estimates.json")
+def median_ns(*parts, crit=None):
+    path = os.path.join(crit or CRIT, *parts, "new", "estimates.json")
     try:
         with open(path) as f:
             return json.load(f)["median"]["point_estimate"]
@@ -116,6 +118,30 @@ def tables():
     return rt, "\n".join(out)
 
 
+def key_ratios(dirs):
+    """One row per run: the ratios the targets are about."""
+    out = ["### Key ratios, run by run (each run is one `cargo bench`; the last is the one above)",
+           "",
+           "| run | shmrpc / raw-spin 64 B | 1 KiB | park / raw-futex 64 B | unix-socket / shmrpc 64 B "
+           "| iceoryx2 / shmrpc 64 B | 1 KiB | 16 KiB | 128 KiB | 8 threads / best, 1 worker | 2 workers |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, d in enumerate(dirs, 1):
+        m = lambda c, n: median_ns("round_trip", c, str(n), crit=d)
+        cells = [ratio(m("shmrpc", 64), m("raw-spin", 64)), ratio(m("shmrpc", 1024), m("raw-spin", 1024)),
+                 ratio(m("shmrpc-park", 64), m("raw-futex", 64)), ratio(m("unix-socket", 64), m("shmrpc", 64))]
+        cells += [ratio(m("iceoryx2", n), m("shmrpc", n)) for n in SIZES]
+        for row in ["shmrpc-1w", "shmrpc-2w"]:
+            rates = []
+            for c in ["1t", "2t", "4t", "8t", "2p"]:
+                ns = median_ns("throughput_64B", row, c, crit=d)
+                k = 2 if c == "2p" else int(c[:-1])
+                rates.append(None if ns is None else k / (ns * 1e-9))
+            vals = [r for r in rates if r]
+            cells.append("–" if not vals or rates[3] is None else f"{100 * rates[3] / max(vals):.0f} %")
+        out.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def plot(rt):
     try:
         import matplotlib
@@ -143,6 +169,9 @@ def plot(rt):
 
 def main():
     rt, text = tables()
+    if "--also" in sys.argv:
+        dirs = sys.argv[sys.argv.index("--also") + 1:] + [CRIT]
+        text += "\n\n" + key_ratios(dirs)
     doc = open(DOC).read() if os.path.exists(DOC) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in doc or END not in doc:
         sys.exit(f"{DOC} lacks the markers {BEGIN} / {END}")
