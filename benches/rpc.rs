@@ -256,6 +256,28 @@ fn name(kind: &str, n: usize) -> String {
     format!("bench-{kind}-{n}-{}", std::process::id())
 }
 
+/// Times `round_trip` (one request and its reply) as contender `kind` at `n` bytes each way.
+fn bench_round_trip(
+    c: &mut Criterion,
+    group: &str,
+    kind: &str,
+    n: usize,
+    mut round_trip: impl FnMut(),
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Bytes(2 * n as u64));
+    g.bench_with_input(BenchmarkId::new(kind, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                round_trip();
+            }
+            t0.elapsed()
+        })
+    });
+    g.finish();
+}
+
 fn bench_shmrpc<const N: usize>(c: &mut Criterion, group: &str, kind: &str, mode: WaitMode) {
     let name = name(kind, N);
     let _server = ServerProc::start(&format!("{kind} {N} {name} 1 4"));
@@ -264,19 +286,10 @@ fn bench_shmrpc<const N: usize>(c: &mut Criterion, group: &str, kind: &str, mode
         .connect::<[u8; N], [u8; N]>()
         .unwrap();
     let msg = Box::new([7u8; N]);
-    let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Bytes(2 * N as u64));
-    g.bench_with_input(BenchmarkId::new(kind, N), &N, |b, _| {
-        b.iter_custom(|iters| {
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                let reply = client.request(&msg).unwrap();
-                black_box(reply[N - 1]);
-            }
-            t0.elapsed()
-        })
+    bench_round_trip(c, group, kind, N, || {
+        let reply = client.request(&msg).unwrap();
+        black_box(reply[N - 1]);
     });
-    g.finish();
 }
 
 fn bench_raw(c: &mut Criterion, group: &str, kind: &str, n: usize, spin: bool) {
@@ -285,25 +298,16 @@ fn bench_raw(c: &mut Criterion, group: &str, kind: &str, n: usize, spin: bool) {
     let server = ServerProc::start(&format!("{kind} {n} {path}"));
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
-    let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Bytes(2 * n as u64));
-    g.bench_with_input(BenchmarkId::new(kind, n), &n, |b, _| {
-        b.iter_custom(|iters| {
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                let seen = raw.word(64).load(Ordering::Acquire);
-                // SAFETY: the server reads the request only after our Release bump below.
-                unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
-                Raw::publish(raw.word(0), spin);
-                Raw::wait_change(raw.word(64), seen, spin);
-                // SAFETY: the server wrote the reply before its Release bump.
-                unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
-                black_box(out[n - 1]);
-            }
-            t0.elapsed()
-        })
+    bench_round_trip(c, group, kind, n, || {
+        let seen = raw.word(64).load(Ordering::Acquire);
+        // SAFETY: the server reads the request only after our Release bump below.
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
+        Raw::publish(raw.word(0), spin);
+        Raw::wait_change(raw.word(64), seen, spin);
+        // SAFETY: the server wrote the reply before its Release bump.
+        unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
+        black_box(out[n - 1]);
     });
-    g.finish();
     raw.word(128).store(1, Ordering::Release);
     Raw::publish(raw.word(0), spin);
     drop(server);
@@ -320,21 +324,12 @@ fn bench_stream<S: Read + Write>(
 ) {
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
-    let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Bytes(2 * n as u64));
-    g.bench_with_input(BenchmarkId::new(kind, n), &n, |b, _| {
-        b.iter_custom(|iters| {
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                tx.write_all(&msg).unwrap();
-                tx.flush().unwrap();
-                rx.read_exact(&mut out).unwrap();
-                black_box(out[n - 1]);
-            }
-            t0.elapsed()
-        })
+    bench_round_trip(c, group, kind, n, || {
+        tx.write_all(&msg).unwrap();
+        tx.flush().unwrap();
+        rx.read_exact(&mut out).unwrap();
+        black_box(out[n - 1]);
     });
-    g.finish();
 }
 
 /// A read half for the pipe contender (the server's stdout).
@@ -579,19 +574,10 @@ mod peers {
         let _proc = ServerProc::start(&format!("ipc-channel {n} {server_name}"));
         let (_, (req_tx, rep_rx)) = server.accept().unwrap();
         let msg = vec![7u8; n];
-        let mut g = c.benchmark_group(group);
-        g.throughput(Throughput::Bytes(2 * n as u64));
-        g.bench_with_input(BenchmarkId::new("ipc-channel", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    req_tx.send(&msg).unwrap();
-                    black_box(rep_rx.recv().unwrap().len());
-                }
-                t0.elapsed()
-            })
+        bench_round_trip(c, group, "ipc-channel", n, || {
+            req_tx.send(&msg).unwrap();
+            black_box(rep_rx.recv().unwrap().len());
         });
-        g.finish();
     }
 
     fn iceoryx2_server<const N: usize>(service_name: &str) {
@@ -633,26 +619,17 @@ mod peers {
             .unwrap();
         let client = service.client_builder().create().unwrap();
         let msg = Box::new([7u8; N]);
-        let mut g = c.benchmark_group(group);
-        g.throughput(Throughput::Bytes(2 * N as u64));
-        g.bench_with_input(BenchmarkId::new("iceoryx2", N), &N, |b, _| {
-            b.iter_custom(|iters| {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    let request = client.loan_uninit().unwrap();
-                    let pending = request.write_payload(*msg).send().unwrap();
-                    loop {
-                        if let Some(response) = pending.receive().unwrap() {
-                            black_box(response[N - 1]);
-                            break;
-                        }
-                        std::hint::spin_loop();
-                    }
+        bench_round_trip(c, group, "iceoryx2", N, || {
+            let request = client.loan_uninit().unwrap();
+            let pending = request.write_payload(*msg).send().unwrap();
+            loop {
+                if let Some(response) = pending.receive().unwrap() {
+                    black_box(response[N - 1]);
+                    break;
                 }
-                t0.elapsed()
-            })
+                std::hint::spin_loop();
+            }
         });
-        g.finish();
     }
 
     pub fn bench_iceoryx2(c: &mut Criterion, group: &str, n: usize) {
