@@ -632,6 +632,40 @@ mod peers {
         });
     }
 
+    fn iceoryx2_session_n<const N: usize>() -> Session {
+        let service_name = format!("shmrpc/bench/{}-il", name("iox2", N));
+        let server = ServerProc::start(&format!("iceoryx2 {N} {service_name}"));
+        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
+        let service = node
+            .service_builder(&service_name.as_str().try_into().unwrap())
+            .request_response::<[u8; N], [u8; N]>()
+            .open_or_create()
+            .unwrap();
+        let client = service.client_builder().create().unwrap();
+        let msg = Box::new([7u8; N]);
+        Session {
+            call: Box::new(move || {
+                let request = client.loan_uninit().unwrap();
+                let pending = request.write_payload(*msg).send().unwrap();
+                loop {
+                    if let Some(response) = pending.receive().unwrap() {
+                        black_box(response[N - 1]);
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }),
+            _keep: vec![Box::new(server), Box::new(service), Box::new(node)],
+        }
+    }
+
+    pub fn iceoryx2_session(n: usize) -> Session {
+        match n {
+            64 => iceoryx2_session_n::<64>(),
+            _ => iceoryx2_session_n::<1024>(),
+        }
+    }
+
     pub fn bench_iceoryx2(c: &mut Criterion, group: &str, n: usize) {
         match n {
             64 => iceoryx2_client::<64>(c, group),
@@ -642,12 +676,155 @@ mod peers {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Interleaved comparison. Criterion measures contenders one after another, so a change of vCPU
+// placement between two of them skews their ratio. Here the contenders take turns, round after
+// round, each in a short session of its own (its server started, a warm-up, one timed batch,
+// its server stopped), so that only one server is alive at a time (the raw-spin and iceoryx2
+// servers busy-poll while idle and would starve the others); each ratio is taken within a round.
+
+/// One session of a contender: one round trip per call, and what must stay alive meanwhile.
+struct Session {
+    call: Box<dyn FnMut()>,
+    _keep: Vec<Box<dyn std::any::Any>>,
+}
+
+fn shmrpc_session<const N: usize>(mode: WaitMode) -> Session {
+    let kind = if mode == WaitMode::Park {
+        "shmrpc-park"
+    } else {
+        "shmrpc"
+    };
+    let server_name = format!("{}-il", name(kind, N));
+    let server = ServerProc::start(&format!("{kind} {N} {server_name} 1 4"));
+    let client = Client::builder(&server_name)
+        .wait_mode(mode)
+        .connect::<[u8; N], [u8; N]>()
+        .unwrap();
+    let msg = Box::new([7u8; N]);
+    Session {
+        call: Box::new(move || {
+            let reply = client.request(&msg).unwrap();
+            black_box(reply[N - 1]);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
+fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
+    let path = format!("/{}-il", name(kind, n));
+    let raw = Raw::open(&path, n, true);
+    let server = ServerProc::start(&format!("{kind} {n} {path}"));
+    let _ = rustix::shm::unlink(path.as_str()); // both sides have it mapped already
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    Session {
+        call: Box::new(move || {
+            let seen = raw.word(64).load(Ordering::Acquire);
+            // SAFETY: the server reads the request only after our Release bump below.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
+            Raw::publish(raw.word(0), spin);
+            Raw::wait_change(raw.word(64), seen, spin);
+            // SAFETY: the server wrote the reply before its Release bump.
+            unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
+            black_box(out[n - 1]);
+        }),
+        // The server process is killed when this drops; the mapping goes with `raw`.
+        _keep: vec![Box::new(server)],
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+type Factory = Box<dyn Fn() -> Session>;
+
+/// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench --bench rpc [--features bench-peers]`
+fn interleaved(rounds: usize) {
+    println!("interleaved comparison, {rounds} rounds: in each round every contender runs one");
+    println!("session (server started, warm-up, timed batch, server stopped), in turn.");
+    println!("ns per round trip: median over rounds; ratios: median of the per-round ratios.\n");
+    for n in [64usize, 1024] {
+        #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
+        let mut cs: Vec<(&str, u32, Factory)> = vec![
+            (
+                "shmrpc",
+                20_000,
+                match n {
+                    64 => Box::new(|| shmrpc_session::<64>(WaitMode::default())),
+                    _ => Box::new(|| shmrpc_session::<1024>(WaitMode::default())),
+                },
+            ),
+            (
+                "raw-spin",
+                20_000,
+                Box::new(move || raw_session("raw-spin", n, true)),
+            ),
+            (
+                "shmrpc-park",
+                300,
+                match n {
+                    64 => Box::new(|| shmrpc_session::<64>(WaitMode::Park)),
+                    _ => Box::new(|| shmrpc_session::<1024>(WaitMode::Park)),
+                },
+            ),
+            (
+                "raw-futex",
+                300,
+                Box::new(move || raw_session("raw-futex", n, false)),
+            ),
+        ];
+        #[cfg(feature = "bench-peers")]
+        cs.push((
+            "iceoryx2",
+            20_000,
+            Box::new(move || peers::iceoryx2_session(n)),
+        ));
+        let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
+        for _ in 0..rounds {
+            for (i, (_, batch, factory)) in cs.iter().enumerate() {
+                let mut session = factory();
+                for _ in 0..batch / 4 {
+                    (session.call)(); // warm-up
+                }
+                let t0 = Instant::now();
+                for _ in 0..*batch {
+                    (session.call)();
+                }
+                per_call[i].push(t0.elapsed().as_nanos() as f64 / f64::from(*batch));
+            }
+        }
+        let ratio = |a: usize, b: usize| {
+            let mut r: Vec<f64> = (0..rounds)
+                .map(|k| per_call[a][k] / per_call[b][k])
+                .collect();
+            median(&mut r)
+        };
+        println!("payload {n} B");
+        for (i, (name, _, _)) in cs.iter().enumerate() {
+            let mut v = per_call[i].clone();
+            println!("  {name:<12} {:>10.0} ns", median(&mut v));
+        }
+        println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
+        println!("  shmrpc-park / raw-futex  {:.2}x", ratio(2, 3));
+        if cs.len() > 4 {
+            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(4, 0));
+        }
+        println!();
+    }
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         if let Some(name) = role.strip_prefix("caller 64 ") {
             return caller(name);
         }
         return serve(&role);
+    }
+    if let Ok(rounds) = std::env::var("SHMRPC_BENCH_INTERLEAVED") {
+        return interleaved(rounds.parse().expect("SHMRPC_BENCH_INTERLEAVED=ROUNDS"));
     }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
