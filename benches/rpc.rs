@@ -256,6 +256,12 @@ fn name(kind: &str, n: usize) -> String {
     format!("bench-{kind}-{n}-{}", std::process::id())
 }
 
+/// Times a contender's round trips in a criterion benchmark; its server lives as long as the
+/// session.
+fn bench_session(c: &mut Criterion, group: &str, kind: &str, n: usize, mut session: Session) {
+    bench_round_trip(c, group, kind, n, &mut session.call);
+}
+
 /// Times `round_trip` (one request and its reply) as contender `kind` at `n` bytes each way.
 fn bench_round_trip(
     c: &mut Criterion,
@@ -276,42 +282,6 @@ fn bench_round_trip(
         })
     });
     g.finish();
-}
-
-fn bench_shmrpc<const N: usize>(c: &mut Criterion, group: &str, kind: &str, mode: WaitMode) {
-    let name = name(kind, N);
-    let _server = ServerProc::start(&format!("{kind} {N} {name} 1 4"));
-    let client = Client::builder(&name)
-        .wait_mode(mode)
-        .connect::<[u8; N], [u8; N]>()
-        .unwrap();
-    let msg = Box::new([7u8; N]);
-    bench_round_trip(c, group, kind, N, || {
-        let reply = client.request(&msg).unwrap();
-        black_box(reply[N - 1]);
-    });
-}
-
-fn bench_raw(c: &mut Criterion, group: &str, kind: &str, n: usize, spin: bool) {
-    let path = format!("/{}", name(kind, n));
-    let raw = Raw::open(&path, n, true);
-    let server = ServerProc::start(&format!("{kind} {n} {path}"));
-    let msg = vec![7u8; n];
-    let mut out = vec![0u8; n];
-    bench_round_trip(c, group, kind, n, || {
-        let seen = raw.word(64).load(Ordering::Acquire);
-        // SAFETY: the server reads the request only after our Release bump below.
-        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
-        Raw::publish(raw.word(0), spin);
-        Raw::wait_change(raw.word(64), seen, spin);
-        // SAFETY: the server wrote the reply before its Release bump.
-        unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
-        black_box(out[n - 1]);
-    });
-    raw.word(128).store(1, Ordering::Release);
-    Raw::publish(raw.word(0), spin);
-    drop(server);
-    let _ = rustix::shm::unlink(path.as_str());
 }
 
 fn bench_stream<S: Read + Write>(
@@ -351,20 +321,22 @@ impl Write for PipeRx<'_> {
 fn round_trips(c: &mut Criterion) {
     const GROUP: &str = "round_trip";
     for n in SIZES {
-        match n {
-            64 => bench_shmrpc::<64>(c, GROUP, "shmrpc", WaitMode::default()),
-            1024 => bench_shmrpc::<1024>(c, GROUP, "shmrpc", WaitMode::default()),
-            16384 => bench_shmrpc::<16384>(c, GROUP, "shmrpc", WaitMode::default()),
-            _ => bench_shmrpc::<131072>(c, GROUP, "shmrpc", WaitMode::default()),
-        }
-        match n {
-            64 => bench_shmrpc::<64>(c, GROUP, "shmrpc-park", WaitMode::Park),
-            1024 => bench_shmrpc::<1024>(c, GROUP, "shmrpc-park", WaitMode::Park),
-            16384 => bench_shmrpc::<16384>(c, GROUP, "shmrpc-park", WaitMode::Park),
-            _ => bench_shmrpc::<131072>(c, GROUP, "shmrpc-park", WaitMode::Park),
-        }
-        bench_raw(c, GROUP, "raw-spin", n, true);
-        bench_raw(c, GROUP, "raw-futex", n, false);
+        bench_session(
+            c,
+            GROUP,
+            "shmrpc",
+            n,
+            shmrpc_session(n, WaitMode::default()),
+        );
+        bench_session(
+            c,
+            GROUP,
+            "shmrpc-park",
+            n,
+            shmrpc_session(n, WaitMode::Park),
+        );
+        bench_session(c, GROUP, "raw-spin", n, raw_session("raw-spin", n, true));
+        bench_session(c, GROUP, "raw-futex", n, raw_session("raw-futex", n, false));
         {
             let path = format!("/tmp/{}.sock", name("uds", n));
             let _server = ServerProc::start(&format!("uds {n} {path}"));
@@ -387,7 +359,7 @@ fn round_trips(c: &mut Criterion) {
         #[cfg(feature = "bench-peers")]
         {
             peers::bench_ipc_channel(c, GROUP, n);
-            peers::bench_iceoryx2(c, GROUP, n);
+            bench_session(c, GROUP, "iceoryx2", n, peers::iceoryx2_session(n));
         }
     }
 }
@@ -608,32 +580,8 @@ mod peers {
         }
     }
 
-    fn iceoryx2_client<const N: usize>(c: &mut Criterion, group: &str) {
-        let service_name = format!("shmrpc/bench/{}", name("iox2", N));
-        let _proc = ServerProc::start(&format!("iceoryx2 {N} {service_name}"));
-        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
-        let service = node
-            .service_builder(&service_name.as_str().try_into().unwrap())
-            .request_response::<[u8; N], [u8; N]>()
-            .open_or_create()
-            .unwrap();
-        let client = service.client_builder().create().unwrap();
-        let msg = Box::new([7u8; N]);
-        bench_round_trip(c, group, "iceoryx2", N, || {
-            let request = client.loan_uninit().unwrap();
-            let pending = request.write_payload(*msg).send().unwrap();
-            loop {
-                if let Some(response) = pending.receive().unwrap() {
-                    black_box(response[N - 1]);
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        });
-    }
-
     fn iceoryx2_session_n<const N: usize>() -> Session {
-        let service_name = format!("shmrpc/bench/{}-il", name("iox2", N));
+        let service_name = format!("shmrpc/bench/{}", name("iox2", N));
         let server = ServerProc::start(&format!("iceoryx2 {N} {service_name}"));
         let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
         let service = node
@@ -662,22 +610,16 @@ mod peers {
     pub fn iceoryx2_session(n: usize) -> Session {
         match n {
             64 => iceoryx2_session_n::<64>(),
-            _ => iceoryx2_session_n::<1024>(),
-        }
-    }
-
-    pub fn bench_iceoryx2(c: &mut Criterion, group: &str, n: usize) {
-        match n {
-            64 => iceoryx2_client::<64>(c, group),
-            1024 => iceoryx2_client::<1024>(c, group),
-            16384 => iceoryx2_client::<16384>(c, group),
-            _ => iceoryx2_client::<131072>(c, group),
+            1024 => iceoryx2_session_n::<1024>(),
+            16384 => iceoryx2_session_n::<16384>(),
+            _ => iceoryx2_session_n::<131072>(),
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interleaved comparison. Criterion measures contenders one after another, so a change of vCPU
+// Sessions (a contender's server and its round trip), used by the criterion benchmarks and by
+// the interleaved comparison. Criterion measures contenders one after another, so a change of vCPU
 // placement between two of them skews their ratio. Here the contenders take turns, round after
 // round, each in a short session of its own (its server started, a warm-up, one timed batch,
 // its server stopped), so that only one server is alive at a time (the raw-spin and iceoryx2
@@ -689,13 +631,13 @@ struct Session {
     _keep: Vec<Box<dyn std::any::Any>>,
 }
 
-fn shmrpc_session<const N: usize>(mode: WaitMode) -> Session {
+fn shmrpc_session_n<const N: usize>(mode: WaitMode) -> Session {
     let kind = if mode == WaitMode::Park {
         "shmrpc-park"
     } else {
         "shmrpc"
     };
-    let server_name = format!("{}-il", name(kind, N));
+    let server_name = name(kind, N);
     let server = ServerProc::start(&format!("{kind} {N} {server_name} 1 4"));
     let client = Client::builder(&server_name)
         .wait_mode(mode)
@@ -711,8 +653,17 @@ fn shmrpc_session<const N: usize>(mode: WaitMode) -> Session {
     }
 }
 
+fn shmrpc_session(n: usize, mode: WaitMode) -> Session {
+    match n {
+        64 => shmrpc_session_n::<64>(mode),
+        1024 => shmrpc_session_n::<1024>(mode),
+        16384 => shmrpc_session_n::<16384>(mode),
+        _ => shmrpc_session_n::<131072>(mode),
+    }
+}
+
 fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
-    let path = format!("/{}-il", name(kind, n));
+    let path = format!("/{}", name(kind, n));
     let raw = Raw::open(&path, n, true);
     let server = ServerProc::start(&format!("{kind} {n} {path}"));
     let _ = rustix::shm::unlink(path.as_str()); // both sides have it mapped already
@@ -752,10 +703,7 @@ fn interleaved(rounds: usize) {
             (
                 "shmrpc",
                 20_000,
-                match n {
-                    64 => Box::new(|| shmrpc_session::<64>(WaitMode::default())),
-                    _ => Box::new(|| shmrpc_session::<1024>(WaitMode::default())),
-                },
+                Box::new(move || shmrpc_session(n, WaitMode::default())),
             ),
             (
                 "raw-spin",
@@ -765,10 +713,7 @@ fn interleaved(rounds: usize) {
             (
                 "shmrpc-park",
                 300,
-                match n {
-                    64 => Box::new(|| shmrpc_session::<64>(WaitMode::Park)),
-                    _ => Box::new(|| shmrpc_session::<1024>(WaitMode::Park)),
-                },
+                Box::new(move || shmrpc_session(n, WaitMode::Park)),
             ),
             (
                 "raw-futex",
