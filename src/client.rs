@@ -5,6 +5,7 @@ use crate::layout::{checksum, kind, status, OWNER_VALID};
 use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
 use crate::shm::{self, validate_name, Futex, Mapping};
+use crate::stats::clock;
 use crate::sync::Ordering;
 use crate::trust::{copy_out, Trust};
 use crate::wait::{CallWait, WaitMode};
@@ -150,18 +151,40 @@ impl Client<(), ()> {
 }
 
 /// How a call ended in the slot: the slot and generation, and the final state word.
-struct Done {
-    map: Guard<Arc<Mapping>>,
-    slot: u32,
-    gen: u32,
-    state: State,
-    id: Uuid,
+pub(crate) struct Done {
+    pub(crate) map: MapRef,
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
+    pub(crate) state: State,
+    pub(crate) id: Uuid,
+}
+
+/// A reference to the mapping a call used: an arc-swap guard on the blocking path (no
+/// reference-count traffic), an `Arc` on the async path (a future may move between threads).
+pub(crate) enum MapRef {
+    Guard(Guard<Arc<Mapping>>),
+    Arc(Arc<Mapping>),
+}
+
+impl Deref for MapRef {
+    type Target = Mapping;
+    fn deref(&self) -> &Mapping {
+        match self {
+            MapRef::Guard(g) => g,
+            MapRef::Arc(a) => a,
+        }
+    }
 }
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// The server name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The timeout of `request`, `send` and their async forms.
+    pub fn default_timeout(&self) -> Duration {
+        self.inner.timeout
     }
 
     /// The largest message (request or reply) one slot carries, in bytes.
@@ -176,8 +199,39 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Sends `msg` and waits for the reply, at most `timeout`.
     pub fn request_timeout(&self, msg: &Req, timeout: Duration) -> Result<Reply<'_, Resp>> {
-        let done = self.call(msg, kind::REQUEST, timeout)?;
-        let map = &**done.map;
+        let done = self.call(Some(msg), kind::REQUEST, timeout)?;
+        self.take_reply(done)
+    }
+
+    /// Sends a one-way message; returns once the server has taken it (validated it and
+    /// started its handler), at most the default timeout.
+    pub fn send(&self, msg: &Req) -> Result<()> {
+        self.send_timeout(msg, self.inner.timeout)
+    }
+
+    /// Sends a one-way message, waiting at most `timeout` for the server to take it.
+    pub fn send_timeout(&self, msg: &Req, timeout: Duration) -> Result<()> {
+        let done = self.call(Some(msg), kind::ONEWAY, timeout)?;
+        self.take_accept(done)
+    }
+
+    /// A protocol-level ping: a worker answers it without running the handler (so it works on
+    /// any server, request/response or one-way). Returns the round-trip time.
+    pub fn ping(&self) -> Result<Duration> {
+        self.ping_timeout(self.inner.timeout)
+    }
+
+    /// [`Client::ping`], waiting at most `timeout`.
+    pub fn ping_timeout(&self, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        let done = self.call(None, kind::PING, timeout)?;
+        let elapsed = t0.elapsed();
+        self.take_pong(done).map(|()| elapsed)
+    }
+
+    /// Turns a completed request into its `Reply` (or the error its status reports).
+    pub(crate) fn take_reply<'c>(&'c self, done: Done) -> Result<Reply<'c, Resp>> {
+        let map = &*done.map;
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request: only a peer breaking the protocol does that, and the
             // slot is then the server's to free.
@@ -216,7 +270,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let bytes: &[u8] = match &held {
             // SAFETY: the slot is in REPLY at our generation: it is ours until `release`; the
             // server wrote these bytes before its Release publication, acquired in
-            // `wait_done`; `len <= max` keeps the slice inside the payload area.
+            // `wait_done` / `poll_done`; `len <= max` keeps the slice inside the payload area.
             Held::Slot { map, slot, .. } => unsafe {
                 std::slice::from_raw_parts(map.payload(*slot), len)
             },
@@ -241,20 +295,13 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         }
     }
 
-    /// Sends a one-way message; returns once the server has taken it (validated it and
-    /// started its handler), at most the default timeout.
-    pub fn send(&self, msg: &Req) -> Result<()> {
-        self.send_timeout(msg, self.inner.timeout)
-    }
-
-    /// Sends a one-way message, waiting at most `timeout` for the server to take it.
-    pub fn send_timeout(&self, msg: &Req, timeout: Duration) -> Result<()> {
-        let done = self.call(msg, kind::ONEWAY, timeout)?;
+    /// The result of a completed one-way message.
+    pub(crate) fn take_accept(&self, done: Done) -> Result<()> {
         if done.state.kind() == State::ACCEPTED {
             // The server owns the slot until its handler returns.
             return Ok(());
         }
-        let map = &**done.map;
+        let map = &*done.map;
         let st = map.slot(done.slot).status.load(Ordering::Relaxed);
         protocol::release(map, &Futex, done.slot, done.gen);
         Err(match st {
@@ -267,10 +314,29 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         })
     }
 
+    /// The result of a completed ping.
+    pub(crate) fn take_pong(&self, done: Done) -> Result<()> {
+        if done.state.kind() != State::REPLY {
+            return Err(Error::BadMessage(
+                "the server accepted a ping as a one-way message".into(),
+            ));
+        }
+        let map = &*done.map;
+        let st = map.slot(done.slot).status.load(Ordering::Relaxed);
+        protocol::release(map, &Futex, done.slot, done.gen);
+        if st == status::OK {
+            Ok(())
+        } else {
+            Err(Error::BadMessage(format!(
+                "the server answered a ping with status {st}"
+            )))
+        }
+    }
+
     /// The current server's mapping; if its server is known to be gone, the mapping of a new
     /// server under the same name (swapped in for every clone of this handle), or
     /// `ServerGone`.
-    fn mapping(&self) -> Result<Guard<Arc<Mapping>>> {
+    pub(crate) fn mapping(&self) -> Result<Guard<Arc<Mapping>>> {
         let map = self.inner.map.load();
         if !map.known_gone() {
             return Ok(map);
@@ -290,28 +356,18 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         }
     }
 
-    /// Claims a slot, writes `msg`, publishes it and waits until the server replies or
-    /// accepts it. On error the slot has been released or abandoned.
-    fn call(&self, msg: &Req, kind: u32, timeout: Duration) -> Result<Done> {
+    /// Writes the call into `slot` (CLAIMED by this caller at `gen`) and publishes it: the
+    /// owner fields, the archive of `msg` (none for a ping), the call id, kind, length and
+    /// publication stamp. On error the slot has been released.
+    pub(crate) fn write_and_publish(
+        &self,
+        map: &Mapping,
+        slot: u32,
+        gen: u32,
+        msg: Option<&Req>,
+        kind: u32,
+    ) -> Result<Uuid> {
         let inner = &*self.inner;
-        let map_guard = self.mapping()?;
-        let map = &**map_guard;
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(far_future);
-        let alive = || map.server_alive();
-        let mut waiting = CallWait::new(inner.wait, deadline, &alive);
-        let wait_error = |e| match e {
-            WaitError::Timeout => Error::Timeout { after: timeout },
-            WaitError::Gone => {
-                // Remember it (for every handle in this process) if the server is really gone.
-                let _ = map.server_alive();
-                Error::ServerGone
-            }
-        };
-        let (slot, gen) =
-            protocol::claim(map, &Futex, SLOT_HINT.get(), &mut waiting).map_err(wait_error)?;
-        SLOT_HINT.set(slot);
         let sh = map.slot(slot);
         // Who owns the slot, first, so that the server's reaper can tell if we die.
         sh.owner_pid.store(inner.pid, Ordering::Relaxed);
@@ -322,16 +378,20 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let id = message::new_call_id();
         let max = map.layout().max_payload();
         let checked = inner.trust == Trust::Untrusted;
-        let (len, sum) =
+        let (len, sum) = match msg {
+            None => (0, checksum(&[])),
             // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
             // payload until we publish it; the area is `max` bytes, 64-byte aligned.
-            match unsafe { message::serialize_into(msg, map.payload(slot), max, checked) } {
-                Ok(written) => written,
-                Err(e) => {
-                    protocol::release(map, &Futex, slot, gen);
-                    return Err(e);
+            Some(msg) => {
+                match unsafe { message::serialize_into(msg, map.payload(slot), max, checked) } {
+                    Ok(written) => written,
+                    Err(e) => {
+                        protocol::release(map, &Futex, slot, gen);
+                        return Err(e);
+                    }
                 }
-            };
+            }
+        };
         let (hi, lo) = id.as_u64_pair();
         sh.call_id[0].store(hi, Ordering::Relaxed);
         sh.call_id[1].store(lo, Ordering::Relaxed);
@@ -343,7 +403,37 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         };
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);
+        sh.published.store(clock::stamp(), Ordering::Relaxed);
         protocol::publish_request(map, &Futex, slot, gen);
+        Ok(id)
+    }
+
+    /// Claims a slot, writes the call, publishes it and waits until the server replies or
+    /// accepts it. On error the slot has been released or abandoned.
+    fn call(&self, msg: Option<&Req>, kind: u32, timeout: Duration) -> Result<Done> {
+        let inner = &*self.inner;
+        let map_guard = self.mapping()?;
+        let map = &**map_guard;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        let alive = || map.server_alive();
+        let mut waiting = CallWait::new(inner.wait, deadline, &alive);
+        let wait_error = |e| match e {
+            WaitError::Timeout => {
+                map.header().timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::Timeout { after: timeout }
+            }
+            WaitError::Gone => {
+                // Remember it (for every handle in this process) if the server is really gone.
+                let _ = map.server_alive();
+                Error::ServerGone
+            }
+        };
+        let (slot, gen) =
+            protocol::claim(map, &Futex, SLOT_HINT.get(), &mut waiting).map_err(wait_error)?;
+        SLOT_HINT.set(slot);
+        let id = self.write_and_publish(map, slot, gen, msg, kind)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
             Ok(state) => state,
             Err(e) => match protocol::abandon(map, slot, gen) {
@@ -356,7 +446,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             },
         };
         Ok(Done {
-            map: map_guard,
+            map: MapRef::Guard(map_guard),
             slot,
             gen,
             state,
@@ -398,18 +488,14 @@ type ReplyMarker<'c, Resp> = (&'c (), fn() -> Resp);
 
 /// Where a reply's bytes are: in its slot (trusted), or in a private copy (untrusted).
 enum Held {
-    Slot {
-        map: Guard<Arc<Mapping>>,
-        slot: u32,
-        gen: u32,
-    },
+    Slot { map: MapRef, slot: u32, gen: u32 },
     Copy(AlignedVec),
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         if let Held::Slot { map, slot, gen } = self {
-            protocol::release(&***map, &Futex, *slot, *gen);
+            protocol::release(&**map, &Futex, *slot, *gen);
         }
     }
 }

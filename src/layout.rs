@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
 /// Bytes of [`SlotHeader`] at the start of every slot; the payload follows.
@@ -49,11 +49,29 @@ pub mod kind {
     pub const REQUEST: u32 = 0;
     /// A one-way message.
     pub const ONEWAY: u32 = 1;
+    /// A protocol-level ping: the worker replies at once with an empty `OK`, without running
+    /// the handler (`shmrpc ping`, `Client::ping`).
+    pub const PING: u32 = 2;
     /// Mask of the kind proper; the bits above are flags.
     pub const MASK: u32 = 0xff;
     /// Flag: the client is untrusting; `req_sum` holds the request's checksum, and the server
     /// must put the reply's checksum in `reply_sum`.
     pub const CHECKED: u32 = 1 << 8;
+    /// Flag: an async caller waits for this call through its process's helper thread, which
+    /// sleeps on [`Header::async_bell`](super::Header::async_bell): the worker rings the bell
+    /// after it completes the call.
+    pub const ASYNC: u32 = 1 << 9;
+}
+
+/// Buckets of the latency histograms: bucket `b` counts durations in `[2^b, 2^(b+1))`
+/// nanoseconds (bucket 0 also counts 0 ns); the last bucket counts everything from 2^31 ns
+/// (2.1 s) up.
+pub const HIST_BUCKETS: usize = 32;
+
+/// The histogram bucket of a duration of `ns` nanoseconds.
+#[inline]
+pub fn hist_bucket(ns: u64) -> usize {
+    ((63 - (ns | 1).leading_zeros()) as usize).min(HIST_BUCKETS - 1)
 }
 
 /// Marks `owner_gen` as written (zeroed memory never matches a generation).
@@ -190,7 +208,11 @@ pub struct Header {
     pub free_seq: AtomicU32,
     /// Callers parked (or about to park) on `free_seq`.
     pub free_waiters: AtomicU32,
-    _pad2: [u8; 56],
+    /// The async doorbell: a counter in steps of 2 with bit 0 set by a sleeping async helper
+    /// (`protocol::bell_arm`); rung (`protocol::ring`) after an async call completes, after a
+    /// slot is freed while someone waits for one, and at shutdown.
+    pub async_bell: AtomicU32,
+    _pad2: [u8; 52],
     // ---- lines 3-4 (192): the ready bitmap, one bit per slot holding a published request.
     /// Bit `i % 64` of word `i / 64` is set by the client that publishes slot `i`.
     pub ready: [AtomicU64; READY_WORDS],
@@ -205,7 +227,18 @@ pub struct Header {
     pub abandoned: AtomicU64,
     /// Slots the reaper took back from dead client processes.
     pub reclaimed: AtomicU64,
-    _pad3: [u8; HEADER_SIZE - 360],
+    /// Calls whose deadline passed (counted by the client that gave up).
+    pub timeouts: AtomicU64,
+    /// Fixed-point nanoseconds per tick of the latency clock, times 2^32 (`stats::Clock`),
+    /// measured by the server at start; clients need it only to read the histograms.
+    pub ns_per_tick_q32: AtomicU64,
+    _pad3: [u8; 8],
+    // ---- lines 6-9 (384): handler time histogram; lines 10-13 (640): queueing time.
+    /// Handler run time (from taking the request to publishing the reply), by [`hist_bucket`].
+    pub handler_hist: [AtomicU64; HIST_BUCKETS],
+    /// Queueing time (from the client's publication to a worker taking the request).
+    pub queue_hist: [AtomicU64; HIST_BUCKETS],
+    _pad4: [u8; HEADER_SIZE - 896],
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -240,7 +273,9 @@ pub struct SlotHeader {
     pub req_sum: AtomicU32,
     /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
     pub reply_sum: AtomicU32,
-    _pad: [u8; 4],
+    /// The latency clock (`stats::Clock`) when the client published the request, in units
+    /// of 64 ticks, truncated to 32 bits: the worker derives the queueing time from it.
+    pub published: AtomicU32,
 }
 
 #[cfg(not(loom))]
@@ -259,10 +294,15 @@ const _: () = {
     assert!(offset_of!(Header, server_sleepers) == 72);
     assert!(offset_of!(Header, free_seq) == 128);
     assert!(offset_of!(Header, free_waiters) == 132);
+    assert!(offset_of!(Header, async_bell) == 136);
     assert!(offset_of!(Header, ready) == 192);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);
+    assert!(offset_of!(Header, timeouts) == 360);
+    assert!(offset_of!(Header, ns_per_tick_q32) == 368);
+    assert!(offset_of!(Header, handler_hist) == 384);
+    assert!(offset_of!(Header, queue_hist) == 640);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(offset_of!(SlotHeader, owner_pid) == 20);
     assert!(offset_of!(SlotHeader, owner_start) == 24);
@@ -270,6 +310,7 @@ const _: () = {
     assert!(offset_of!(SlotHeader, owner_gen) == 48);
     assert!(offset_of!(SlotHeader, req_sum) == 52);
     assert!(offset_of!(SlotHeader, reply_sum) == 56);
+    assert!(offset_of!(SlotHeader, published) == 60);
     assert!(cfg!(target_endian = "little"));
 };
 

@@ -29,6 +29,8 @@ pub mod protocol;
 pub mod sync;
 
 #[cfg(not(loom))]
+mod async_call;
+#[cfg(not(loom))]
 mod client;
 mod error;
 #[cfg(not(loom))]
@@ -45,10 +47,14 @@ mod server;
 #[cfg(not(loom))]
 mod shm;
 #[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
 mod trust;
 #[cfg(not(loom))]
 mod wait;
 
+#[cfg(not(loom))]
+pub use async_call::{CallFuture, PingFuture, RequestFuture, SendFuture};
 #[cfg(not(loom))]
 pub use client::{Client, ClientBuilder, Reply, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
@@ -56,6 +62,8 @@ pub use error::{Error, Result};
 pub use message::Message;
 #[cfg(not(loom))]
 pub use server::{Request, Server, ServerBuilder, StopHandle};
+#[cfg(not(loom))]
+pub use stats::{clean, list, Histogram, ServerEntry, SlotState, SlotUse, Stats, StatsView};
 #[cfg(not(loom))]
 pub use trust::Trust;
 #[cfg(not(loom))]

@@ -114,6 +114,8 @@ pub trait Words {
     fn free_seq(&self) -> &AtomicU32;
     /// Count of callers parked or about to park for a free slot.
     fn free_waiters(&self) -> &AtomicU32;
+    /// The async doorbell (`layout::Header::async_bell`).
+    fn async_bell(&self) -> &AtomicU32;
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
     fn mutant(&self) -> Mutant {
@@ -143,6 +145,8 @@ pub enum Mutant {
     TakeByLoad,
     /// `release` frees a slot without bumping its generation.
     NoGeneration,
+    /// `bell_arm` reads the bell instead of setting its sleeper bit.
+    BellArmByLoad,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -490,13 +494,81 @@ fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {
 
 fn notify_free<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
     // SYNC: (the slot was freed,) fence, read the waiters; pairs with the fence in
-    // `claim_slow` (announce, fence, look for a free slot).
+    // `claim_slow` (announce, fence, look for a free slot) and in an async helper's
+    // `bell_arm` after it counted itself in `free_waiters`.
     fence(Ordering::SeqCst);
     if w.free_waiters().load(Ordering::Relaxed) > 0 {
         // SYNC: Release pairs with the Acquire load of `free_seq` in `claim_slow`.
         w.free_seq().fetch_add(1, Ordering::Release);
         park.wake(w.free_seq(), 1);
+        // An async helper counts itself in `free_waiters` while futures wait for a slot.
+        ring(w, park);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The async doorbell: one helper thread per client process and mapping sleeps on
+// `async_bell` for all of that process's async calls.
+
+/// Rings the async doorbell: bumps it (so that a helper about to sleep on its old value does
+/// not) and, if a helper announced that it sleeps, clears the announcement and wakes every
+/// helper. Called after an async call completes, after a slot is freed while someone waits
+/// for one, and at shutdown, always after the change the helpers look for.
+pub fn ring<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
+    let bell = w.async_bell();
+    // SYNC: AcqRel RMW on the bell: Release makes the change made before (REPLY, ACCEPTED,
+    // FREE, STOPPED) visible to a helper whose arming RMW reads this value or a later one;
+    // both sides being RMWs of one word, one of them reads the other (no fence needed).
+    let old = bell.fetch_add(2, Ordering::AcqRel);
+    if old & 1 != 0 {
+        // Every helper that armed before this point is asleep or will see the changed value:
+        // wake them all; the next one to sleep arms again.
+        bell.fetch_and(!1, Ordering::Relaxed);
+        park.wake(bell, u32::MAX);
+    }
+}
+
+/// An async helper announces that it is about to sleep: sets the bell's sleeper bit and
+/// returns the value to sleep on. The helper must look for completions *after* this call and
+/// sleep only if it found none (a ring after this call changes the value or wakes it).
+pub fn bell_arm<W: Words + ?Sized>(w: &W) -> u32 {
+    if mutated(w, Mutant::BellArmByLoad) {
+        return w.async_bell().load(Ordering::Acquire);
+    }
+    // SYNC: AcqRel pairs with the AcqRel `fetch_add` in `ring`: if the ring came first we read
+    // its value and see the change it announced; if we came first, it sees our bit.
+    w.async_bell().fetch_or(1, Ordering::AcqRel) | 1
+}
+
+/// Sleeps on the doorbell while it still holds `armed` (the value `bell_arm` returned), at
+/// most `timeout`; may return spuriously.
+pub fn bell_wait<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    armed: u32,
+    timeout: Option<Duration>,
+) {
+    park.wait(w.async_bell(), armed, timeout);
+}
+
+/// Whether the call in `slot` at `gen` is complete (REPLY or ACCEPTED, or freed after
+/// ACCEPTED): the non-blocking check of an async caller. Acquire, as in `wait_done`.
+pub fn poll_done<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Option<State> {
+    // SYNC: Acquire pairs with the Release in `finish`: the reply bytes are visible.
+    let s = State(w.slot_state(slot).load(Ordering::Acquire));
+    is_done(s, gen).then(|| done_state(s, gen))
+}
+
+/// Whether the call in `slot` at `gen` is still in the hands of the protocol (REQUEST or
+/// SERVING): anything else that is not done means a peer broke the protocol.
+pub fn in_flight<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> bool {
+    let s = State(w.slot_state(slot).load(Ordering::Relaxed));
+    s.gen() == gen && matches!(s.kind(), State::REQUEST | State::SERVING)
+}
+
+/// Whether the server is running (not STOPPED), as the slot protocol sees it.
+pub fn running<W: Words + ?Sized>(w: &W) -> bool {
+    server_running(w)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,4 +740,5 @@ pub fn shutdown<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
     }
     w.free_seq().fetch_add(1, Ordering::Release);
     park.wake(w.free_seq(), u32::MAX);
+    ring(w, park);
 }

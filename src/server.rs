@@ -6,6 +6,7 @@ use crate::message::{self, Message};
 use crate::protocol::{self, Begin, Poll, State};
 use crate::reaper::{Reaper, SCAN_EVERY};
 use crate::shm::{validate_name, Futex, Mapping, NameLock};
+use crate::stats::{self, clock, Stats};
 use crate::sync::{AtomicU32, Ordering};
 use crate::trust::{copy_out, Trust};
 use crate::wait::{spin_until, WaitMode};
@@ -133,6 +134,9 @@ impl ServerBuilder {
         }
         let lock = NameLock::acquire(&self.name)?;
         let map = Mapping::create(&self.name, layout, &lock)?;
+        map.header()
+            .ns_per_tick_q32
+            .store(ns_per_tick(), Ordering::Relaxed);
         map.header()
             .server_state
             .store(layout::server_state::RUNNING, Ordering::SeqCst);
@@ -298,6 +302,18 @@ impl Server {
     pub fn served(&self) -> u64 {
         self.shared.map.header().served.load(Ordering::Relaxed)
     }
+
+    /// A snapshot of the server's statistics (the same that `StatsView` reads from another
+    /// process).
+    pub fn stats(&self) -> Stats {
+        Stats::read(&self.shared.map, self.shared.running())
+    }
+}
+
+/// The latency clock's nanoseconds per tick (times 2^32), measured once per process (2 ms).
+fn ns_per_tick() -> u64 {
+    static CAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CAL.get_or_init(|| clock::calibrate(Duration::from_millis(2)))
 }
 
 impl Drop for Server {
@@ -335,10 +351,11 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         Trust::Trusted => None,
         Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
     };
+    let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-                service.serve(map, slot, gen, scratch.as_mut());
+                serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
             }
             continue;
         }
@@ -354,6 +371,44 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         }
         protocol::worker_park(map, &Futex, Some(WORKER_PARK));
     }
+}
+
+/// Serves the slot this worker moved to SERVING: a ping at once, anything else through the
+/// service; then records the queueing and handler times (off the caller's path: the reply is
+/// already published).
+fn serve_slot(
+    map: &Mapping,
+    service: &dyn Service,
+    slot: u32,
+    gen: u32,
+    scratch: Option<&mut AlignedVec>,
+    q32: u64,
+) {
+    let taken = clock::ticks();
+    let sh = map.slot(slot);
+    if sh.kind.load(Ordering::Relaxed) & kind::MASK == kind::PING {
+        return reply_status(map, slot, gen, status::OK);
+    }
+    let queued = clock::since_stamp(sh.published.load(Ordering::Relaxed), taken);
+    service.serve(map, slot, gen, scratch);
+    stats::record(
+        map.header(),
+        q32,
+        queued,
+        clock::ticks().wrapping_sub(taken),
+    );
+}
+
+/// Completes the call in `slot` (see `protocol::finish`), then rings the async doorbell if
+/// its caller waits through an async helper. Returns `false` if the caller had abandoned it.
+fn complete(map: &Mapping, slot: u32, gen: u32, to: u32) -> bool {
+    // Read while the slot is still ours: after `finish` it is the client's again.
+    let is_async = map.slot(slot).kind.load(Ordering::Relaxed) & kind::ASYNC != 0;
+    let done = protocol::finish(map, &Futex, slot, gen, to);
+    if done && is_async {
+        protocol::ring(map, &Futex);
+    }
+    done
 }
 
 /// The reaper thread: every `SCAN_EVERY`, takes back the slots of dead client processes.
@@ -403,7 +458,7 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
             break;
         };
         if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-            service.serve(map, slot, gen, scratch.as_mut());
+            serve_slot(map, service, slot, gen, scratch.as_mut(), 1 << 32);
             served += 1;
         }
     }
@@ -471,7 +526,7 @@ fn reply_status(map: &Mapping, slot: u32, gen: u32, st: u32) {
     let sh = map.slot(slot);
     sh.status.store(st, Ordering::Relaxed);
     sh.reply_len.store(0, Ordering::Relaxed);
-    protocol::finish(map, &Futex, slot, gen, State::REPLY);
+    complete(map, slot, gen, State::REPLY);
 }
 
 /// One-way: accept first (the sender returns), then run the handler on the bytes still in the
@@ -479,7 +534,7 @@ fn reply_status(map: &Mapping, slot: u32, gen: u32, st: u32) {
 /// meanwhile is dropped unrun: that sender was told it timed out.
 fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
     map.slot(slot).status.store(status::OK, Ordering::Relaxed);
-    if !protocol::finish(map, &Futex, slot, gen, State::ACCEPTED) {
+    if !complete(map, slot, gen, State::ACCEPTED) {
         return;
     }
     if catch_unwind(AssertUnwindSafe(run)).is_err() {
@@ -549,7 +604,7 @@ where
             }
         }
         map.header().served.fetch_add(1, Ordering::Relaxed);
-        protocol::finish(map, &Futex, slot, gen, State::REPLY);
+        complete(map, slot, gen, State::REPLY);
     }
 }
 

@@ -40,6 +40,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.starts_with('.') {
         return bad("the name starts with '.'");
     }
+    if name.ends_with(".lock") {
+        return bad("the name ends with '.lock' (reserved for the lock object)");
+    }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -128,6 +131,10 @@ pub struct Mapping {
     /// Process-local: set once a caller found this mapping's server dead or stopped, so that
     /// later calls through any handle fail fast (or reconnect) without re-checking `/proc`.
     gone: AtomicU32,
+    /// This process's async state for this mapping (`async_call::Hub`), made by the first
+    /// async call.
+    pub(crate) hub: std::sync::OnceLock<std::sync::Arc<crate::async_call::Hub>>,
+    pub(crate) hub_init: std::sync::Mutex<()>,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics and through raw pointers
@@ -147,18 +154,14 @@ impl Drop for Mapping {
 }
 
 fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
+    map_fd_prot(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+}
+
+fn map_fd_prot(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<NonNull<u8>> {
     // SAFETY: a fresh shared mapping of `len` bytes of `fd`; nothing else refers to that
     // address range yet. The file is at least `len` bytes long (checked by every caller).
-    let ptr = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )?
-    };
+    let ptr =
+        unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
     NonNull::new(ptr.cast()).ok_or_else(|| Error::Io(std::io::Error::other("mmap returned null")))
 }
 
@@ -236,6 +239,8 @@ impl Mapping {
             layout,
             _fd: fd,
             gone: AtomicU32::new(0),
+            hub: Default::default(),
+            hub_init: Default::default(),
         };
         let (pid, start) = self_identity();
         let h = map.header();
@@ -273,6 +278,8 @@ impl Mapping {
             layout,
             _fd: fd,
             gone: AtomicU32::new(0),
+            hub: Default::default(),
+            hub_init: Default::default(),
         })
     }
 
@@ -290,10 +297,26 @@ impl Mapping {
 
     /// Opens the mapping of the running server `name`, checking its header against the file.
     pub fn open(name: &str) -> Result<Mapping> {
+        Self::open_with(name, false)
+    }
+
+    /// Opens the mapping of server `name` read-only, alive or not (statistics): only its
+    /// header and slot headers may be read, never written (the pages are mapped without
+    /// write permission).
+    pub fn open_view(name: &str) -> Result<Mapping> {
+        Self::open_with(name, true)
+    }
+
+    fn open_with(name: &str, view: bool) -> Result<Mapping> {
         let not_found = || Error::NotFound {
             name: name.to_owned(),
         };
-        let fd = match shm::open(object_name(name).as_str(), shm::OFlags::RDWR, Mode::empty()) {
+        let (flags, prot) = if view {
+            (shm::OFlags::RDONLY, ProtFlags::READ)
+        } else {
+            (shm::OFlags::RDWR, ProtFlags::READ | ProtFlags::WRITE)
+        };
+        let fd = match shm::open(object_name(name).as_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Err(not_found()),
             Err(e) => return Err(e.into()),
@@ -310,10 +333,12 @@ impl Mapping {
             slot_size: 0,
         };
         let probe = Mapping {
-            base: map_fd(&fd, size)?,
+            base: map_fd_prot(&fd, size, prot)?,
             layout: header_only,
             _fd: fd,
             gone: AtomicU32::new(0),
+            hub: Default::default(),
+            hub_init: Default::default(),
         };
         let h = probe.header();
         // SYNC: Acquire pairs with the Release store of `magic` in `Mapping::create`.
@@ -339,11 +364,12 @@ impl Mapping {
                 )))
             }
         };
-        if h.server_state.load(Ordering::SeqCst) != layout::server_state::RUNNING
-            || !process_alive(
-                h.server_pid.load(Ordering::Relaxed),
-                h.server_start.load(Ordering::Relaxed),
-            )
+        if !view
+            && (h.server_state.load(Ordering::SeqCst) != layout::server_state::RUNNING
+                || !process_alive(
+                    h.server_pid.load(Ordering::Relaxed),
+                    h.server_start.load(Ordering::Relaxed),
+                ))
         {
             return Err(not_found());
         }
@@ -431,6 +457,39 @@ impl Mapping {
     }
 }
 
+/// The server names of this user that have a mapping or a lock object in `/dev/shm`.
+pub fn list_names() -> Result<Vec<String>> {
+    let prefix = format!("shmrpc.{}.", rustix::process::geteuid().as_raw());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/dev/shm")? {
+        let file = entry?.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let name = rest.strip_suffix(".lock").unwrap_or(rest);
+        if validate_name(name).is_ok() && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes the mapping and lock object of server `name` if no live server holds the name
+/// (its lock is free): `Ok(true)` if something was removed, `AddrInUse` if a server runs.
+pub fn remove_stale(name: &str) -> Result<bool> {
+    let object = object_name(name);
+    let had_lock = std::path::Path::new(&shm_path(&lock_name(name))).exists();
+    let lock = NameLock::acquire(name)?;
+    let removed = match shm::unlink(object.as_str()) {
+        Ok(()) => true,
+        Err(Errno::NOENT) => had_lock,
+        Err(e) => return Err(e.into()),
+    };
+    // Dropping the lock unlinks the lock object.
+    drop(lock);
+    Ok(removed)
+}
+
 impl Words for Mapping {
     fn slot_count(&self) -> u32 {
         self.layout.slot_count
@@ -455,6 +514,9 @@ impl Words for Mapping {
     }
     fn free_waiters(&self) -> &AtomicU32 {
         &self.header().free_waiters
+    }
+    fn async_bell(&self) -> &AtomicU32 {
+        &self.header().async_bell
     }
 }
 

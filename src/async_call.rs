@@ -1,0 +1,658 @@
+//! Async calls: futures that need no particular runtime, and one helper thread per process
+//! and mapping that sleeps on the mapping's doorbell for all of them.
+//!
+//! A future claims a slot without blocking, writes and publishes its call with
+//! [`kind::ASYNC`], and registers its waker in this process's [`Hub`] entry for the slot. The
+//! worker that completes an async call rings the doorbell (`protocol::ring`); the helper
+//! thread, asleep on it (`protocol::bell_arm`, `protocol::bell_wait`), wakes, looks at every
+//! registered slot, and wakes the tasks whose call completed, whose deadline passed, or whose
+//! server is gone. A future that finds no free slot queues here; the helper then counts itself
+//! in the mapping's `free_waiters`, so that every freed slot rings the doorbell too.
+//!
+//! However many futures wait, a process has one helper thread per server it calls
+//! asynchronously, and nothing spins: the helper sleeps on the futex, at most `PARK_SLICE`
+//! at a time (to check that the server lives) or until the nearest deadline.
+//!
+//! Cancellation: dropping a future unregisters it and gives its slot back exactly as a
+//! timed-out blocking call does (`protocol::abandon`, or `release` if the reply had come):
+//! the generation in the slot's state word and the call id keep a late reply away from the
+//! slot's next call.
+
+use crate::client::{Client, Done, MapRef, Reply};
+use crate::error::{Error, Result};
+use crate::layout::kind;
+use crate::message::Message;
+use crate::protocol::{self, State};
+use crate::shm::{Futex, Mapping};
+use crate::sync::{fence, AtomicU32, AtomicUsize, Ordering};
+use crate::wait::PARK_SLICE;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long an idle helper (no async call waiting) sleeps before it checks whether its mapping
+/// is still used; any new call wakes it at once.
+const IDLE_PARK: Duration = Duration::from_secs(1);
+
+/// The async state of one mapping in this process: a waker entry per slot, the queue of
+/// futures waiting for a free slot, and the helper thread.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    entries: Box<[Mutex<Entry>]>,
+    /// Entries holding a waker.
+    registered: AtomicUsize,
+    queue: Mutex<SlotQueue>,
+    /// Futures in `queue`.
+    queued: AtomicUsize,
+    /// Where async claims start scanning (spreads futures over the slots).
+    claim_hint: AtomicU32,
+    helper: Thread,
+}
+
+/// The registration of the async call that holds a slot.
+#[derive(Debug, Default)]
+struct Entry {
+    waker: Option<Waker>,
+    gen: u32,
+    deadline: Option<Instant>,
+}
+
+/// Futures waiting for a free slot, in arrival order (tickets increase).
+#[derive(Debug, Default)]
+struct SlotQueue {
+    next_ticket: u64,
+    waiting: BTreeMap<u64, (Waker, Instant)>,
+    /// No deadline in `waiting` is earlier than this (it may be earlier than all of them).
+    earliest: Option<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves consistent data (plain field stores).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// The hub of `map`, created (with its helper thread) by the first async call.
+    pub(crate) fn of(map: &Arc<Mapping>) -> Result<Arc<Hub>> {
+        if let Some(hub) = map.hub.get() {
+            return Ok(Arc::clone(hub));
+        }
+        let _guard = lock(&map.hub_init);
+        if let Some(hub) = map.hub.get() {
+            return Ok(Arc::clone(hub));
+        }
+        let weak = Arc::downgrade(map);
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Hub>>();
+        let handle = std::thread::Builder::new()
+            .name("shmrpc-async".into())
+            .spawn(move || {
+                if let Ok(hub) = rx.recv() {
+                    helper_loop(&hub, &weak);
+                }
+            })?;
+        let hub = Arc::new(Hub {
+            entries: (0..map.layout().slot_count)
+                .map(|_| Mutex::new(Entry::default()))
+                .collect(),
+            registered: AtomicUsize::new(0),
+            queue: Mutex::new(SlotQueue::default()),
+            queued: AtomicUsize::new(0),
+            claim_hint: AtomicU32::new(0),
+            helper: handle.thread().clone(),
+        });
+        let _ = tx.send(Arc::clone(&hub));
+        let _ = map.hub.set(Arc::clone(&hub));
+        Ok(hub)
+    }
+
+    /// Wakes the helper if it sleeps idle (a call or a queued future appeared).
+    fn nudge(&self) {
+        self.helper.unpark();
+    }
+
+    /// Queues a future for a free slot (or refreshes its waker); returns its ticket.
+    fn enqueue(&self, ticket: Option<u64>, waker: &Waker, deadline: Instant) -> u64 {
+        let mut q = lock(&self.queue);
+        if let Some((w, _)) = ticket.and_then(|t| q.waiting.get_mut(&t)) {
+            w.clone_from(waker);
+            return ticket.expect("found by ticket");
+        }
+        let t = q.next_ticket;
+        q.next_ticket += 1;
+        q.waiting.insert(t, (waker.clone(), deadline));
+        q.earliest = Some(q.earliest.map_or(deadline, |e| e.min(deadline)));
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        drop(q);
+        self.nudge();
+        t
+    }
+
+    /// Removes a ticket; returns whether it was still queued (not yet woken for a slot).
+    fn dequeue(&self, ticket: u64) -> bool {
+        let removed = lock(&self.queue).waiting.remove(&ticket).is_some();
+        if removed {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Wakes the longest-waiting future queued for a slot, if any.
+    fn wake_next_queued(&self) -> bool {
+        let first = lock(&self.queue).waiting.pop_first();
+        match first {
+            Some((_, (waker, _))) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wakes every queued future whose deadline passed; returns the earliest deadline left.
+    fn expire_queued(&self, now: Instant) -> Option<Instant> {
+        loop {
+            let mut q = lock(&self.queue);
+            if q.earliest.map_or(true, |e| e > now) {
+                return q.earliest;
+            }
+            let expired = q
+                .waiting
+                .iter()
+                .find(|(_, (_, d))| *d <= now)
+                .map(|(t, _)| *t);
+            match expired {
+                Some(t) => {
+                    let (waker, _) = q.waiting.remove(&t).expect("found above");
+                    drop(q);
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    waker.wake();
+                }
+                None => {
+                    q.earliest = q.waiting.values().map(|(_, d)| *d).min();
+                }
+            }
+        }
+    }
+
+    /// Registers (or refreshes) the waker of the call in `slot` at `gen`, then checks the
+    /// slot: if the call completed, unregisters and returns its state. Registering and
+    /// checking under the entry's lock, which the helper takes to look, means that either this
+    /// check or the helper's sees the completion.
+    ///
+    /// The entry may still hold the waker of the slot's previous call: a one-way message's
+    /// slot is freed by the worker, so its sender may not have run yet when the next call
+    /// claims the slot. That call is complete (its generation is past): wake it, do not drop it.
+    fn register(
+        &self,
+        map: &Mapping,
+        slot: u32,
+        gen: u32,
+        waker: &Waker,
+        deadline: Instant,
+    ) -> Option<State> {
+        let mut e = lock(&self.entries[slot as usize]);
+        let previous = if e.gen != gen { e.waker.take() } else { None };
+        if previous.is_some() {
+            self.registered.fetch_sub(1, Ordering::Relaxed);
+        }
+        let result = if let Some(state) = protocol::poll_done(map, slot, gen) {
+            if e.waker.take().is_some() {
+                self.registered.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(state)
+        } else {
+            match &mut e.waker {
+                Some(w) => w.clone_from(waker),
+                none => {
+                    *none = Some(waker.clone());
+                    self.registered.fetch_add(1, Ordering::Relaxed);
+                    self.nudge();
+                }
+            }
+            e.gen = gen;
+            e.deadline = Some(deadline);
+            None
+        };
+        drop(e);
+        if let Some(w) = previous {
+            w.wake();
+        }
+        result
+    }
+
+    /// Unregisters the call in `slot` at `gen` (not a later call's registration).
+    fn unregister(&self, slot: u32, gen: u32) {
+        let mut e = lock(&self.entries[slot as usize]);
+        if e.gen == gen && e.waker.take().is_some() {
+            self.registered.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes every registered call that completed, whose deadline passed, or all of them if
+    /// `gone`; returns the earliest deadline still waiting.
+    fn wake_registered(&self, map: &Mapping, now: Instant, gone: bool) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for (slot, entry) in self.entries.iter().enumerate() {
+            let mut e = lock(entry);
+            let Some(deadline) = e.deadline.filter(|_| e.waker.is_some()) else {
+                continue;
+            };
+            let ready = gone
+                || deadline <= now
+                || protocol::poll_done(map, slot as u32, e.gen).is_some()
+                || !protocol::in_flight(map, slot as u32, e.gen);
+            if ready {
+                let waker = e.waker.take().expect("checked above");
+                self.registered.fetch_sub(1, Ordering::Relaxed);
+                drop(e);
+                waker.wake();
+            } else {
+                earliest = Some(earliest.map_or(deadline, |x| x.min(deadline)));
+            }
+        }
+        earliest
+    }
+
+    /// Wakes as many queued futures as there are free slots (or all of them, if `gone`).
+    fn wake_for_free_slots(&self, map: &Mapping, gone: bool) {
+        if gone {
+            while self.wake_next_queued() {}
+            return;
+        }
+        let n = map.layout().slot_count;
+        let free = (0..n)
+            .filter(|&i| State(map.slot(i).state.load(Ordering::Relaxed)).kind() == State::FREE)
+            .count();
+        for _ in 0..free {
+            if !self.wake_next_queued() {
+                break;
+            }
+        }
+    }
+}
+
+/// The helper thread: sleeps on the doorbell while async calls of this process wait, and
+/// wakes their tasks. Exits once the mapping is no longer used in this process.
+fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
+    let mut last_check = Instant::now();
+    loop {
+        let Some(map) = weak.upgrade() else { return };
+        let registered = hub.registered.load(Ordering::Relaxed);
+        let queued = hub.queued.load(Ordering::Relaxed);
+        if registered == 0 && queued == 0 {
+            drop(map);
+            // A new call unparks us (`nudge`); a token left by an earlier unpark makes this
+            // return at once, so a call that arrives between the loads above and here is seen.
+            std::thread::park_timeout(IDLE_PARK);
+            continue;
+        }
+        let h = map.header();
+        if queued > 0 {
+            // Be a free-slot waiter, so that every freed slot rings the doorbell.
+            h.free_waiters.fetch_add(1, Ordering::Relaxed);
+            // SYNC: announce, fence, then look for free slots (after `bell_arm`); pairs with the
+            // fence in `protocol::notify_free` (free the slot, fence, read `free_waiters`).
+            fence(Ordering::SeqCst);
+        }
+        let armed = protocol::bell_arm(&*map);
+        let now = Instant::now();
+        let mut gone = !protocol::running(&*map) || map.known_gone();
+        if !gone && now.duration_since(last_check) >= PARK_SLICE {
+            last_check = now;
+            gone = !map.server_alive();
+        }
+        let mut next = hub.wake_registered(&map, now, gone);
+        if queued > 0 {
+            hub.wake_for_free_slots(&map, gone);
+            if let Some(d) = hub.expire_queued(now) {
+                next = Some(next.map_or(d, |x| x.min(d)));
+            }
+        }
+        let sleep = next
+            .map_or(PARK_SLICE, |d| d.saturating_duration_since(now))
+            .min(PARK_SLICE);
+        if !sleep.is_zero() && !gone {
+            protocol::bell_wait(&*map, &Futex, armed, Some(sleep));
+        }
+        if queued > 0 {
+            h.free_waiters.fetch_sub(1, Ordering::Relaxed);
+        }
+        if gone {
+            // Every waiting task has been woken and will fail with `ServerGone`; do not spin
+            // on a dead mapping while they get to it.
+            drop(map);
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Where an async call is.
+enum Step {
+    /// Not started, or queued for a free slot (in that hub, with that ticket): claim next.
+    Claim { queued: Option<(Arc<Hub>, u64)> },
+    /// Published in `slot` at `gen`.
+    InFlight {
+        map: Arc<Mapping>,
+        hub: Arc<Hub>,
+        slot: u32,
+        gen: u32,
+        id: Uuid,
+    },
+    /// Completed (the result was returned) or failed.
+    Finished,
+}
+
+/// What an async call returns once complete.
+enum Outcome {
+    Request,
+    Send,
+    Ping(Instant),
+}
+
+/// The future of an async call. It needs no particular runtime; it does nothing until first
+/// polled; dropping it cancels the call safely (see the module documentation).
+#[must_use = "futures do nothing unless polled"]
+pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
+    client: &'c Client<Req, Resp>,
+    msg: Option<&'m Req>,
+    kind: u32,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    step: Step,
+    outcome: Outcome,
+    /// Turns the completed call into the output.
+    finish: fn(&'c Client<Req, Resp>, Done, &Outcome) -> Result<T>,
+}
+
+impl<Req: Message, Resp: Message, T> std::fmt::Debug for CallFuture<'_, '_, Req, Resp, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let step = match &self.step {
+            Step::Claim { queued: None } => "not started",
+            Step::Claim { .. } => "waiting for a slot",
+            Step::InFlight { .. } => "in flight",
+            Step::Finished => "finished",
+        };
+        f.debug_struct("CallFuture")
+            .field("client", &self.client.name())
+            .field("step", &step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Client::request_async`].
+pub type RequestFuture<'c, 'm, Req, Resp> = CallFuture<'c, 'm, Req, Resp, Reply<'c, Resp>>;
+/// The future of [`Client::send_async`].
+pub type SendFuture<'c, 'm, Req, Resp> = CallFuture<'c, 'm, Req, Resp, ()>;
+/// The future of [`Client::ping_async`].
+pub type PingFuture<'c, Req, Resp> = CallFuture<'c, 'static, Req, Resp, Duration>;
+
+impl<Req: Message, Resp: Message> Client<Req, Resp> {
+    /// Sends `msg` and resolves to the reply, at most the default timeout after the first
+    /// poll. Works on any executor; waiting costs no thread and no CPU (see the crate docs).
+    pub fn request_async<'c, 'm>(&'c self, msg: &'m Req) -> RequestFuture<'c, 'm, Req, Resp> {
+        self.request_async_timeout(msg, self.default_timeout())
+    }
+
+    /// [`Client::request_async`] with its own timeout.
+    pub fn request_async_timeout<'c, 'm>(
+        &'c self,
+        msg: &'m Req,
+        timeout: Duration,
+    ) -> RequestFuture<'c, 'm, Req, Resp> {
+        self.future(
+            Some(msg),
+            kind::REQUEST,
+            timeout,
+            Outcome::Request,
+            |c, d, _| c.take_reply(d),
+        )
+    }
+
+    /// Sends a one-way message; resolves once the server has taken it.
+    pub fn send_async<'c, 'm>(&'c self, msg: &'m Req) -> SendFuture<'c, 'm, Req, Resp> {
+        self.send_async_timeout(msg, self.default_timeout())
+    }
+
+    /// [`Client::send_async`] with its own timeout.
+    pub fn send_async_timeout<'c, 'm>(
+        &'c self,
+        msg: &'m Req,
+        timeout: Duration,
+    ) -> SendFuture<'c, 'm, Req, Resp> {
+        self.future(
+            Some(msg),
+            kind::ONEWAY,
+            timeout,
+            Outcome::Send,
+            |c, d, _| c.take_accept(d),
+        )
+    }
+
+    /// [`Client::ping`], async: resolves to the round-trip time.
+    pub fn ping_async(&self) -> PingFuture<'_, Req, Resp> {
+        self.future(
+            None,
+            kind::PING,
+            self.default_timeout(),
+            Outcome::Ping(Instant::now()),
+            |c, d, outcome| {
+                let elapsed = match outcome {
+                    Outcome::Ping(t0) => t0.elapsed(),
+                    _ => Duration::ZERO,
+                };
+                c.take_pong(d).map(|()| elapsed)
+            },
+        )
+    }
+
+    fn future<'c, 'm, T>(
+        &'c self,
+        msg: Option<&'m Req>,
+        kind: u32,
+        timeout: Duration,
+        outcome: Outcome,
+        finish: fn(&'c Client<Req, Resp>, Done, &Outcome) -> Result<T>,
+    ) -> CallFuture<'c, 'm, Req, Resp, T> {
+        CallFuture {
+            client: self,
+            msg,
+            kind,
+            timeout,
+            deadline: None,
+            step: Step::Claim { queued: None },
+            outcome,
+            finish,
+        }
+    }
+}
+
+impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
+    fn timeout_error(&self, map: &Mapping) -> Error {
+        map.header().timeouts.fetch_add(1, Ordering::Relaxed);
+        Error::Timeout {
+            after: self.timeout,
+        }
+    }
+
+    /// One step of claiming: `Ready(Err)` on failure, `Pending` queued for a slot, or
+    /// `Ready(Ok(()))` with the call published and `self.step` InFlight.
+    fn poll_claim(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<Result<()>> {
+        let Step::Claim { queued } = std::mem::replace(&mut self.step, Step::Finished) else {
+            unreachable!("only called while claiming");
+        };
+        let guard = self.client.mapping()?;
+        let map: Arc<Mapping> = Arc::clone(&guard);
+        drop(guard);
+        let hub = Hub::of(&map)?;
+        // Queued in another hub (the server restarted meanwhile): leave that queue.
+        let mut ticket = match queued {
+            Some((old, t)) if !Arc::ptr_eq(&old, &hub) => {
+                old.dequeue(t);
+                None
+            }
+            Some((_, t)) => Some(t),
+            None => None,
+        };
+        if !protocol::running(&*map) {
+            if let Some(t) = ticket {
+                hub.dequeue(t);
+            }
+            return Poll::Ready(Err(Error::ServerGone));
+        }
+        let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
+        let mut claimed = protocol::try_claim(&*map, hint);
+        if claimed.is_none() {
+            if Instant::now() >= deadline {
+                if let Some(t) = ticket {
+                    hub.dequeue(t);
+                }
+                return Poll::Ready(Err(self.timeout_error(&map)));
+            }
+            let t = hub.enqueue(ticket, cx.waker(), deadline);
+            ticket = Some(t);
+            // A slot freed between the failed claim and the enqueue found no one to wake:
+            // look once more now that we are queued.
+            claimed = protocol::try_claim(&*map, hint);
+        }
+        let Some((slot, gen)) = claimed else {
+            self.step = Step::Claim {
+                queued: ticket.map(|t| (hub, t)),
+            };
+            return Poll::Pending;
+        };
+        if let Some(t) = ticket {
+            // Still queued, or already woken for a free slot: either way we have one now.
+            hub.dequeue(t);
+        }
+        let id =
+            self.client
+                .write_and_publish(&map, slot, gen, self.msg, self.kind | kind::ASYNC)?;
+        self.step = Step::InFlight {
+            map,
+            hub,
+            slot,
+            gen,
+            id,
+        };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        // Nothing in `CallFuture` is pinned structurally (no self-references).
+        let this = self.get_mut();
+        let deadline = *this.deadline.get_or_insert_with(|| {
+            Instant::now()
+                .checked_add(this.timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+        });
+        if matches!(this.step, Step::Finished) {
+            return Poll::Ready(Err(Error::InvalidConfig(
+                "an async call was polled after it completed".into(),
+            )));
+        }
+        if matches!(this.step, Step::Claim { .. }) {
+            match this.poll_claim(cx, deadline) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.step = Step::Finished;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        let Step::InFlight {
+            map,
+            hub,
+            slot,
+            gen,
+            id,
+        } = &this.step
+        else {
+            unreachable!("poll_claim leaves the call in flight");
+        };
+        let (slot, gen, id) = (*slot, *gen, *id);
+        let state = match hub.register(map, slot, gen, cx.waker(), deadline) {
+            Some(state) => state,
+            None => {
+                let gone = !protocol::running(&**map) || map.known_gone();
+                let broken = !protocol::in_flight(&**map, slot, gen)
+                    && protocol::poll_done(&**map, slot, gen).is_none();
+                if !gone && !broken && Instant::now() < deadline {
+                    return Poll::Pending;
+                }
+                hub.unregister(slot, gen);
+                match protocol::abandon(&**map, slot, gen) {
+                    Ok(()) => {
+                        map.header().abandoned.fetch_add(1, Ordering::Relaxed);
+                        let err = if gone || broken {
+                            let _ = map.server_alive();
+                            Error::ServerGone
+                        } else {
+                            this.timeout_error(map)
+                        };
+                        this.step = Step::Finished;
+                        return Poll::Ready(Err(err));
+                    }
+                    // It completed as we gave up: take it after all.
+                    Err(state) => state,
+                }
+            }
+        };
+        let Step::InFlight { map, .. } = std::mem::replace(&mut this.step, Step::Finished) else {
+            unreachable!("in flight above");
+        };
+        let done = Done {
+            map: MapRef::Arc(map),
+            slot,
+            gen,
+            state,
+            id,
+        };
+        Poll::Ready((this.finish)(this.client, done, &this.outcome))
+    }
+}
+
+impl<Req: Message, Resp: Message, T> Drop for CallFuture<'_, '_, Req, Resp, T> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.step, Step::Finished) {
+            Step::Finished | Step::Claim { queued: None } => {}
+            Step::Claim {
+                queued: Some((hub, t)),
+            } => {
+                if !hub.dequeue(t) {
+                    // We were woken for a free slot and will not take it: pass the wake on.
+                    hub.wake_next_queued();
+                }
+            }
+            Step::InFlight {
+                map,
+                hub,
+                slot,
+                gen,
+                ..
+            } => {
+                hub.unregister(slot, gen);
+                match protocol::abandon(&*map, slot, gen) {
+                    Ok(()) => {
+                        map.header().abandoned.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
+                    Err(s) if s.kind() == State::REPLY => {
+                        protocol::release(&*map, &Futex, slot, gen);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}

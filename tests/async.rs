@@ -1,0 +1,264 @@
+//! Async calls: on tokio's multi-thread runtime, on a single-thread `block_on`, on smol; many
+//! futures at once with a fixed number of helper threads; timeouts; cancellation at random
+//! points; no CPU burnt while futures wait.
+
+mod common;
+
+use common::{echo, unique_name, Echo, Rng};
+use futures::future::join_all;
+use shmrpc::{Client, Error, Request, Server};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Threads of this process named `shmrpc-async` (the async helpers).
+fn helper_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "shmrpc-async")
+        .count()
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+fn check(reply: &shmrpc::Reply<'_, Echo>, n: u64) {
+    assert_eq!(reply.n, n);
+    assert_eq!(reply.text, format!("re:m{n}"));
+    assert_eq!(&reply.id, reply.id().as_bytes());
+}
+
+#[test]
+fn ten_thousand_futures_on_tokio_multi_thread_all_get_their_reply() {
+    let name = unique_name("async-tokio");
+    let server = Server::builder(&name).workers(2).serve(echo).unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let ok = Arc::new(AtomicU64::new(0));
+    let max_helpers = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..10_000u64)
+            .map(|n| {
+                let c = client.clone();
+                let ok = Arc::clone(&ok);
+                tokio::spawn(async move {
+                    let msg = Echo::new(n, format!("m{n}"));
+                    let reply = c.request_async(&msg).await.unwrap();
+                    check(&reply, n);
+                    ok.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        // While they run: one helper thread per mapping in this process (other tests run
+        // beside this one, each with its own server), not one per future.
+        for _ in 0..5 {
+            max_helpers.fetch_max(helper_threads() as u64, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(ok.load(Ordering::Relaxed), 10_000);
+    assert!(max_helpers.load(Ordering::Relaxed) <= 16, "{max_helpers:?}");
+    let stats = server.stats();
+    assert!(stats.served >= 10_000);
+    assert_eq!(stats.abandoned, 0);
+}
+
+#[test]
+fn ten_thousand_futures_on_a_single_thread_block_on() {
+    let name = unique_name("async-blockon");
+    let _server = Server::builder(&name).serve(echo).unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let msgs: Vec<Echo> = (0..10_000u64)
+        .map(|n| Echo::new(n, format!("m{n}")))
+        .collect();
+    // Each reply is checked and dropped as it arrives: a `Reply` holds its slot until it
+    // drops, so keeping 10,000 of them would wait for slots that never come back.
+    let client = &client;
+    let done =
+        futures::executor::block_on(join_all(msgs.iter().enumerate().map(|(n, m)| async move {
+            check(&client.request_async(m).await.unwrap(), n as u64);
+        })));
+    assert_eq!(done.len(), 10_000);
+}
+
+#[test]
+fn futures_on_smol_send_and_ping_too() {
+    let name = unique_name("async-smol");
+    let _server = Server::builder(&name).serve(echo).unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let oneway = unique_name("async-smol-oneway");
+    let seen2 = Arc::clone(&seen);
+    let _sink = Server::builder(&oneway)
+        .serve_oneway(move |req: Request<'_, Echo>| {
+            seen2.fetch_add(req.n.to_native(), Ordering::Relaxed);
+        })
+        .unwrap();
+    let sender: Client<Echo> = Client::connect(&oneway).unwrap();
+    smol::block_on(async {
+        let tasks: Vec<_> = (0..2_000u64)
+            .map(|n| {
+                let c = client.clone();
+                let s = sender.clone();
+                smol::spawn(async move {
+                    let msg = Echo::new(n, format!("m{n}"));
+                    check(&c.request_async(&msg).await.unwrap(), n);
+                    s.send_async(&msg).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let rtt = client.ping_async().await.unwrap();
+        assert!(rtt < Duration::from_secs(5));
+    });
+    // One-way handlers run after the sender returns: wait for the last ones.
+    let want: u64 = (0..2_000u64).sum();
+    let t0 = Instant::now();
+    while seen.load(Ordering::Relaxed) != want {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "one-way messages lost"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn async_timeout_gives_timeout_and_the_next_call_is_clean() {
+    let name = unique_name("async-timeout");
+    let server = Server::builder(&name).serve(echo).unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    futures::executor::block_on(async {
+        let mut slow = Echo::new(1, "m1");
+        slow.sleep_ms = 300;
+        let t0 = Instant::now();
+        let err = client
+            .request_async_timeout(&slow, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+        assert!(took < Duration::from_millis(280), "{took:?}");
+        // The next call's reply is its own, not the late one.
+        let reply = client.request_async(&Echo::new(2, "m2")).await.unwrap();
+        check(&reply, 2);
+    });
+    let stats = server.stats();
+    assert_eq!(stats.timeouts, 1);
+    assert_eq!(stats.abandoned, 1);
+}
+
+#[test]
+fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
+    let name = unique_name("async-cancel");
+    let server = Server::builder(&name)
+        .slots(8)
+        .capacity(64 * 1024)
+        .serve(echo)
+        .unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let completed = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let mut rng = Rng(0x5eed);
+        let tasks: Vec<_> = (0..600u64)
+            .map(|n| {
+                let c = client.clone();
+                let completed = Arc::clone(&completed);
+                // Cancel after 0..3 ms: before the first poll, while queued for one of the
+                // 8 slots, while in flight, or (the reply being fast) never.
+                let cancel_after = Duration::from_micros(rng.below(3000) as u64);
+                let sleep_ms = rng.below(3) as u32;
+                tokio::spawn(async move {
+                    let mut msg = Echo::new(n, format!("m{n}"));
+                    msg.sleep_ms = sleep_ms;
+                    let call = c.request_async(&msg);
+                    if let Ok(r) = tokio::time::timeout(cancel_after, call).await {
+                        check(&r.unwrap(), n);
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // After all that, every call gets its own reply.
+        for n in 10_000..10_200u64 {
+            let msg = Echo::new(n, format!("m{n}"));
+            check(&client.request_async(&msg).await.unwrap(), n);
+        }
+    });
+    // Abandoned calls' slots come back when their handlers return.
+    let t0 = Instant::now();
+    loop {
+        let s = server.stats();
+        if s.slots_in_use == 0 {
+            assert!(s.abandoned > 0, "no call was cancelled in flight: {s:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "slots leaked: {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(completed.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn waiting_futures_burn_no_cpu_and_a_stopped_server_fails_them() {
+    let name = unique_name("async-idle");
+    let server = Server::builder(&name)
+        .slots(64)
+        .capacity(256 * 1024)
+        .workers(1)
+        .serve(echo)
+        .unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let stop = server.stop_handle();
+    let mut slow = Echo::new(0, "m0");
+    slow.sleep_ms = 1_000;
+    let msgs: Vec<Echo> = (0..100).map(|_| slow.clone()).collect();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        stop.stop();
+    });
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let results =
+        futures::executor::block_on(join_all(msgs.iter().map(|m| client.request_async(m))));
+    let wall = t0.elapsed();
+    let cpu = cpu_time() - cpu0;
+    stopper.join().unwrap();
+    // 100 futures waited ~0.6 s for a handler that sleeps: the process (server included) used
+    // almost no CPU meanwhile.
+    assert!(
+        cpu < Duration::from_millis(150),
+        "cpu {cpu:?} over {wall:?}"
+    );
+    assert!(wall < Duration::from_secs(2), "{wall:?}");
+    for r in results {
+        assert!(matches!(r, Err(Error::ServerGone)), "{r:?}");
+    }
+    drop(server);
+}
