@@ -76,6 +76,7 @@ impl ClientBuilder {
     pub fn connect<Req: Message, Resp: Message>(self) -> Result<Client<Req, Resp>> {
         validate_name(&self.name)?;
         let map = shared_mapping(&self.name)?;
+        tracing::debug!(server = %self.name, "client connected");
         let (pid, start) = shm::self_identity();
         Ok(Client {
             inner: Arc::new(Inner {
@@ -348,6 +349,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     fn reconnect(&self, stale: &Arc<Mapping>) -> Result<Guard<Arc<Mapping>>> {
         match shared_mapping(&self.inner.name) {
             Ok(fresh) if !Arc::ptr_eq(&fresh, stale) => {
+                tracing::info!(server = %self.inner.name, "reconnected to a restarted server");
                 self.inner.map.store(fresh);
                 Ok(self.inner.map.load())
             }
@@ -380,10 +382,12 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let checked = inner.trust == Trust::Untrusted;
         let (len, sum) = match msg {
             None => (0, checksum(&[])),
-            // SAFETY: the slot is CLAIMED by this call: no other process reads or writes its
-            // payload until we publish it; the area is `max` bytes, 64-byte aligned.
             Some(msg) => {
-                match unsafe { message::serialize_into(msg, map.payload(slot), max, checked) } {
+                // SAFETY: the slot is CLAIMED by this call: no other process reads or writes
+                // its payload until we publish it; the area is `max` bytes, 64-byte aligned.
+                let written =
+                    unsafe { message::serialize_into(msg, map.payload(slot), max, checked) };
+                match written {
                     Ok(written) => written,
                     Err(e) => {
                         protocol::release(map, &Futex, slot, gen);

@@ -172,6 +172,14 @@ impl ServerBuilder {
                 }
             }
         }
+        tracing::info!(
+            server = %shared.name,
+            pid = std::process::id(),
+            capacity = layout.capacity,
+            slots = layout.slot_count,
+            workers = self.workers,
+            "server started"
+        );
         Ok(Server { shared, workers })
     }
 }
@@ -238,6 +246,7 @@ impl StopHandle {
             .unwrap_or_else(|e| e.into_inner());
         if !*stopped {
             *stopped = true;
+            tracing::info!(server = %self.shared.name, "server stopping");
             self.shared.stopping.store(1, Ordering::Release);
             protocol::shutdown(&self.shared.map, &Futex);
             self.shared.stopped_cv.notify_all();
@@ -390,6 +399,8 @@ fn serve_slot(
         return reply_status(map, slot, gen, status::OK);
     }
     let queued = clock::since_stamp(sh.published.load(Ordering::Relaxed), taken);
+    // Per request: compiled to a check of the global level filter unless TRACE is enabled.
+    tracing::trace!(slot, "serving a call");
     service.serve(map, slot, gen, scratch);
     stats::record(
         map.header(),
@@ -418,6 +429,12 @@ fn reaper_loop(shared: &Shared) {
     while !*stopped {
         let reaped = reaper.scan(&shared.map, Instant::now());
         if reaped.freed + reaped.abandoned > 0 {
+            tracing::warn!(
+                server = %shared.name,
+                freed = reaped.freed,
+                abandoned = reaped.abandoned,
+                "reclaimed the slots of dead client processes"
+            );
             shared.map.header().reclaimed.fetch_add(
                 u64::from(reaped.freed + reaped.abandoned),
                 Ordering::Relaxed,
@@ -538,6 +555,7 @@ fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
         return;
     }
     if catch_unwind(AssertUnwindSafe(run)).is_err() {
+        tracing::error!("a one-way handler panicked; the server goes on serving");
         map.header().panics.fetch_add(1, Ordering::Relaxed);
     } else {
         map.header().served.fetch_add(1, Ordering::Relaxed);
@@ -546,6 +564,7 @@ fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
 }
 
 fn count_bad(map: &Mapping) {
+    tracing::warn!("a request did not validate as the server's request type (replied BadMessage)");
     map.header().bad_messages.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -575,6 +594,7 @@ where
             return accept_then_run(map, slot, gen, || drop((self.handler)(request)));
         }
         let Ok(reply) = catch_unwind(AssertUnwindSafe(|| (self.handler)(request))) else {
+            tracing::error!(call = %id, "the handler panicked; the server goes on serving");
             map.header().panics.fetch_add(1, Ordering::Relaxed);
             return reply_status(map, slot, gen, status::HANDLER_PANICKED);
         };

@@ -1,0 +1,153 @@
+//! The `shmrpc` tool, run as a real process against real servers.
+
+use shmrpc::{Request, Server};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+const ROLE: &str = "SHMRPC_CLI_TEST_SERVER";
+
+fn name(tag: &str) -> String {
+    format!("cli-{tag}-{}", std::process::id())
+}
+
+fn shmrpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmrpc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn echo_server(name: &str) -> Server {
+    Server::builder(name)
+        .serve(|r: Request<'_, Vec<u8>>| r.as_slice().to_vec())
+        .unwrap()
+}
+
+/// The server child: serves until killed.
+#[test]
+fn child_server() {
+    if let Ok(name) = std::env::var(ROLE) {
+        let _s = echo_server(&name);
+        println!("ready");
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn list_stat_and_ping_a_live_server() {
+    let n = name("live");
+    let server = echo_server(&n);
+    let client: shmrpc::Client<Vec<u8>> = shmrpc::Client::connect(&n).unwrap();
+    for _ in 0..5 {
+        client.request(&vec![1, 2, 3]).unwrap();
+    }
+
+    let o = shmrpc(&["list"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = text(&o)
+        .lines()
+        .find(|l| l.starts_with(&n))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{n} not listed:\n{}", text(&o)));
+    assert!(line.contains("alive"), "{line}");
+    assert!(line.contains(&std::process::id().to_string()), "{line}");
+
+    let o = shmrpc(&["stat", &n]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("served 5 "), "{t}");
+    assert!(t.contains("handler time: 5 samples"), "{t}");
+
+    let o = shmrpc(&["ping", &n, "--count", "3", "--interval", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert_eq!(t.matches("pong from").count(), 3, "{t}");
+    assert!(t.contains("3 pings: min"), "{t}");
+    // Pings run no handler.
+    assert_eq!(server.stats().served, 5);
+}
+
+#[test]
+fn missing_and_stale_servers_get_one_line_and_a_non_zero_exit() {
+    let missing = name("missing");
+    for args in [vec!["stat", &missing], vec!["ping", &missing]] {
+        let o = shmrpc(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(o.stdout.is_empty());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("no server named"), "{err}");
+    }
+    let o = shmrpc(&["stat", "bad/name"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    // A server killed with SIGKILL leaves its mapping: stale.
+    let stale = name("stale");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_server", "--nocapture"])
+        .env(ROLE, &stale)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child exited");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let o = shmrpc(&["list"]);
+    let listed = text(&o);
+    let entry = listed.lines().find(|l| l.starts_with(&stale)).unwrap();
+    assert!(entry.contains("stale"), "{entry}");
+    let o = shmrpc(&["stat", &stale]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is stale"), "{}", text(&o));
+
+    let live = name("kept");
+    let _server = echo_server(&live);
+    let o = shmrpc(&["clean"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("removed stale server {stale}")),
+        "{}",
+        text(&o)
+    );
+    let after = text(&shmrpc(&["list"]));
+    assert!(!after.contains(&stale), "{after}");
+    assert!(
+        after.contains(&live),
+        "clean removed a live server:\n{after}"
+    );
+}
+
+#[test]
+fn bench_runs_its_own_server_and_reports() {
+    let o = shmrpc(&[
+        "bench",
+        "--payload",
+        "128",
+        "--clients",
+        "2",
+        "--duration",
+        "0.3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("2 client thread(s), 128 B each way"), "{t}");
+    assert!(t.contains("calls/s"), "{t}");
+    assert!(t.contains("round trip: min"), "{t}");
+    assert!(t.contains("round-trip histogram:"), "{t}");
+    let o = shmrpc(&["bench", "--clients", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
