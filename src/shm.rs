@@ -457,6 +457,25 @@ impl Mapping {
     }
 }
 
+/// What the fixed start of a server's header says (these offsets are the same in every layout
+/// version): its layout version, pid, and whether it is running. Read with `pread`, without
+/// mapping anything. `None` if there is no readable, complete header.
+pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
+    let fd = shm::open(object_name(name).as_str(), shm::OFlags::RDONLY, Mode::empty()).ok()?;
+    let mut buf = [0u8; 72];
+    if rustix::io::pread(&fd, &mut buf, 0).ok()? != buf.len() {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+    if u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")) != layout::MAGIC {
+        return None;
+    }
+    let pid = word(36);
+    let start = u64::from_le_bytes(buf[40..48].try_into().expect("8 bytes"));
+    let running = word(64) == layout::server_state::RUNNING && process_alive(pid, start);
+    Some((word(8), pid, running))
+}
+
 /// The server names of this user that have a mapping or a lock object in `/dev/shm`.
 pub fn list_names() -> Result<Vec<String>> {
     let prefix = format!("shmrpc.{}.", rustix::process::geteuid().as_raw());

@@ -291,6 +291,10 @@ pub struct ServerEntry {
     pub pid: Option<u32>,
     /// Whether it is running (else the mapping is stale: its server died or is starting).
     pub alive: bool,
+    /// The mapping's layout version, if its header is readable; a server built with another
+    /// layout version than this library's ([`crate::layout::LAYOUT_VERSION`]) cannot be
+    /// called or inspected by it.
+    pub layout_version: Option<u32>,
 }
 
 /// The server mappings of this user on this machine, sorted by name, each marked alive or
@@ -298,14 +302,21 @@ pub struct ServerEntry {
 pub fn list() -> Result<Vec<ServerEntry>> {
     let mut out = Vec::new();
     for name in crate::shm::list_names()? {
-        let (pid, alive) = match Mapping::open_view(&name) {
-            Ok(map) => (
-                Some(map.header().server_pid.load(Ordering::Relaxed)),
-                map.server_alive(),
-            ),
-            Err(_) => (None, false),
+        let entry = match crate::shm::peek_header(&name) {
+            Some((version, pid, alive)) => ServerEntry {
+                name,
+                pid: Some(pid),
+                alive,
+                layout_version: Some(version),
+            },
+            None => ServerEntry {
+                name,
+                pid: None,
+                alive: false,
+                layout_version: None,
+            },
         };
-        out.push(ServerEntry { name, pid, alive });
+        out.push(entry);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -117,11 +117,17 @@ fn list() -> Result<(), Fail> {
     println!("{:<32} {:>8}  STATE", "NAME", "PID");
     for s in servers {
         let pid = s.pid.map_or("-".to_string(), |p| p.to_string());
-        let state = if s.alive {
-            "alive"
+        let mut state = if s.alive {
+            "alive".to_string()
         } else {
-            "stale (`shmrpc clean` removes it)"
+            "stale (`shmrpc clean` removes it)".to_string()
         };
+        if let Some(v) = s.layout_version.filter(|&v| v != shmrpc::layout::LAYOUT_VERSION) {
+            state.push_str(&format!(
+                " [layout v{v}: another shmrpc version, this tool reads v{}]",
+                shmrpc::layout::LAYOUT_VERSION
+            ));
+        }
         println!("{:<32} {:>8}  {state}", s.name, pid);
     }
     Ok(())
