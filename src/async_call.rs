@@ -24,7 +24,7 @@ use crate::layout::kind;
 use crate::message::Message;
 use crate::protocol::{self, State};
 use crate::shm::{Futex, Mapping};
-use crate::sync::{fence, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::wait::PARK_SLICE;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,6 +52,14 @@ pub(crate) struct Hub {
     /// Where async claims start scanning (spreads futures over the slots).
     claim_hint: AtomicU32,
     helper: Thread,
+    /// The helper's next planned wake-up, in nanoseconds since `epoch`.
+    sleep_until_ns: AtomicU64,
+    epoch: Instant,
+}
+
+/// Wakes a task; a waker that panics must not take the helper thread down with it.
+fn wake(w: Waker) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
 }
 
 /// The registration of the async call that holds a slot.
@@ -104,6 +112,8 @@ impl Hub {
             queued: AtomicUsize::new(0),
             claim_hint: AtomicU32::new(0),
             helper: handle.thread().clone(),
+            sleep_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let _ = tx.send(Arc::clone(&hub));
         let _ = map.hub.set(Arc::clone(&hub));
@@ -116,7 +126,7 @@ impl Hub {
     }
 
     /// Queues a future for a free slot (or refreshes its waker); returns its ticket.
-    fn enqueue(&self, ticket: Option<u64>, waker: &Waker, deadline: Instant) -> u64 {
+    fn enqueue(&self, map: &Mapping, ticket: Option<u64>, waker: &Waker, deadline: Instant) -> u64 {
         let mut q = lock(&self.queue);
         if let Some((w, _)) = ticket.and_then(|t| q.waiting.get_mut(&t)) {
             w.clone_from(waker);
@@ -129,6 +139,9 @@ impl Hub {
         self.queued.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.nudge();
+        // A helper asleep on the doorbell may not count itself as a free-slot waiter yet (it
+        // does so only while futures queue): ring it so that it does, and sees our deadline.
+        protocol::ring(map, &Futex);
         t
     }
 
@@ -147,7 +160,7 @@ impl Hub {
         match first {
             Some((_, (waker, _))) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                waker.wake();
+                wake(waker);
                 true
             }
             None => false,
@@ -171,7 +184,7 @@ impl Hub {
                     let (waker, _) = q.waiting.remove(&t).expect("found above");
                     drop(q);
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    waker.wake();
+                    wake(waker);
                 }
                 None => {
                     q.earliest = q.waiting.values().map(|(_, d)| *d).min();
@@ -197,33 +210,49 @@ impl Hub {
         deadline: Instant,
     ) -> Option<State> {
         let mut e = lock(&self.entries[slot as usize]);
-        let previous = if e.gen != gen { e.waker.take() } else { None };
-        if previous.is_some() {
-            self.registered.fetch_sub(1, Ordering::Relaxed);
-        }
-        let result = if let Some(state) = protocol::poll_done(map, slot, gen) {
-            if e.waker.take().is_some() {
+        if let Some(state) = protocol::poll_done(map, slot, gen) {
+            // Our call is complete: drop our registration only (a later call may own the
+            // entry by now).
+            if e.gen == gen && e.waker.take().is_some() {
                 self.registered.fetch_sub(1, Ordering::Relaxed);
             }
-            Some(state)
-        } else {
-            match &mut e.waker {
-                Some(w) => w.clone_from(waker),
-                none => {
-                    *none = Some(waker.clone());
+            return Some(state);
+        }
+        // Not complete: the slot is still at our generation, so a registration at another
+        // one belongs to an earlier, completed call.
+        let previous = if e.gen != gen { e.waker.take() } else { None };
+        let mut announce = false;
+        match (&mut e.waker, previous.is_some()) {
+            (Some(w), _) => w.clone_from(waker),
+            (none, replaced) => {
+                *none = Some(waker.clone());
+                if !replaced {
                     self.registered.fetch_add(1, Ordering::Relaxed);
-                    self.nudge();
                 }
+                announce = true;
             }
-            e.gen = gen;
-            e.deadline = Some(deadline);
-            None
-        };
+        }
+        e.gen = gen;
+        e.deadline = Some(deadline);
         drop(e);
         if let Some(w) = previous {
-            w.wake();
+            wake(w);
         }
-        result
+        if announce {
+            self.nudge();
+            // A helper asleep on the doorbell until a later instant would see this deadline
+            // late: ring it awake (rare: only a deadline shorter than the helper's sleep).
+            if deadline < self.sleep_until() {
+                protocol::ring(map, &Futex);
+            }
+        }
+        None
+    }
+
+    /// The latest the helper sleeps until (`epoch` while it sleeps idle: then `nudge` wakes it).
+    fn sleep_until(&self) -> Instant {
+        let ns = self.sleep_until_ns.load(Ordering::Relaxed);
+        self.epoch + Duration::from_nanos(ns)
     }
 
     /// Unregisters the call in `slot` at `gen` (not a later call's registration).
@@ -251,7 +280,7 @@ impl Hub {
                 let waker = e.waker.take().expect("checked above");
                 self.registered.fetch_sub(1, Ordering::Relaxed);
                 drop(e);
-                waker.wake();
+                wake(waker);
             } else {
                 earliest = Some(earliest.map_or(deadline, |x| x.min(deadline)));
             }
@@ -282,11 +311,18 @@ impl Hub {
 fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
     let mut last_check = Instant::now();
     loop {
-        let Some(map) = weak.upgrade() else { return };
+        let Some(map) = weak.upgrade() else {
+            // No handle uses the mapping any more, so no future can queue here again: wake the
+            // queued ones (they reconnect or fail) before leaving.
+            while hub.wake_next_queued() {}
+            return;
+        };
         let registered = hub.registered.load(Ordering::Relaxed);
         let queued = hub.queued.load(Ordering::Relaxed);
         if registered == 0 && queued == 0 {
             drop(map);
+            // Idle: a new call unparks us (`nudge`); nothing to ring for.
+            hub.sleep_until_ns.store(0, Ordering::Relaxed);
             // A new call unparks us (`nudge`); a token left by an earlier unpark makes this
             // return at once, so a call that arrives between the loads above and here is seen.
             std::thread::park_timeout(IDLE_PARK);
@@ -302,6 +338,12 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
         }
         let armed = protocol::bell_arm(&*map);
         let now = Instant::now();
+        // The latest we sleep until, published before we look at the entries: a call that
+        // registers after our look (under the entry lock, so it sees this store) with an
+        // earlier deadline rings us awake.
+        let latest = (now + PARK_SLICE).saturating_duration_since(hub.epoch);
+        hub.sleep_until_ns
+            .store(latest.as_nanos() as u64, Ordering::Relaxed);
         let mut gone = !protocol::running(&*map) || map.known_gone();
         if !gone && now.duration_since(last_check) >= PARK_SLICE {
             last_check = now;
@@ -486,10 +528,21 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         let Step::Claim { queued } = std::mem::replace(&mut self.step, Step::Finished) else {
             unreachable!("only called while claiming");
         };
-        let guard = self.client.mapping()?;
-        let map: Arc<Mapping> = Arc::clone(&guard);
-        drop(guard);
-        let hub = Hub::of(&map)?;
+        let found = self.client.mapping().and_then(|guard| {
+            let map: Arc<Mapping> = Arc::clone(&guard);
+            Hub::of(&map).map(|hub| (map, hub))
+        });
+        let (map, hub) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                if let Some((old, t)) = queued {
+                    if !old.dequeue(t) {
+                        old.wake_next_queued();
+                    }
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
         // Queued in another hub (the server restarted meanwhile): leave that queue.
         let mut ticket = match queued {
             Some((old, t)) if !Arc::ptr_eq(&old, &hub) => {
@@ -514,7 +567,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
                 }
                 return Poll::Ready(Err(self.timeout_error(&map)));
             }
-            let t = hub.enqueue(ticket, cx.waker(), deadline);
+            let t = hub.enqueue(&map, ticket, cx.waker(), deadline);
             ticket = Some(t);
             // A slot freed between the failed claim and the enqueue found no one to wake:
             // look once more now that we are queued.

@@ -461,7 +461,12 @@ impl Mapping {
 /// version): its layout version, pid, and whether it is running. Read with `pread`, without
 /// mapping anything. `None` if there is no readable, complete header.
 pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
-    let fd = shm::open(object_name(name).as_str(), shm::OFlags::RDONLY, Mode::empty()).ok()?;
+    let fd = shm::open(
+        object_name(name).as_str(),
+        shm::OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .ok()?;
     let mut buf = [0u8; 72];
     if rustix::io::pread(&fd, &mut buf, 0).ok()? != buf.len() {
         return None;

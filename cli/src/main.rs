@@ -122,7 +122,10 @@ fn list() -> Result<(), Fail> {
         } else {
             "stale (`shmrpc clean` removes it)".to_string()
         };
-        if let Some(v) = s.layout_version.filter(|&v| v != shmrpc::layout::LAYOUT_VERSION) {
+        if let Some(v) = s
+            .layout_version
+            .filter(|&v| v != shmrpc::layout::LAYOUT_VERSION)
+        {
             state.push_str(&format!(
                 " [layout v{v}: another shmrpc version, this tool reads v{}]",
                 shmrpc::layout::LAYOUT_VERSION
