@@ -439,7 +439,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         SLOT_HINT.set(slot);
         let id = self.write_and_publish(map, slot, gen, msg, kind)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
-            Ok(state) => state,
+            Ok(state) => {
+                map.prefetch_slot(slot);
+                state
+            }
             Err(e) => match protocol::abandon(map, slot, gen) {
                 Ok(()) => {
                     map.header().abandoned.fetch_add(1, Ordering::Relaxed);

@@ -42,7 +42,7 @@
 //! accesses: loom models `SeqCst` fences exactly but treats `SeqCst` accesses as `AcqRel`, and
 //! on x86 a locked RMW followed by a fence costs about what a `SeqCst` RMW does.
 
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, fence_after_rmw, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The packed slot state word: `generation << 8 | waiter << 3 | kind`.
@@ -279,7 +279,7 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
         w.free_waiters().fetch_add(1, Ordering::Relaxed);
         // SYNC: announce, fence, re-check; pairs with the fence in `notify_free` (free, fence,
         // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...).
-        fence(Ordering::SeqCst);
+        fence_after_rmw();
         if let Some(c) = try_claim(w, start) {
             w.free_waiters().fetch_sub(1, Ordering::Relaxed);
             return Ok(c);
@@ -314,8 +314,8 @@ pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slo
     w.ready_word(slot as usize / 64)
         .fetch_or(1u64 << (slot % 64), order);
     // SYNC: set the bit, fence, read the sleepers; pairs with the fence in `worker_park`
-    // (announce, fence, read the bitmap).
-    fence(Ordering::SeqCst);
+    // (announce, fence, read the bitmap). The bit was set by an RMW: `fence_after_rmw`.
+    fence_after_rmw();
     if w.server_sleepers().load(Ordering::Relaxed) > 0 && !mutated(w, Mutant::NoWorkerWake) {
         // SYNC: Release pairs with the Acquire load of `server_seq` in `worker_park`.
         w.server_seq().fetch_add(1, Ordering::Release);
@@ -488,15 +488,17 @@ fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {
     } else {
         State::next_gen(gen)
     };
+    // A swap rather than a store: `notify_free` then follows an RMW (`fence_after_rmw`).
     w.slot_state(slot)
-        .store(State::new(State::FREE, next).0, Ordering::Release);
+        .swap(State::new(State::FREE, next).0, Ordering::Release);
 }
 
 fn notify_free<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
     // SYNC: (the slot was freed,) fence, read the waiters; pairs with the fence in
     // `claim_slow` (announce, fence, look for a free slot) and in an async helper's
-    // `bell_arm` after it counted itself in `free_waiters`.
-    fence(Ordering::SeqCst);
+    // `bell_arm` after it counted itself in `free_waiters`. Every caller freed the slot with
+    // an RMW (`release_slot`'s swap, `reclaim`'s CAS).
+    fence_after_rmw();
     if w.free_waiters().load(Ordering::Relaxed) > 0 {
         // SYNC: Release pairs with the Acquire load of `free_seq` in `claim_slow`.
         w.free_seq().fetch_add(1, Ordering::Release);
@@ -696,7 +698,7 @@ pub fn worker_park<W: Words + ?Sized, P: Park + ?Sized>(
     w.server_sleepers().fetch_add(1, Ordering::Relaxed);
     // SYNC: announce, fence, re-check the bitmap; pairs with the fence in `publish_request`
     // (set the bit, fence, read `server_sleepers`).
-    fence(Ordering::SeqCst);
+    fence_after_rmw();
     if !any_ready(w) && server_running(w) {
         park.wait(w.server_seq(), seq, timeout);
     }

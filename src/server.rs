@@ -363,6 +363,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
+            map.prefetch_slot(slot);
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
                 serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
             }
