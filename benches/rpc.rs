@@ -335,6 +335,7 @@ fn round_trips(c: &mut Criterion) {
             n,
             shmrpc_session(n, WaitMode::Park),
         );
+        bench_session(c, GROUP, "shmrpc-async", n, shmrpc_async_session(n));
         bench_session(c, GROUP, "raw-spin", n, raw_session("raw-spin", n, true));
         bench_session(c, GROUP, "raw-futex", n, raw_session("raw-futex", n, false));
         {
@@ -659,6 +660,34 @@ fn shmrpc_session(n: usize, mode: WaitMode) -> Session {
         1024 => shmrpc_session_n::<1024>(mode),
         16384 => shmrpc_session_n::<16384>(mode),
         _ => shmrpc_session_n::<131072>(mode),
+    }
+}
+
+/// One awaited `request_async` at a time on a single-thread executor (`block_on`), against the
+/// same kind of server as "shmrpc": the cost of the async path (doorbell, helper thread, task
+/// wake-up) next to the blocking call's.
+fn shmrpc_async_session_n<const N: usize>() -> Session {
+    let server_name = name("shmrpc-async", N);
+    let server = ServerProc::start(&format!("shmrpc {N} {server_name} 1 4"));
+    let client = Client::builder(&server_name)
+        .connect::<[u8; N], [u8; N]>()
+        .unwrap();
+    let msg = Box::new([7u8; N]);
+    Session {
+        call: Box::new(move || {
+            let reply = futures::executor::block_on(client.request_async(&msg)).unwrap();
+            black_box(reply[N - 1]);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
+fn shmrpc_async_session(n: usize) -> Session {
+    match n {
+        64 => shmrpc_async_session_n::<64>(),
+        1024 => shmrpc_async_session_n::<1024>(),
+        16384 => shmrpc_async_session_n::<16384>(),
+        _ => shmrpc_async_session_n::<131072>(),
     }
 }
 

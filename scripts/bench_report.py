@@ -22,8 +22,8 @@ PLOT = os.path.join(ROOT, "benches", "latency.png")
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 SIZES = [64, 1024, 16384, 131072]
-CONTENDERS = ["shmrpc", "shmrpc-park", "raw-spin", "raw-futex", "unix-socket", "pipe",
-              "iceoryx2", "ipc-channel"]
+CONTENDERS = ["shmrpc", "shmrpc-park", "shmrpc-async", "raw-spin", "raw-futex", "unix-socket",
+              "pipe", "iceoryx2", "ipc-channel"]
 
 
 def median_ns(*parts, crit=None):
