@@ -726,17 +726,23 @@ fn interleaved(rounds: usize) {
     println!("interleaved comparison, {rounds} rounds: in each round every contender runs one");
     println!("session (server started, warm-up, timed batch, server stopped), in turn.");
     println!("ns per round trip: median over rounds; ratios: median of the per-round ratios.\n");
-    for n in [64usize, 1024] {
+    for n in SIZES {
+        // Batches of about 5-10 ms per session whatever the payload.
+        let spin_batch = match n {
+            0..=1024 => 20_000,
+            1025..=16384 => 2_000,
+            _ => 300,
+        };
         #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
         let mut cs: Vec<(&str, u32, Factory)> = vec![
             (
                 "shmrpc",
-                20_000,
+                spin_batch,
                 Box::new(move || shmrpc_session(n, WaitMode::default())),
             ),
             (
                 "raw-spin",
-                20_000,
+                spin_batch,
                 Box::new(move || raw_session("raw-spin", n, true)),
             ),
             (
@@ -749,11 +755,16 @@ fn interleaved(rounds: usize) {
                 300,
                 Box::new(move || raw_session("raw-futex", n, false)),
             ),
+            (
+                "shmrpc-async",
+                (spin_batch / 10).max(300),
+                Box::new(move || shmrpc_async_session(n)),
+            ),
         ];
         #[cfg(feature = "bench-peers")]
         cs.push((
             "iceoryx2",
-            20_000,
+            spin_batch,
             Box::new(move || peers::iceoryx2_session(n)),
         ));
         let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
@@ -783,8 +794,9 @@ fn interleaved(rounds: usize) {
         }
         println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
         println!("  shmrpc-park / raw-futex  {:.2}x", ratio(2, 3));
-        if cs.len() > 4 {
-            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(4, 0));
+        println!("  shmrpc-async / shmrpc    {:.2}x", ratio(4, 0));
+        if cs.len() > 5 {
+            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(5, 0));
         }
         println!();
     }

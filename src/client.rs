@@ -36,7 +36,11 @@ fn shared_mapping(name: &str) -> Result<Arc<Mapping>> {
     let mut guard = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
     let maps = guard.get_or_insert_with(HashMap::new);
     if let Some(map) = maps.get(name).and_then(Weak::upgrade) {
-        if !map.known_gone() {
+        // Something in this process still holds the mapping (another handle, a `Reply`, an
+        // async helper): reuse it only if its server still runs and still owns the name (a
+        // server killed by SIGKILL cannot mark its mapping stopped; a restarted one made a new
+        // mapping).
+        if !map.known_gone() && map.is_current(name) && map.server_alive() {
             return Ok(map);
         }
     }

@@ -466,6 +466,18 @@ impl Mapping {
             || self.header().server_state.load(Ordering::Acquire) != layout::server_state::RUNNING
     }
 
+    /// Whether `name` still names this mapping: a server that restarted under the name has
+    /// created a new object (another inode), and this one is a dead server's.
+    pub fn is_current(&self, name: &str) -> bool {
+        match (
+            rustix::fs::fstat(&self._fd),
+            rustix::fs::stat(shm_path(&object_name(name))),
+        ) {
+            (Ok(ours), Ok(now)) => ours.st_ino == now.st_ino && ours.st_dev == now.st_dev,
+            _ => false,
+        }
+    }
+
     /// Removes the name of this mapping if it still names this mapping (a server's cleanup).
     pub fn unlink(&self, name: &str) {
         let object = object_name(name);

@@ -348,6 +348,32 @@ fn killed_server_is_reported_fast_and_a_restarted_one_is_reached_by_old_handles(
     assert!(again.finish(Duration::from_secs(10)));
 }
 
+/// A handle that still holds a killed server's mapping must not make a new `connect` under the
+/// same name reuse it: the new handle reaches the restarted server on its first call.
+#[test]
+fn connect_after_a_restart_reaches_the_new_server_while_old_handles_live() {
+    let name = unique_name("reconnect");
+    let mut first = start_server(&["echo-server", &name, "1", "8", "trusted"]);
+    let old = Client::<Echo>::connect(&name).unwrap();
+    assert_eq!(old.request(&Echo::new(1, "a")).unwrap().n, 1);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // Killed by SIGKILL: the old mapping still says RUNNING; only the pid tells.
+    assert!(matches!(
+        Client::<Echo>::connect(&name),
+        Err(Error::NotFound { .. })
+    ));
+    let mut again = start_server(&["echo-server", &name, "1", "8", "trusted"]);
+    let fresh = Client::<Echo>::connect(&name).unwrap();
+    let t0 = Instant::now();
+    let reply = fresh.request(&Echo::new(2, "b")).unwrap();
+    assert_eq!(reply.n, 2);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    drop(reply);
+    drop(old);
+    assert!(again.finish(Duration::from_secs(10)));
+}
+
 /// A rogue process with write access scribbles over the header, the slots, state words,
 /// lengths, payloads and the ready bitmap while clients call an untrusted-mode server. The
 /// server never panics or hangs (it answers afterwards and stops cleanly); callers get their
