@@ -142,3 +142,74 @@ pub fn new_call_id() -> Uuid {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+    struct Mixed {
+        n: u64,
+        text: String,
+        list: Vec<u32>,
+        arr: [u8; 300],
+        opt: Option<Box<u64>>,
+    }
+
+    /// Serializes `v` into a 64-byte aligned buffer, with and without the streaming checksum,
+    /// and checks that both give rkyv's own bytes (and the checksum the reader computes).
+    fn same_bytes<T>(v: &T)
+    where
+        T: Message
+            + for<'a> rkyv::Serialize<
+                HighSerializer<rkyv::util::AlignedVec, ArenaHandle<'a>, rancor::Error>,
+            >,
+    {
+        let expect = rkyv::to_bytes::<rancor::Error>(v).unwrap();
+        let mut buf = rkyv::util::AlignedVec::<64>::with_capacity(1 << 20);
+        buf.resize(1 << 20, 0xAA);
+        for checked in [false, true] {
+            // SAFETY: the buffer is ours, 64-byte aligned and `cap` bytes long.
+            let (len, sum) =
+                unsafe { serialize_into(v, buf.as_mut_ptr(), buf.len(), checked) }.unwrap();
+            assert_eq!(&buf[..len], expect.as_slice(), "checked {checked}");
+            if checked {
+                assert_eq!(sum, crate::layout::checksum(&expect));
+            }
+            buf.fill(0xAA);
+        }
+    }
+
+    #[test]
+    fn slot_writer_gives_rkyvs_bytes_and_checksum() {
+        same_bytes(&"hello".to_string());
+        same_bytes(&vec![1u8, 2, 3]);
+        same_bytes(&[7u8; 131072]);
+        same_bytes(&(3u32, "x".to_string()));
+        same_bytes(&Mixed {
+            n: 9,
+            text: "some text that is longer than inline".into(),
+            list: (0..100).collect(),
+            arr: [5; 300],
+            opt: Some(Box::new(77)),
+        });
+    }
+
+    #[test]
+    fn a_root_too_large_for_the_slot_reports_its_size() {
+        let mut buf = rkyv::util::AlignedVec::<64>::with_capacity(4096);
+        buf.resize(4096, 0);
+        // SAFETY: as above.
+        let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), buf.len(), false) };
+        assert!(
+            matches!(
+                r,
+                Err(Error::PayloadTooLarge {
+                    len: 8192,
+                    max: 4096
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
