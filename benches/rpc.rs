@@ -771,8 +771,15 @@ fn interleaved(rounds: usize) {
         for _ in 0..rounds {
             for (i, (_, batch, factory)) in cs.iter().enumerate() {
                 let mut session = factory();
-                for _ in 0..batch / 4 {
-                    (session.call)(); // warm-up
+                // Warm-up: at least a quarter batch and 50 ms, for every contender alike. A
+                // fresh server process starts on its parent's vCPU; until the scheduler moves
+                // one of the two (tens of ms here), a spinning pair shares one core and a call
+                // costs 3-4x its steady time. 300-call batches of 128 KiB would fall inside.
+                let warm = Instant::now();
+                let mut warmed = 0;
+                while warmed < batch / 4 || warm.elapsed() < Duration::from_millis(50) {
+                    (session.call)();
+                    warmed += 1;
                 }
                 let t0 = Instant::now();
                 for _ in 0..*batch {

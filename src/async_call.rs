@@ -25,7 +25,7 @@ use crate::message::Message;
 use crate::protocol::{self, State};
 use crate::shm::{Futex, Mapping};
 use crate::sync::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::wait::PARK_SLICE;
+use crate::wait::{WaitMode, PARK_SLICE};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -374,6 +374,34 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
     }
 }
 
+/// How long the first poll of an async call watches for its reply before it hands the wait
+/// to the helper thread: a spinning server answers a small call in a few hundred nanoseconds,
+/// far less than the helper's wake-up and the executor's (several µs). Never in `Park` mode.
+const ASYNC_SPIN: Duration = Duration::from_micros(2);
+
+/// How long that watch goes on while no worker has taken the call yet: a worker that has not
+/// taken it within this is busy with other calls, and the executor has other tasks to run.
+const ASYNC_SPIN_QUEUED: Duration = Duration::from_nanos(500);
+
+/// Watches the call just published in `slot` for at most [`ASYNC_SPIN`]; its state if it
+/// completed.
+fn spin_for_reply(map: &Mapping, slot: u32, gen: u32) -> Option<State> {
+    let t0 = Instant::now();
+    loop {
+        for _ in 0..16 {
+            if let Some(state) = protocol::poll_done(map, slot, gen) {
+                return Some(state);
+            }
+            std::hint::spin_loop();
+        }
+        let spent = t0.elapsed();
+        let queued = State(map.slot(slot).state.load(Ordering::Relaxed)).kind() == State::REQUEST;
+        if spent >= ASYNC_SPIN || (queued && spent >= ASYNC_SPIN_QUEUED) {
+            return None;
+        }
+    }
+}
+
 /// Where an async call is.
 enum Step {
     /// Not started, or queued for a free slot (in that hub, with that ticket): claim next.
@@ -613,6 +641,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
                 "an async call was polled after it completed".into(),
             )));
         }
+        let mut just_published = false;
         if matches!(this.step, Step::Claim { .. }) {
             match this.poll_claim(cx, deadline) {
                 Poll::Pending => return Poll::Pending,
@@ -620,7 +649,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
                     this.step = Step::Finished;
                     return Poll::Ready(Err(e));
                 }
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => just_published = true,
             }
         }
         let Step::InFlight {
@@ -634,7 +663,12 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
             unreachable!("poll_claim leaves the call in flight");
         };
         let (slot, gen, id) = (*slot, *gen, *id);
-        let state = match hub.register(map, slot, gen, cx.waker(), deadline) {
+        let spun = if just_published && this.client.wait_mode() != WaitMode::Park {
+            spin_for_reply(map, slot, gen)
+        } else {
+            None
+        };
+        let state = match spun.or_else(|| hub.register(map, slot, gen, cx.waker(), deadline)) {
             Some(state) => state,
             None => {
                 let gone = !protocol::running(&**map) || map.known_gone();

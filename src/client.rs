@@ -187,6 +187,11 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         &self.inner.name
     }
 
+    /// How this handle's calls wait (see [`ClientBuilder::wait_mode`]).
+    pub fn wait_mode(&self) -> WaitMode {
+        self.inner.wait
+    }
+
     /// The timeout of `request`, `send` and their async forms.
     pub fn default_timeout(&self) -> Duration {
         self.inner.timeout

@@ -594,18 +594,26 @@ where
             // reply, then free the slot (the sender is no longer waiting).
             return accept_then_run(map, slot, gen, || drop((self.handler)(request)));
         }
-        let Ok(reply) = catch_unwind(AssertUnwindSafe(|| (self.handler)(request))) else {
+        let max = map.layout().max_payload();
+        let sh = map.slot(slot);
+        let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
+        let dst = map.payload(slot);
+        // The reply is serialized where the handler made it, inside the unwind guard: no move
+        // of a large reply out of the closure, and a panicking `Serialize` impl is reported
+        // like a panicking handler instead of taking the worker down.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let reply = (self.handler)(request);
+            // SAFETY: the slot is SERVING, owned by this worker; the request archive is no
+            // longer borrowed (the handler took the request by value and returned an owned
+            // reply), so the payload area is free to overwrite; it is `max` bytes, 64-byte
+            // aligned.
+            unsafe { message::serialize_into(&reply, dst, max, checked) }
+        }));
+        let Ok(written) = outcome else {
             tracing::error!(call = %id, "the handler panicked; the server goes on serving");
             map.header().panics.fetch_add(1, Ordering::Relaxed);
             return reply_status(map, slot, gen, status::HANDLER_PANICKED);
         };
-        let max = map.layout().max_payload();
-        let sh = map.slot(slot);
-        let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
-        // SAFETY: the slot is SERVING, owned by this worker; the request archive is no longer
-        // borrowed (the handler returned an owned reply), so the payload area is free to
-        // overwrite; it is `max` bytes, 64-byte aligned.
-        let written = unsafe { message::serialize_into(&reply, map.payload(slot), max, checked) };
         match written {
             Ok((len, sum)) => {
                 if checked {
