@@ -418,13 +418,6 @@ enum Step {
     Finished,
 }
 
-/// What an async call returns once complete.
-enum Outcome {
-    Request,
-    Send,
-    Ping(Instant),
-}
-
 /// The future of an async call. It needs no particular runtime; it does nothing until first
 /// polled; dropping it cancels the call safely (see the module documentation).
 #[must_use = "futures do nothing unless polled"]
@@ -435,9 +428,10 @@ pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
     timeout: Duration,
     deadline: Option<Instant>,
     step: Step,
-    outcome: Outcome,
-    /// Turns the completed call into the output.
-    finish: fn(&'c Client<Req, Resp>, Done, &Outcome) -> Result<T>,
+    /// When the call was first polled (its timeout and a ping's round trip count from there).
+    started: Option<Instant>,
+    /// Turns the completed call into the output (given when it started).
+    finish: fn(&'c Client<Req, Resp>, Done, Instant) -> Result<T>,
 }
 
 impl<Req: Message, Resp: Message, T> std::fmt::Debug for CallFuture<'_, '_, Req, Resp, T> {
@@ -464,7 +458,9 @@ pub type PingFuture<'c, Req, Resp> = CallFuture<'c, 'static, Req, Resp, Duration
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// Sends `msg` and resolves to the reply, at most the default timeout after the first
-    /// poll. Works on any executor; waiting costs no thread and no CPU (see the crate docs).
+    /// poll. Works on any executor. The first poll watches for a quick reply for up to 2 µs;
+    /// after that, waiting costs no thread and no CPU (one helper thread per process and
+    /// server wakes the task).
     pub fn request_async<'c, 'm>(&'c self, msg: &'m Req) -> RequestFuture<'c, 'm, Req, Resp> {
         self.request_async_timeout(msg, self.default_timeout())
     }
@@ -475,13 +471,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         msg: &'m Req,
         timeout: Duration,
     ) -> RequestFuture<'c, 'm, Req, Resp> {
-        self.future(
-            Some(msg),
-            kind::REQUEST,
-            timeout,
-            Outcome::Request,
-            |c, d, _| c.take_reply(d),
-        )
+        self.future(Some(msg), kind::REQUEST, timeout, |c, d, _| c.take_reply(d))
     }
 
     /// Sends a one-way message; resolves once the server has taken it.
@@ -495,30 +485,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         msg: &'m Req,
         timeout: Duration,
     ) -> SendFuture<'c, 'm, Req, Resp> {
-        self.future(
-            Some(msg),
-            kind::ONEWAY,
-            timeout,
-            Outcome::Send,
-            |c, d, _| c.take_accept(d),
-        )
+        self.future(Some(msg), kind::ONEWAY, timeout, |c, d, _| c.take_accept(d))
     }
 
     /// [`Client::ping`], async: resolves to the round-trip time.
     pub fn ping_async(&self) -> PingFuture<'_, Req, Resp> {
-        self.future(
-            None,
-            kind::PING,
-            self.default_timeout(),
-            Outcome::Ping(Instant::now()),
-            |c, d, outcome| {
-                let elapsed = match outcome {
-                    Outcome::Ping(t0) => t0.elapsed(),
-                    _ => Duration::ZERO,
-                };
-                c.take_pong(d).map(|()| elapsed)
-            },
-        )
+        self.future(None, kind::PING, self.default_timeout(), |c, d, started| {
+            let elapsed = started.elapsed();
+            c.take_pong(d).map(|()| elapsed)
+        })
     }
 
     fn future<'c, 'm, T>(
@@ -526,8 +501,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         msg: Option<&'m Req>,
         kind: u32,
         timeout: Duration,
-        outcome: Outcome,
-        finish: fn(&'c Client<Req, Resp>, Done, &Outcome) -> Result<T>,
+        finish: fn(&'c Client<Req, Resp>, Done, Instant) -> Result<T>,
     ) -> CallFuture<'c, 'm, Req, Resp, T> {
         CallFuture {
             client: self,
@@ -536,7 +510,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             timeout,
             deadline: None,
             step: Step::Claim { queued: None },
-            outcome,
+            started: None,
             finish,
         }
     }
@@ -631,10 +605,11 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         // Nothing in `CallFuture` is pinned structurally (no self-references).
         let this = self.get_mut();
+        let started = *this.started.get_or_insert_with(Instant::now);
         let deadline = *this.deadline.get_or_insert_with(|| {
-            Instant::now()
+            started
                 .checked_add(this.timeout)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+                .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365))
         });
         if matches!(this.step, Step::Finished) {
             return Poll::Ready(Err(Error::InvalidConfig(
@@ -705,7 +680,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
             state,
             id,
         };
-        Poll::Ready((this.finish)(this.client, done, &this.outcome))
+        Poll::Ready((this.finish)(this.client, done, started))
     }
 }
 

@@ -17,6 +17,15 @@
 //! # drop(reply); drop(server); Ok(()) }
 //! ```
 //!
+//! - Blocking calls: [`Client::request`], [`Client::send`], with a per-call timeout.
+//! - Async calls that need no particular runtime: [`Client::request_async`],
+//!   [`Client::send_async`]; one helper thread per process and server, however many futures
+//!   wait; dropping a future mid-call is safe.
+//! - Live statistics kept in the mapping: [`Server::stats`], and [`StatsView`] from any
+//!   process; [`list`] and [`clean`] find this user's servers. The `shmrpc` command-line tool
+//!   (`cli/`) is built on these.
+//! - [`Client::ping`]: a protocol-level round trip that runs no handler.
+//!
 //! See `DESIGN.md` for the mapping layout, the slot state machine and the memory orderings.
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

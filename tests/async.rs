@@ -38,6 +38,18 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// An echo server with `slots` slots in the smallest mapping that holds them, and a client.
+fn small_server(tag: &str, slots: u32) -> (Server, Client<Echo>) {
+    let name = unique_name(tag);
+    let server = Server::builder(&name)
+        .slots(slots)
+        .capacity(64 * 1024 * slots.div_ceil(8) as usize)
+        .serve(echo)
+        .unwrap();
+    let client = Client::connect(&name).unwrap();
+    (server, client)
+}
+
 fn check(reply: &shmrpc::Reply<'_, Echo>, n: u64) {
     assert_eq!(reply.n, n);
     assert_eq!(reply.text, format!("re:m{n}"));
@@ -181,13 +193,7 @@ fn async_timeout_gives_timeout_and_the_next_call_is_clean() {
 #[test]
 fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
     let _serial = serial();
-    let name = unique_name("async-cancel");
-    let server = Server::builder(&name)
-        .slots(8)
-        .capacity(64 * 1024)
-        .serve(echo)
-        .unwrap();
-    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let (server, client) = small_server("async-cancel", 8);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_time()
@@ -241,14 +247,7 @@ fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
 #[test]
 fn waiting_futures_burn_no_cpu_and_a_stopped_server_fails_them() {
     let _serial = serial();
-    let name = unique_name("async-idle");
-    let server = Server::builder(&name)
-        .slots(64)
-        .capacity(256 * 1024)
-        .workers(1)
-        .serve(echo)
-        .unwrap();
-    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let (server, client) = small_server("async-idle", 64);
     let stop = server.stop_handle();
     let mut slow = Echo::new(0, "m0");
     slow.sleep_ms = 1_000;
@@ -280,13 +279,7 @@ fn waiting_futures_burn_no_cpu_and_a_stopped_server_fails_them() {
 #[test]
 fn futures_queued_for_a_slot_fail_fast_when_the_server_stops() {
     let _serial = serial();
-    let name = unique_name("async-queued-stop");
-    let server = Server::builder(&name)
-        .slots(1)
-        .capacity(64 * 1024)
-        .serve(echo)
-        .unwrap();
-    let client: Client<Echo> = Client::connect(&name).unwrap();
+    let (server, client) = small_server("async-queued-stop", 1);
     let mut slow = Echo::new(0, "m0");
     slow.sleep_ms = 800;
     let msgs: Vec<Echo> = (0..50).map(|_| slow.clone()).collect();
