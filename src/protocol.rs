@@ -123,8 +123,8 @@ pub trait Words {
     }
 }
 
-/// A deliberate bug that the loom models switch on (through [`Words::mutant`]) to prove that
-/// they catch it. Only `--cfg loom` builds can select one; elsewhere [`mutated`] is `false`
+/// A deliberate bug that the loom models switch on (through `Words::mutant`) to prove that
+/// they catch it. Only `--cfg loom` builds can select one; elsewhere `mutated` is `false`
 /// and the compiler removes every branch on it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mutant {
