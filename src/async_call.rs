@@ -321,10 +321,10 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
         let queued = hub.queued.load(Ordering::Relaxed);
         if registered == 0 && queued == 0 {
             drop(map);
-            // Idle: a new call unparks us (`nudge`); nothing to ring for.
+            // Idle: nothing to ring for. A new call unparks us (`nudge`); a token left by an
+            // earlier unpark makes this return at once, so a call that arrives between the
+            // loads above and here is seen.
             hub.sleep_until_ns.store(0, Ordering::Relaxed);
-            // A new call unparks us (`nudge`); a token left by an earlier unpark makes this
-            // return at once, so a call that arrives between the loads above and here is seen.
             std::thread::park_timeout(IDLE_PARK);
             continue;
         }
