@@ -120,8 +120,9 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Wakes the helper if it sleeps idle (a call or a queued future appeared).
-    fn nudge(&self) {
+    /// Wakes the helper if it sleeps idle (a call or a queued future appeared, or the mapping
+    /// is being dropped).
+    pub(crate) fn nudge(&self) {
         self.helper.unpark();
     }
 

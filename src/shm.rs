@@ -145,6 +145,11 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // The async helper of this mapping (if any) finds it gone and exits now rather than
+        // at the end of its idle park.
+        if let Some(hub) = self.hub.get() {
+            hub.nudge();
+        }
         // SAFETY: `base` came from `mmap` with `layout.capacity` bytes and nothing borrows it:
         // every borrow of a `Mapping`'s memory is tied to `&self`.
         unsafe {
