@@ -392,15 +392,24 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let (len, sum) = match msg {
             None => (0, checksum(&[])),
             Some(msg) => {
-                // SAFETY: the slot is CLAIMED by this call: no other process reads or writes
-                // its payload until we publish it; the area is `max` bytes, 64-byte aligned.
-                let written =
-                    unsafe { message::serialize_into(msg, map.payload(slot), max, checked) };
+                let dst = map.payload(slot);
+                // A panicking `Serialize` impl must not leave the slot CLAIMED for good (the
+                // reaper frees slots of dead processes only): give it back, then unwind on.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // SAFETY: the slot is CLAIMED by this call: no other process reads or
+                    // writes its payload until we publish it; the area is `max` bytes,
+                    // 64-byte aligned.
+                    unsafe { message::serialize_into(msg, dst, max, checked) }
+                }));
                 match written {
-                    Ok(written) => written,
-                    Err(e) => {
+                    Ok(Ok(written)) => written,
+                    Ok(Err(e)) => {
                         protocol::release(map, &Futex, slot, gen);
                         return Err(e);
+                    }
+                    Err(panic) => {
+                        protocol::release(map, &Futex, slot, gen);
+                        std::panic::resume_unwind(panic);
                     }
                 }
             }

@@ -328,3 +328,47 @@ fn an_unopenable_name_is_an_io_error() {
     std::fs::remove_dir(&path).unwrap();
     assert!(matches!(err, Error::Io(_)), "{err}");
 }
+
+/// A message whose `Serialize` panics.
+#[derive(Debug)]
+struct Boom;
+
+impl rkyv::Archive for Boom {
+    type Archived = rkyv::rend::u32_le;
+    type Resolver = ();
+    fn resolve(&self, _: (), out: rkyv::Place<Self::Archived>) {
+        rkyv::Archive::resolve(&0u32, (), out)
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for Boom {
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        panic!("this message cannot be serialized");
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::Deserialize<Boom, D> for rkyv::rend::u32_le {
+    fn deserialize(&self, _: &mut D) -> Result<Boom, D::Error> {
+        Ok(Boom)
+    }
+}
+
+#[test]
+fn a_panicking_serializer_gives_its_slot_back() {
+    let name = unique_name("boom");
+    let server = Server::builder(&name)
+        .slots(1)
+        .capacity(64 * 1024)
+        .serve(|_: Request<'_, u32>| 7u32)
+        .unwrap();
+    let boom = Client::builder(&name).connect::<Boom, u32>().unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = boom.request(&Boom);
+    }));
+    assert!(caught.is_err(), "the serializer's panic reaches the caller");
+    assert_eq!(server.stats().slots_in_use, 0);
+    // The only slot is free: the next call gets it at once.
+    let client: Client<u32> = Client::connect(&name).unwrap();
+    let reply = client.request_timeout(&1, Duration::from_secs(1)).unwrap();
+    assert_eq!(*reply, 7);
+}
