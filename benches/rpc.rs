@@ -326,16 +326,16 @@ fn round_trips(c: &mut Criterion) {
             GROUP,
             "shmrpc",
             n,
-            shmrpc_session(n, WaitMode::default()),
+            shmrpc_session(n, Calls::Blocking(WaitMode::default())),
         );
         bench_session(
             c,
             GROUP,
             "shmrpc-park",
             n,
-            shmrpc_session(n, WaitMode::Park),
+            shmrpc_session(n, Calls::Blocking(WaitMode::Park)),
         );
-        bench_session(c, GROUP, "shmrpc-async", n, shmrpc_async_session(n));
+        bench_session(c, GROUP, "shmrpc-async", n, shmrpc_session(n, Calls::Async));
         bench_session(c, GROUP, "raw-spin", n, raw_session("raw-spin", n, true));
         bench_session(c, GROUP, "raw-futex", n, raw_session("raw-futex", n, false));
         {
@@ -632,14 +632,28 @@ struct Session {
     _keep: Vec<Box<dyn std::any::Any>>,
 }
 
-fn shmrpc_session_n<const N: usize>(mode: WaitMode) -> Session {
-    let kind = if mode == WaitMode::Park {
+/// How a shmrpc session calls: blocking in a wait mode, or one awaited `request_async` at a
+/// time on a single-thread executor (`block_on`), against the same server as "shmrpc": the
+/// cost of the async path (doorbell, helper thread, task wake-up) next to the blocking call's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    Blocking(WaitMode),
+    Async,
+}
+
+fn shmrpc_session_n<const N: usize>(calls: Calls) -> Session {
+    let (kind, mode) = match calls {
+        Calls::Blocking(WaitMode::Park) => ("shmrpc-park", WaitMode::Park),
+        Calls::Blocking(mode) => ("shmrpc", mode),
+        Calls::Async => ("shmrpc-async", WaitMode::default()),
+    };
+    let server_kind = if mode == WaitMode::Park {
         "shmrpc-park"
     } else {
         "shmrpc"
     };
     let server_name = name(kind, N);
-    let server = ServerProc::start(&format!("{kind} {N} {server_name} 1 4"));
+    let server = ServerProc::start(&format!("{server_kind} {N} {server_name} 1 4"));
     let client = Client::builder(&server_name)
         .wait_mode(mode)
         .connect::<[u8; N], [u8; N]>()
@@ -647,47 +661,23 @@ fn shmrpc_session_n<const N: usize>(mode: WaitMode) -> Session {
     let msg = Box::new([7u8; N]);
     Session {
         call: Box::new(move || {
-            let reply = client.request(&msg).unwrap();
-            black_box(reply[N - 1]);
+            let reply = if calls == Calls::Async {
+                futures::executor::block_on(client.request_async(&msg))
+            } else {
+                client.request(&msg)
+            };
+            black_box(reply.unwrap()[N - 1]);
         }),
         _keep: vec![Box::new(server)],
     }
 }
 
-fn shmrpc_session(n: usize, mode: WaitMode) -> Session {
+fn shmrpc_session(n: usize, calls: Calls) -> Session {
     match n {
-        64 => shmrpc_session_n::<64>(mode),
-        1024 => shmrpc_session_n::<1024>(mode),
-        16384 => shmrpc_session_n::<16384>(mode),
-        _ => shmrpc_session_n::<131072>(mode),
-    }
-}
-
-/// One awaited `request_async` at a time on a single-thread executor (`block_on`), against the
-/// same kind of server as "shmrpc": the cost of the async path (doorbell, helper thread, task
-/// wake-up) next to the blocking call's.
-fn shmrpc_async_session_n<const N: usize>() -> Session {
-    let server_name = name("shmrpc-async", N);
-    let server = ServerProc::start(&format!("shmrpc {N} {server_name} 1 4"));
-    let client = Client::builder(&server_name)
-        .connect::<[u8; N], [u8; N]>()
-        .unwrap();
-    let msg = Box::new([7u8; N]);
-    Session {
-        call: Box::new(move || {
-            let reply = futures::executor::block_on(client.request_async(&msg)).unwrap();
-            black_box(reply[N - 1]);
-        }),
-        _keep: vec![Box::new(server)],
-    }
-}
-
-fn shmrpc_async_session(n: usize) -> Session {
-    match n {
-        64 => shmrpc_async_session_n::<64>(),
-        1024 => shmrpc_async_session_n::<1024>(),
-        16384 => shmrpc_async_session_n::<16384>(),
-        _ => shmrpc_async_session_n::<131072>(),
+        64 => shmrpc_session_n::<64>(calls),
+        1024 => shmrpc_session_n::<1024>(calls),
+        16384 => shmrpc_session_n::<16384>(calls),
+        _ => shmrpc_session_n::<131072>(calls),
     }
 }
 
@@ -738,7 +728,7 @@ fn interleaved(rounds: usize) {
             (
                 "shmrpc",
                 spin_batch,
-                Box::new(move || shmrpc_session(n, WaitMode::default())),
+                Box::new(move || shmrpc_session(n, Calls::Blocking(WaitMode::default()))),
             ),
             (
                 "raw-spin",
@@ -748,7 +738,7 @@ fn interleaved(rounds: usize) {
             (
                 "shmrpc-park",
                 300,
-                Box::new(move || shmrpc_session(n, WaitMode::Park)),
+                Box::new(move || shmrpc_session(n, Calls::Blocking(WaitMode::Park))),
             ),
             (
                 "raw-futex",
@@ -758,7 +748,7 @@ fn interleaved(rounds: usize) {
             (
                 "shmrpc-async",
                 (spin_batch / 10).max(300),
-                Box::new(move || shmrpc_async_session(n)),
+                Box::new(move || shmrpc_session(n, Calls::Async)),
             ),
         ];
         #[cfg(feature = "bench-peers")]

@@ -221,6 +221,19 @@ impl Drop for NameLock {
 }
 
 impl Mapping {
+    /// Wraps `len = layout.capacity` mapped bytes at `base` of `fd`, with fresh process-local
+    /// state (not known gone, no async hub yet).
+    fn new(base: NonNull<u8>, layout: Layout, fd: OwnedFd) -> Mapping {
+        Mapping {
+            base,
+            layout,
+            _fd: fd,
+            gone: AtomicU32::new(0),
+            hub: Default::default(),
+            hub_init: Default::default(),
+        }
+    }
+
     /// Creates the mapping of a new server under `name` (whose [`NameLock`] the caller holds),
     /// replacing a stale one. Returns it with the server state still INIT.
     pub fn create(name: &str, layout: Layout, _lock: &NameLock) -> Result<Mapping> {
@@ -239,14 +252,7 @@ impl Mapping {
         rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
         rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
         let base = map_fd(&fd, layout.capacity)?;
-        let map = Mapping {
-            base,
-            layout,
-            _fd: fd,
-            gone: AtomicU32::new(0),
-            hub: Default::default(),
-            hub_init: Default::default(),
-        };
+        let map = Mapping::new(base, layout, fd);
         let (pid, start) = self_identity();
         let h = map.header();
         h.version.store(layout::LAYOUT_VERSION, Ordering::Relaxed);
@@ -278,14 +284,7 @@ impl Mapping {
                 unsafe { base.as_ptr().add(i).write(*b) };
             }
         }
-        Ok(Mapping {
-            base,
-            layout,
-            _fd: fd,
-            gone: AtomicU32::new(0),
-            hub: Default::default(),
-            hub_init: Default::default(),
-        })
+        Ok(Mapping::new(base, layout, fd))
     }
 
     /// The epoch of a leftover mapping under `object`, if it has a readable header.
@@ -337,14 +336,7 @@ impl Mapping {
             slot_count: 0,
             slot_size: 0,
         };
-        let probe = Mapping {
-            base: map_fd_prot(&fd, size, prot)?,
-            layout: header_only,
-            _fd: fd,
-            gone: AtomicU32::new(0),
-            hub: Default::default(),
-            hub_init: Default::default(),
-        };
+        let probe = Mapping::new(map_fd_prot(&fd, size, prot)?, header_only, fd);
         let h = probe.header();
         // SYNC: Acquire pairs with the Release store of `magic` in `Mapping::create`.
         if h.magic.load(Ordering::Acquire) != layout::MAGIC {

@@ -50,6 +50,15 @@ fn small_server(tag: &str, slots: u32) -> (Server, Client<Echo>) {
     (server, client)
 }
 
+/// Tokio's multi-thread runtime with two workers (the machine's cores) and timers.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 fn check(reply: &shmrpc::Reply<'_, Echo>, n: u64) {
     assert_eq!(reply.n, n);
     assert_eq!(reply.text, format!("re:m{n}"));
@@ -62,11 +71,7 @@ fn ten_thousand_futures_on_tokio_multi_thread_all_get_their_reply() {
     let name = unique_name("async-tokio");
     let server = Server::builder(&name).workers(2).serve(echo).unwrap();
     let client: Client<Echo> = Client::connect(&name).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = tokio_runtime();
     let ok = Arc::new(AtomicU64::new(0));
     let max_helpers = Arc::new(AtomicU64::new(0));
     rt.block_on(async {
@@ -194,11 +199,7 @@ fn async_timeout_gives_timeout_and_the_next_call_is_clean() {
 fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
     let _serial = serial();
     let (server, client) = small_server("async-cancel", 8);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = tokio_runtime();
     let completed = Arc::new(AtomicU64::new(0));
     rt.block_on(async {
         let mut rng = Rng(0x5eed);
