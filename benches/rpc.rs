@@ -368,6 +368,77 @@ fn round_trips(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Throughput: many callers at once, 64-byte messages.
 
+/// `threads` threads of this process each make `iters` 64-byte calls through `client` at once;
+/// the time from the first one's start to the last one's end (each thread reads the clock
+/// itself: the spawning thread may be descheduled while they run).
+fn calls_in_threads(client: &Client<[u8; 64], [u8; 64]>, threads: usize, iters: u64) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (client, barrier) = (client.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let msg = [1u8; 64];
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(client.request(&msg).unwrap()[0]);
+                }
+                (start, Instant::now())
+            })
+        })
+        .collect();
+    let spans: Vec<(Instant, Instant)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let first = spans.iter().map(|s| s.0).min().unwrap();
+    let last = spans.iter().map(|s| s.1).max().unwrap();
+    last - first
+}
+
+/// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench --bench rpc`: the throughput table's ratios,
+/// interleaved. For each worker count one server runs; in each round every thread count makes
+/// about 50 ms of calls in turn, and "8 threads / best" is taken within the round.
+fn interleaved_throughput(rounds: usize) {
+    const THREADS: [usize; 4] = [1, 2, 4, 8];
+    println!(
+        "interleaved throughput, {rounds} rounds, 64-byte calls; calls/s: median over rounds,"
+    );
+    println!("ratio: median over rounds of (8 threads) / (best thread count of the same round).\n");
+    for workers in [1usize, 2] {
+        let name = name(&format!("tpi{workers}"), 64);
+        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers} 32"));
+        let client = Client::builder(&name)
+            .connect::<[u8; 64], [u8; 64]>()
+            .unwrap();
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); THREADS.len()];
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let mut round = Vec::new();
+            for (k, &t) in THREADS.iter().enumerate() {
+                // ~50 ms: about 2,000-4,000 calls per thread at these rates; warm up first.
+                calls_in_threads(&client, t, 2_000 / t as u64);
+                let per_thread = 40_000 / t as u64;
+                let took = calls_in_threads(&client, t, per_thread);
+                let rate = (per_thread * t as u64) as f64 / took.as_secs_f64();
+                rates[k].push(rate);
+                round.push(rate);
+            }
+            let best = round.iter().cloned().fold(0.0, f64::max);
+            ratios.push(round[3] / best);
+        }
+        println!("{workers} worker(s)");
+        for (k, t) in THREADS.iter().enumerate() {
+            println!("  {t} threads  {:>10.0} calls/s", median(&mut rates[k]));
+        }
+        let mut sorted = ratios.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "  8 threads / best: median {:.0} %, min {:.0} %, max {:.0} %\n",
+            100.0 * median(&mut ratios),
+            100.0 * sorted[0],
+            100.0 * sorted[sorted.len() - 1]
+        );
+    }
+}
+
 fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("throughput_64B");
     g.sample_size(10);
@@ -381,27 +452,7 @@ fn throughput(c: &mut Criterion) {
             g.throughput(Throughput::Elements(threads));
             let id = BenchmarkId::new(format!("shmrpc-{workers}w"), format!("{threads}t"));
             g.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Arc::new(Barrier::new(threads as usize + 1));
-                    let handles: Vec<_> = (0..threads)
-                        .map(|_| {
-                            let (client, barrier) = (client.clone(), barrier.clone());
-                            std::thread::spawn(move || {
-                                let msg = [1u8; 64];
-                                barrier.wait();
-                                for _ in 0..iters {
-                                    black_box(client.request(&msg).unwrap()[0]);
-                                }
-                            })
-                        })
-                        .collect();
-                    barrier.wait();
-                    let t0 = Instant::now();
-                    for h in handles {
-                        h.join().unwrap();
-                    }
-                    t0.elapsed()
-                })
+                b.iter_custom(|iters| calls_in_threads(&client, threads as usize, iters))
             });
         }
         // Two client processes, each making `iters` calls when told.
@@ -716,7 +767,15 @@ fn interleaved(rounds: usize) {
     println!("interleaved comparison, {rounds} rounds: in each round every contender runs one");
     println!("session (server started, warm-up, timed batch, server stopped), in turn.");
     println!("ns per round trip: median over rounds; ratios: median of the per-round ratios.\n");
-    for n in SIZES {
+    // `SHMRPC_BENCH_SIZES=64,1024` limits the run to some payload sizes.
+    let sizes: Vec<usize> = match std::env::var("SHMRPC_BENCH_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().parse().expect("SHMRPC_BENCH_SIZES=64,1024,..."))
+            .collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    for n in sizes {
         // Batches of about 5-10 ms per session whatever the payload.
         let spin_batch = match n {
             0..=1024 => 20_000,
@@ -805,6 +864,9 @@ fn main() {
             return caller(name);
         }
         return serve(&role);
+    }
+    if let Ok(rounds) = std::env::var("SHMRPC_BENCH_THROUGHPUT") {
+        return interleaved_throughput(rounds.parse().expect("SHMRPC_BENCH_THROUGHPUT=ROUNDS"));
     }
     if let Ok(rounds) = std::env::var("SHMRPC_BENCH_INTERLEAVED") {
         return interleaved(rounds.parse().expect("SHMRPC_BENCH_INTERLEAVED=ROUNDS"));

@@ -436,11 +436,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let inner = &*self.inner;
         let map_guard = self.mapping()?;
         let map = &**map_guard;
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(far_future);
+        let begun = clock::ticks();
+        let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
         let alive = || map.server_alive();
-        let mut waiting = CallWait::new(inner.wait, deadline, &alive);
+        let mut waiting = CallWait::new(inner.wait, begun, q32, timeout, &alive);
         let wait_error = |e| match e {
             WaitError::Timeout => {
                 map.header().timeouts.fetch_add(1, Ordering::Relaxed);
@@ -502,10 +501,6 @@ pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool)
             std::any::type_name::<Req>()
         )),
     })
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Ties a `Reply` to its client's borrow and to `Resp`, without owning either.

@@ -6,6 +6,7 @@
 //! after 5 µs it yields between bursts, so that a peer sharing our core can run.
 
 use crate::protocol::{Poll, Waiting};
+use crate::stats::clock;
 use std::time::{Duration, Instant};
 
 /// How a caller or a worker waits for its peer.
@@ -42,11 +43,15 @@ impl WaitMode {
 /// would add up to a burst's length to every call. The spinner yields between bursts after
 /// [`PURE_SPIN`], or at once when a whole burst saw the call still queued (its server is busy
 /// with other calls: with more spinners than cores, spinning would take the CPU it needs).
+///
+/// The clock is first read after the first burst, not before it: most waits end within it, and
+/// a reading costs ~25 ns here (`Instant::now`), a tenth of a round trip. The budget therefore
+/// counts from the end of the first burst (64 checks).
 pub(crate) fn spin_until(budget: Duration, poll: &mut dyn FnMut() -> Poll) -> bool {
     if budget.is_zero() {
         return poll() == Poll::Ready;
     }
-    let start = Instant::now();
+    let mut start: Option<Instant> = None;
     loop {
         let mut queued = 0;
         for _ in 0..SPIN_BURST {
@@ -57,7 +62,7 @@ pub(crate) fn spin_until(budget: Duration, poll: &mut dyn FnMut() -> Poll) -> bo
             }
             std::hint::spin_loop();
         }
-        let spent = start.elapsed();
+        let spent = start.get_or_insert_with(Instant::now).elapsed();
         if spent >= budget {
             return poll() == Poll::Ready;
         }
@@ -77,22 +82,65 @@ const PURE_SPIN: Duration = Duration::from_micros(5);
 pub(crate) const PARK_SLICE: Duration = Duration::from_millis(50);
 
 /// The production [`Waiting`] for a call: a deadline, a spin budget and a liveness check.
+///
+/// The deadline is `timeout` after the call began, but the clock is read only when a wait
+/// first needs it (a park, or the deadline check): the call's start is a TSC reading
+/// ([`clock::ticks`], ~10 ns against ~25 ns for `Instant::now`), converted with the server's
+/// calibration of that counter when needed. Most calls never read the clock.
 pub(crate) struct CallWait<'a> {
-    deadline: Instant,
+    begun: u64,
+    ns_per_tick_q32: u64,
+    timeout: Duration,
+    deadline: Option<Instant>,
     spin: Duration,
     parks: u32,
     alive: &'a dyn Fn() -> bool,
 }
 
 impl<'a> CallWait<'a> {
-    pub(crate) fn new(mode: WaitMode, deadline: Instant, alive: &'a dyn Fn() -> bool) -> Self {
+    /// A wait for a call that began at `begun` ([`clock::ticks`]) and may last `timeout`;
+    /// `ns_per_tick_q32` converts ticks to nanoseconds (0 when unknown: the deadline then
+    /// counts from the first reading of the clock).
+    pub(crate) fn new(
+        mode: WaitMode,
+        begun: u64,
+        ns_per_tick_q32: u64,
+        timeout: Duration,
+        alive: &'a dyn Fn() -> bool,
+    ) -> Self {
         CallWait {
-            deadline,
+            begun,
+            ns_per_tick_q32,
+            timeout,
+            deadline: None,
             spin: mode.spin_budget(),
             parks: 0,
             alive,
         }
     }
+
+    /// The call's deadline: `timeout` after `begun`, in `Instant`s (read once).
+    fn deadline(&mut self) -> Instant {
+        let (begun, q32, timeout) = (self.begun, self.ns_per_tick_q32, self.timeout);
+        *self.deadline.get_or_insert_with(|| {
+            let now = Instant::now();
+            // A counter that reads earlier on this core than where the call began (cores'
+            // counters a few ticks apart) counts as no time spent.
+            let ticks = clock::ticks().wrapping_sub(begun);
+            let spent = if ticks > u64::MAX / 2 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(clock::to_ns(ticks, q32)).min(timeout)
+            };
+            let begun = now.checked_sub(spent).unwrap_or(now);
+            begun.checked_add(timeout).unwrap_or_else(far_future)
+        })
+    }
+}
+
+/// An instant no call waits for (30 years from now): the deadline of an unbounded timeout.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 impl Waiting for CallWait<'_> {
@@ -101,7 +149,7 @@ impl Waiting for CallWait<'_> {
     }
 
     fn next_park(&mut self) -> Option<Duration> {
-        let left = self.deadline.checked_duration_since(Instant::now())?;
+        let left = self.deadline().checked_duration_since(Instant::now())?;
         if left.is_zero() {
             return None;
         }

@@ -372,3 +372,51 @@ fn a_panicking_serializer_gives_its_slot_back() {
     let reply = client.request_timeout(&1, Duration::from_secs(1)).unwrap();
     assert_eq!(*reply, 7);
 }
+
+/// A message whose serialization takes 150 ms (archived as a `u32`).
+struct Slow;
+
+impl rkyv::Archive for Slow {
+    type Archived = rkyv::rend::u32_le;
+    type Resolver = ();
+    fn resolve(&self, _: (), out: rkyv::Place<Self::Archived>) {
+        rkyv::Archive::resolve(&0u32, (), out)
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for Slow {
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        std::thread::sleep(Duration::from_millis(150));
+        Ok(())
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::Deserialize<Slow, D> for rkyv::rend::u32_le {
+    fn deserialize(&self, _: &mut D) -> Result<Slow, D::Error> {
+        Ok(Slow)
+    }
+}
+
+#[test]
+fn the_timeout_counts_from_the_call_not_from_its_publication() {
+    let name = unique_name("slowser");
+    let _server = Server::builder(&name)
+        .serve(|_: Request<'_, u32>| {
+            std::thread::sleep(Duration::from_millis(400));
+            7u32
+        })
+        .unwrap();
+    let client = Client::builder(&name).connect::<Slow, u32>().unwrap();
+    let t0 = Instant::now();
+    let err = client
+        .request_timeout(&Slow, Duration::from_millis(100))
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // 150 ms of serialization already spent the 100 ms: the call gives up at its first wait,
+    // not 100 ms after publishing (250 ms) nor when the handler answers (550 ms).
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_millis(240),
+        "{took:?}"
+    );
+}
