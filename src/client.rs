@@ -437,8 +437,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let map_guard = self.mapping()?;
         let map = &**map_guard;
         let begun = clock::ticks();
-        let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
         let alive = || map.server_alive();
+        let q32 = &map.header().ns_per_tick_q32;
         let mut waiting = CallWait::new(inner.wait, begun, q32, timeout, &alive);
         let wait_error = |e| match e {
             WaitError::Timeout => {

@@ -7,6 +7,7 @@ use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Writer};
 use std::cell::Cell;
 use uuid::Uuid;
@@ -78,6 +79,7 @@ impl<E> Writer<E> for SlotWriter {
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
 /// client or SERVING by this worker) for the duration of the call, and aligned to 16.
+#[inline]
 pub(crate) unsafe fn serialize_into<T: Message>(
     value: &T,
     dst: *mut u8,
@@ -90,15 +92,26 @@ pub(crate) unsafe fn serialize_into<T: Message>(
         pos: 0,
         sum: checked.then(Checksum::new),
     };
-    let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
-        .map_err(|e| Error::BadMessage(format!("could not serialize the message: {e}")))?;
-    if writer.pos > cap {
-        return Err(Error::PayloadTooLarge {
-            len: writer.pos,
+    let written = rkyv::util::with_arena(|arena| {
+        let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
+        match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
+            Ok(_) => Ok(serializer.into_writer()),
+            Err(e) => Err(e),
+        }
+    });
+    match written {
+        Ok(w) if w.pos <= cap => Ok((w.pos, w.sum.map_or(0, |s| s.finish()))),
+        Ok(w) => Err(Error::PayloadTooLarge {
+            len: w.pos,
             max: cap,
-        });
+        }),
+        Err(e) => Err(not_serialized(e)),
     }
-    Ok((writer.pos, writer.sum.map_or(0, |s| s.finish())))
+}
+
+#[cold]
+fn not_serialized(e: rancor::Error) -> Error {
+    Error::BadMessage(format!("could not serialize the message: {e}"))
 }
 
 /// Validates `bytes` as an archived `T` with bytecheck and returns a reference into them.

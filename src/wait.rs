@@ -7,6 +7,7 @@
 
 use crate::protocol::{Poll, Waiting};
 use crate::stats::clock;
+use crate::sync::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a caller or a worker waits for its peer.
@@ -89,7 +90,7 @@ pub(crate) const PARK_SLICE: Duration = Duration::from_millis(50);
 /// calibration of that counter when needed. Most calls never read the clock.
 pub(crate) struct CallWait<'a> {
     begun: u64,
-    ns_per_tick_q32: u64,
+    ns_per_tick_q32: &'a AtomicU64,
     timeout: Duration,
     deadline: Option<Instant>,
     spin: Duration,
@@ -99,12 +100,13 @@ pub(crate) struct CallWait<'a> {
 
 impl<'a> CallWait<'a> {
     /// A wait for a call that began at `begun` ([`clock::ticks`]) and may last `timeout`;
-    /// `ns_per_tick_q32` converts ticks to nanoseconds (0 when unknown: the deadline then
-    /// counts from the first reading of the clock).
+    /// `ns_per_tick_q32` (the header's, read only if the deadline is needed: it shares a line
+    /// with the `served` counter that workers bump at every call) converts ticks to
+    /// nanoseconds (0 when unknown: the deadline then counts from the first clock reading).
     pub(crate) fn new(
         mode: WaitMode,
         begun: u64,
-        ns_per_tick_q32: u64,
+        ns_per_tick_q32: &'a AtomicU64,
         timeout: Duration,
         alive: &'a dyn Fn() -> bool,
     ) -> Self {
@@ -121,7 +123,8 @@ impl<'a> CallWait<'a> {
 
     /// The call's deadline: `timeout` after `begun`, in `Instant`s (read once).
     fn deadline(&mut self) -> Instant {
-        let (begun, q32, timeout) = (self.begun, self.ns_per_tick_q32, self.timeout);
+        let (begun, timeout) = (self.begun, self.timeout);
+        let q32 = self.ns_per_tick_q32.load(Ordering::Relaxed);
         *self.deadline.get_or_insert_with(|| {
             let now = Instant::now();
             // A counter that reads earlier on this core than where the call began (cores'
