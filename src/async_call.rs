@@ -25,7 +25,7 @@ use crate::message::Message;
 use crate::protocol::{self, State};
 use crate::shm::{Futex, Mapping};
 use crate::sync::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::wait::{WaitMode, PARK_SLICE};
+use crate::wait::{Deadline, WaitMode, PARK_SLICE};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -387,7 +387,9 @@ const ASYNC_SPIN_QUEUED: Duration = Duration::from_nanos(500);
 /// Watches the call just published in `slot` for at most [`ASYNC_SPIN`]; its state if it
 /// completed.
 fn spin_for_reply(map: &Mapping, slot: u32, gen: u32) -> Option<State> {
-    let t0 = Instant::now();
+    // The clock is first read after the first 16 checks (most small calls complete within
+    // them): the watch lasts up to 16 checks more than its budget.
+    let mut t0 = None;
     loop {
         for _ in 0..16 {
             if let Some(state) = protocol::poll_done(map, slot, gen) {
@@ -395,7 +397,7 @@ fn spin_for_reply(map: &Mapping, slot: u32, gen: u32) -> Option<State> {
             }
             std::hint::spin_loop();
         }
-        let spent = t0.elapsed();
+        let spent = t0.get_or_insert_with(Instant::now).elapsed();
         let queued = State(map.slot(slot).state.load(Ordering::Relaxed)).kind() == State::REQUEST;
         if spent >= ASYNC_SPIN || (queued && spent >= ASYNC_SPIN_QUEUED) {
             return None;
@@ -427,12 +429,11 @@ pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
     msg: Option<&'m Req>,
     kind: u32,
     timeout: Duration,
-    deadline: Option<Instant>,
+    /// Set at the first poll: the timeout and a ping's round trip count from there.
+    deadline: Option<Deadline>,
     step: Step,
-    /// When the call was first polled (its timeout and a ping's round trip count from there).
-    started: Option<Instant>,
-    /// Turns the completed call into the output (given when it started).
-    finish: fn(&'c Client<Req, Resp>, Done, Instant) -> Result<T>,
+    /// Turns the completed call into the output (given the time since the first poll).
+    finish: fn(&'c Client<Req, Resp>, Done, &Deadline) -> Result<T>,
 }
 
 impl<Req: Message, Resp: Message, T> std::fmt::Debug for CallFuture<'_, '_, Req, Resp, T> {
@@ -491,8 +492,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// [`Client::ping`], async: resolves to the round-trip time.
     pub fn ping_async(&self) -> PingFuture<'_, Req, Resp> {
-        self.future(None, kind::PING, self.default_timeout(), |c, d, started| {
-            let elapsed = started.elapsed();
+        self.future(None, kind::PING, self.default_timeout(), |c, d, since| {
+            let elapsed = since.elapsed(&d.map.header().ns_per_tick_q32);
             c.take_pong(d).map(|()| elapsed)
         })
     }
@@ -502,7 +503,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         msg: Option<&'m Req>,
         kind: u32,
         timeout: Duration,
-        finish: fn(&'c Client<Req, Resp>, Done, Instant) -> Result<T>,
+        finish: fn(&'c Client<Req, Resp>, Done, &Deadline) -> Result<T>,
     ) -> CallFuture<'c, 'm, Req, Resp, T> {
         CallFuture {
             client: self,
@@ -511,13 +512,20 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             timeout,
             deadline: None,
             step: Step::Claim { queued: None },
-            started: None,
             finish,
         }
     }
 }
 
 impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
+    /// The call's deadline as an `Instant` (the future was polled: it has one).
+    fn deadline_at(&mut self, map: &Mapping) -> Instant {
+        let q32 = &map.header().ns_per_tick_q32;
+        self.deadline
+            .get_or_insert_with(|| Deadline::after(self.timeout))
+            .get(q32)
+    }
+
     fn timeout_error(&self, map: &Mapping) -> Error {
         map.header().timeouts.fetch_add(1, Ordering::Relaxed);
         Error::Timeout {
@@ -527,7 +535,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
 
     /// One step of claiming: `Ready(Err)` on failure, `Pending` queued for a slot, or
     /// `Ready(Ok(()))` with the call published and `self.step` InFlight.
-    fn poll_claim(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<Result<()>> {
+    fn poll_claim(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let Step::Claim { queued } = std::mem::replace(&mut self.step, Step::Finished) else {
             unreachable!("only called while claiming");
         };
@@ -564,6 +572,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
         let mut claimed = protocol::try_claim(&*map, hint);
         if claimed.is_none() {
+            let deadline = self.deadline_at(&map);
             if Instant::now() >= deadline {
                 if let Some(t) = ticket {
                     hub.dequeue(t);
@@ -606,12 +615,9 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         // Nothing in `CallFuture` is pinned structurally (no self-references).
         let this = self.get_mut();
-        let started = *this.started.get_or_insert_with(Instant::now);
-        let deadline = *this.deadline.get_or_insert_with(|| {
-            started
-                .checked_add(this.timeout)
-                .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365))
-        });
+        if this.deadline.is_none() {
+            this.deadline = Some(Deadline::after(this.timeout));
+        }
         if matches!(this.step, Step::Finished) {
             return Poll::Ready(Err(Error::InvalidConfig(
                 "an async call was polled after it completed".into(),
@@ -619,7 +625,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
         }
         let mut just_published = false;
         if matches!(this.step, Step::Claim { .. }) {
-            match this.poll_claim(cx, deadline) {
+            match this.poll_claim(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.step = Step::Finished;
@@ -639,18 +645,25 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
             unreachable!("poll_claim leaves the call in flight");
         };
         let (slot, gen, id) = (*slot, *gen, *id);
+        let (timeout, since) = (this.timeout, &mut this.deadline);
+        let q32 = &map.header().ns_per_tick_q32;
+        let mut deadline = || {
+            since
+                .get_or_insert_with(|| Deadline::after(timeout))
+                .get(q32)
+        };
         let spun = if just_published && this.client.wait_mode() != WaitMode::Park {
             spin_for_reply(map, slot, gen)
         } else {
             None
         };
-        let state = match spun.or_else(|| hub.register(map, slot, gen, cx.waker(), deadline)) {
+        let state = match spun.or_else(|| hub.register(map, slot, gen, cx.waker(), deadline())) {
             Some(state) => state,
             None => {
                 let gone = !protocol::running(&**map) || map.known_gone();
                 let broken = !protocol::in_flight(&**map, slot, gen)
                     && protocol::poll_done(&**map, slot, gen).is_none();
-                if !gone && !broken && Instant::now() < deadline {
+                if !gone && !broken && Instant::now() < deadline() {
                     return Poll::Pending;
                 }
                 hub.unregister(slot, gen);
@@ -681,7 +694,10 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
             state,
             id,
         };
-        Poll::Ready((this.finish)(this.client, done, started))
+        let since = this
+            .deadline
+            .get_or_insert_with(|| Deadline::after(this.timeout));
+        Poll::Ready((this.finish)(this.client, done, since))
     }
 }
 

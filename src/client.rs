@@ -8,7 +8,7 @@ use crate::shm::{self, validate_name, Futex, Mapping};
 use crate::stats::clock;
 use crate::sync::Ordering;
 use crate::trust::{copy_out, Trust};
-use crate::wait::{CallWait, WaitMode};
+use crate::wait::{CallWait, Deadline, WaitMode};
 use arc_swap::{ArcSwap, Guard};
 use rkyv::util::AlignedVec;
 use std::cell::Cell;
@@ -436,10 +436,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let inner = &*self.inner;
         let map_guard = self.mapping()?;
         let map = &**map_guard;
-        let begun = clock::ticks();
+        let deadline = Deadline::after(timeout);
         let alive = || map.server_alive();
         let q32 = &map.header().ns_per_tick_q32;
-        let mut waiting = CallWait::new(inner.wait, begun, q32, timeout, &alive);
+        let mut waiting = CallWait::new(inner.wait, deadline, q32, &alive);
         let wait_error = |e| match e {
             WaitError::Timeout => {
                 map.header().timeouts.fetch_add(1, Ordering::Relaxed);

@@ -82,62 +82,96 @@ const PURE_SPIN: Duration = Duration::from_micros(5);
 /// Longest single park: how often a parked caller re-checks that the server lives.
 pub(crate) const PARK_SLICE: Duration = Duration::from_millis(50);
 
-/// The production [`Waiting`] for a call: a deadline, a spin budget and a liveness check.
-///
-/// The deadline is `timeout` after the call began, but the clock is read only when a wait
-/// first needs it (a park, or the deadline check): the call's start is a TSC reading
-/// ([`clock::ticks`], ~10 ns against ~25 ns for `Instant::now`), converted with the server's
-/// calibration of that counter when needed. Most calls never read the clock.
-pub(crate) struct CallWait<'a> {
+/// A call's deadline: `timeout` after the call began. The start is a TSC reading
+/// ([`clock::ticks`], ~10 ns against ~25 ns for `Instant::now` here), and the deadline is
+/// converted to an `Instant` only when a wait first needs it (a park, a deadline check), with
+/// the server's calibration of that counter (`Header::ns_per_tick_q32`, read only then: it
+/// shares a line with the `served` counter that workers bump at every call). Most calls never
+/// read the clock.
+#[derive(Debug)]
+pub(crate) struct Deadline {
     begun: u64,
-    ns_per_tick_q32: &'a AtomicU64,
     timeout: Duration,
-    deadline: Option<Instant>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    #[inline]
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Deadline {
+            begun: clock::ticks(),
+            timeout,
+            at: None,
+        }
+    }
+
+    /// Time since the call began, by the counter and `ns_per_tick_q32` (0 if unknown).
+    pub(crate) fn elapsed(&self, ns_per_tick_q32: &AtomicU64) -> Duration {
+        // A counter that reads earlier on this core than where the call began (cores'
+        // counters a few ticks apart) counts as no time spent.
+        ticks_to_duration(
+            clock::ticks().wrapping_sub(self.begun),
+            ns_per_tick_q32.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The deadline as an `Instant` (converted at the first call, then remembered).
+    pub(crate) fn get(&mut self, ns_per_tick_q32: &AtomicU64) -> Instant {
+        if let Some(at) = self.at {
+            return at;
+        }
+        let now = Instant::now();
+        let spent = self.elapsed(ns_per_tick_q32).min(self.timeout);
+        let begun = now.checked_sub(spent).unwrap_or(now);
+        let at = begun.checked_add(self.timeout).unwrap_or_else(far_future);
+        self.at = Some(at);
+        at
+    }
+}
+
+/// `ticks` of the latency clock (a difference of two readings) as a duration, with the
+/// factor of `clock::calibrate` from a mapping header. The factor comes from the server, so it
+/// is clamped to a counter of at most 100 GHz: a zero or garbage factor cannot make time stand
+/// still. A difference above 2^63 (the later reading was smaller: cores' counters a few ticks
+/// apart) counts as no time.
+pub(crate) fn ticks_to_duration(ticks: u64, ns_per_tick_q32: u64) -> Duration {
+    if ticks > u64::MAX / 2 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(clock::to_ns(
+        ticks,
+        ns_per_tick_q32.max(MIN_NS_PER_TICK_Q32),
+    ))
+}
+
+/// 0.01 ns per tick, times 2^32.
+const MIN_NS_PER_TICK_Q32: u64 = (1 << 32) / 100;
+
+/// The production [`Waiting`] for a call: a deadline, a spin budget and a liveness check.
+pub(crate) struct CallWait<'a> {
+    deadline: Deadline,
+    ns_per_tick_q32: &'a AtomicU64,
     spin: Duration,
     parks: u32,
     alive: &'a dyn Fn() -> bool,
 }
 
 impl<'a> CallWait<'a> {
-    /// A wait for a call that began at `begun` ([`clock::ticks`]) and may last `timeout`;
-    /// `ns_per_tick_q32` (the header's, read only if the deadline is needed: it shares a line
-    /// with the `served` counter that workers bump at every call) converts ticks to
-    /// nanoseconds (0 when unknown: the deadline then counts from the first clock reading).
+    /// A wait for a call with `deadline`; `ns_per_tick_q32` is the mapping header's.
     pub(crate) fn new(
         mode: WaitMode,
-        begun: u64,
+        deadline: Deadline,
         ns_per_tick_q32: &'a AtomicU64,
-        timeout: Duration,
         alive: &'a dyn Fn() -> bool,
     ) -> Self {
         CallWait {
-            begun,
+            deadline,
             ns_per_tick_q32,
-            timeout,
-            deadline: None,
             spin: mode.spin_budget(),
             parks: 0,
             alive,
         }
-    }
-
-    /// The call's deadline: `timeout` after `begun`, in `Instant`s (read once).
-    fn deadline(&mut self) -> Instant {
-        let (begun, timeout) = (self.begun, self.timeout);
-        let q32 = self.ns_per_tick_q32.load(Ordering::Relaxed);
-        *self.deadline.get_or_insert_with(|| {
-            let now = Instant::now();
-            // A counter that reads earlier on this core than where the call began (cores'
-            // counters a few ticks apart) counts as no time spent.
-            let ticks = clock::ticks().wrapping_sub(begun);
-            let spent = if ticks > u64::MAX / 2 {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(clock::to_ns(ticks, q32)).min(timeout)
-            };
-            let begun = now.checked_sub(spent).unwrap_or(now);
-            begun.checked_add(timeout).unwrap_or_else(far_future)
-        })
     }
 }
 
@@ -152,7 +186,10 @@ impl Waiting for CallWait<'_> {
     }
 
     fn next_park(&mut self) -> Option<Duration> {
-        let left = self.deadline().checked_duration_since(Instant::now())?;
+        let left = self
+            .deadline
+            .get(self.ns_per_tick_q32)
+            .checked_duration_since(Instant::now())?;
         if left.is_zero() {
             return None;
         }
