@@ -539,6 +539,11 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         let Step::Claim { queued } = std::mem::replace(&mut self.step, Step::Finished) else {
             unreachable!("only called while claiming");
         };
+        let timeout = self.timeout;
+        let begun = self
+            .deadline
+            .get_or_insert_with(|| Deadline::after(timeout))
+            .begun();
         let found = self.client.mapping().and_then(|guard| {
             let map: Arc<Mapping> = Arc::clone(&guard);
             Hub::of(&map).map(|hub| (map, hub))
@@ -595,9 +600,14 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             // Still queued, or already woken for a free slot: either way we have one now.
             hub.dequeue(t);
         }
-        let id =
-            self.client
-                .write_and_publish(&map, slot, gen, self.msg, self.kind | kind::ASYNC)?;
+        let id = self.client.write_and_publish(
+            &map,
+            slot,
+            gen,
+            self.msg,
+            self.kind | kind::ASYNC,
+            begun,
+        )?;
         self.step = Step::InFlight {
             map,
             hub,

@@ -369,7 +369,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Writes the call into `slot` (CLAIMED by this caller at `gen`) and publishes it: the
     /// owner fields, the archive of `msg` (none for a ping), the call id, kind, length and
-    /// publication stamp. On error the slot has been released.
+    /// stamp of `begun`, when the call began. On error the slot has been released.
     pub(crate) fn write_and_publish(
         &self,
         map: &Mapping,
@@ -377,6 +377,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         gen: u32,
         msg: Option<&Req>,
         kind: u32,
+        begun: u64,
     ) -> Result<Uuid> {
         let inner = &*self.inner;
         let sh = map.slot(slot);
@@ -425,7 +426,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         };
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);
-        sh.published.store(clock::stamp(), Ordering::Relaxed);
+        sh.published.store(clock::stamp(begun), Ordering::Relaxed);
         protocol::publish_request(map, &Futex, slot, gen);
         Ok(id)
     }
@@ -437,6 +438,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let map_guard = self.mapping()?;
         let map = &**map_guard;
         let deadline = Deadline::after(timeout);
+        let deadline_begun = deadline.begun();
         let alive = || map.server_alive();
         let q32 = &map.header().ns_per_tick_q32;
         let mut waiting = CallWait::new(inner.wait, deadline, q32, &alive);
@@ -454,7 +456,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let (slot, gen) =
             protocol::claim(map, &Futex, SLOT_HINT.get(), &mut waiting).map_err(wait_error)?;
         SLOT_HINT.set(slot);
-        let id = self.write_and_publish(map, slot, gen, msg, kind)?;
+        let id = self.write_and_publish(map, slot, gen, msg, kind, deadline_begun)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
             Ok(state) => {
                 map.prefetch_slot(slot);

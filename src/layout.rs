@@ -236,7 +236,8 @@ pub struct Header {
     // ---- lines 6-9 (384): handler time histogram; lines 10-13 (640): queueing time.
     /// Handler run time (from taking the request to publishing the reply), by [`hist_bucket`].
     pub handler_hist: [AtomicU64; HIST_BUCKETS],
-    /// Queueing time (from the client's publication to a worker taking the request).
+    /// Queueing time (from the start of the call, before it claimed its slot, to a worker
+    /// taking the request).
     pub queue_hist: [AtomicU64; HIST_BUCKETS],
     _pad4: [u8; HEADER_SIZE - 896],
 }
@@ -273,8 +274,10 @@ pub struct SlotHeader {
     pub req_sum: AtomicU32,
     /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
     pub reply_sum: AtomicU32,
-    /// The latency clock (`stats::Clock`) when the client published the request, in units
-    /// of 64 ticks, truncated to 32 bits: the worker derives the queueing time from it.
+    /// The latency clock (`stats::clock`) when the call began (before the client claimed this
+    /// slot), in units of 64 ticks, truncated to 32 bits: the worker derives the queueing time
+    /// from it. (The field keeps its name from layout version 1, where it was stamped at
+    /// publication.)
     pub published: AtomicU32,
 }
 

@@ -42,11 +42,11 @@ pub(crate) mod clock {
         }
     }
 
-    /// The 32-bit publication stamp a client stores in its slot: ticks / 64 (wraps after
-    /// about 100 s at 2.5 GHz; queueing times are measured modulo that).
+    /// The 32-bit stamp a client stores in its slot for a call that began at `ticks`:
+    /// ticks / 64 (wraps after about 100 s at 2.5 GHz; queueing times are measured modulo that).
     #[inline]
-    pub(crate) fn stamp() -> u32 {
-        (ticks() >> 6) as u32
+    pub(crate) fn stamp(ticks: u64) -> u32 {
+        (ticks >> 6) as u32
     }
 
     /// Ticks from stamp `then` to `now_ticks`; 0 if `then` is later (a client on a core whose
@@ -200,7 +200,8 @@ pub struct Stats {
     pub in_flight: u32,
     /// Handler run time, from taking a request to publishing its reply.
     pub handler_time: Histogram,
-    /// Queueing time, from a client's publication to a worker taking the request.
+    /// Queueing time, from the start of a call (before it claimed its slot: a wait for a free
+    /// slot counts) to a worker taking the request.
     pub queue_time: Histogram,
     /// Every slot in use.
     pub in_use: Vec<SlotUse>,

@@ -106,6 +106,12 @@ impl Deadline {
         }
     }
 
+    /// When the call began ([`clock::ticks`]).
+    #[inline]
+    pub(crate) fn begun(&self) -> u64 {
+        self.begun
+    }
+
     /// Time since the call began, by the counter and `ns_per_tick_q32` (0 if unknown).
     pub(crate) fn elapsed(&self, ns_per_tick_q32: &AtomicU64) -> Duration {
         // A counter that reads earlier on this core than where the call began (cores'
