@@ -6,6 +6,7 @@ use crate::layout::Checksum;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
+use rkyv::ser::allocator::Arena;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Writer};
@@ -92,7 +93,7 @@ pub(crate) unsafe fn serialize_into<T: Message>(
         pos: 0,
         sum: checked.then(Checksum::new),
     };
-    let written = rkyv::util::with_arena(|arena| {
+    let written = with_arena(|arena| {
         let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
         match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
             Ok(_) => Ok(serializer.into_writer()),
@@ -107,6 +108,22 @@ pub(crate) unsafe fn serialize_into<T: Message>(
         }),
         Err(e) => Err(not_serialized(e)),
     }
+}
+
+thread_local! {
+    /// This thread's scratch arena for serialization (rkyv's `with_arena` also shrinks it
+    /// after every use; `Arena::acquire` already does at the start of the next one).
+    static ARENA: Cell<Option<Arena>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's arena (a fresh one if a `Serialize` impl serializes a message
+/// itself, re-entering this while the arena is out).
+#[inline]
+fn with_arena<R>(f: impl FnOnce(&mut Arena) -> R) -> R {
+    let mut arena = ARENA.take().unwrap_or_default();
+    let r = f(&mut arena);
+    ARENA.set(Some(arena));
+    r
 }
 
 #[cold]
