@@ -395,7 +395,7 @@ fn calls_in_threads(client: &Client<[u8; 64], [u8; 64]>, threads: usize, iters: 
 
 /// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench --bench rpc`: the throughput table's ratios,
 /// interleaved. For each worker count one server runs; in each round every thread count makes
-/// about 50 ms of calls in turn, and "8 threads / best" is taken within the round.
+/// its calls in turn, and "8 threads / best" is taken within the round.
 fn interleaved_throughput(rounds: usize) {
     const THREADS: [usize; 4] = [1, 2, 4, 8];
     println!(
@@ -403,17 +403,13 @@ fn interleaved_throughput(rounds: usize) {
     );
     println!("ratio: median over rounds of (8 threads) / (best thread count of the same round).\n");
     for workers in [1usize, 2] {
-        let name = name(&format!("tpi{workers}"), 64);
-        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers} 32"));
-        let client = Client::builder(&name)
-            .connect::<[u8; 64], [u8; 64]>()
-            .unwrap();
+        let (_server, client) = throughput_server("tpi", workers);
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); THREADS.len()];
         let mut ratios = Vec::new();
         for _ in 0..rounds {
             let mut round = Vec::new();
             for (k, &t) in THREADS.iter().enumerate() {
-                // ~50 ms: about 2,000-4,000 calls per thread at these rates; warm up first.
+                // 40,000 calls in all (~10 ms at full speed), after a 2,000-call warm-up.
                 calls_in_threads(&client, t, 2_000 / t as u64);
                 let per_thread = 40_000 / t as u64;
                 let took = calls_in_threads(&client, t, per_thread);
@@ -439,15 +435,23 @@ fn interleaved_throughput(rounds: usize) {
     }
 }
 
+/// The throughput benchmarks' server (`workers` workers, the default 32 slots, 64-byte echo)
+/// and a client of it.
+fn throughput_server(tag: &str, workers: usize) -> (ServerProc, Client<[u8; 64], [u8; 64]>) {
+    let name = name(&format!("{tag}{workers}"), 64);
+    let server = ServerProc::start(&format!("shmrpc 64 {name} {workers} 32"));
+    let client = Client::builder(&name)
+        .connect::<[u8; 64], [u8; 64]>()
+        .unwrap();
+    (server, client)
+}
+
 fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("throughput_64B");
     g.sample_size(10);
     for workers in [1usize, 2] {
-        let name = name(&format!("tp{workers}"), 64);
-        let _server = ServerProc::start(&format!("shmrpc 64 {name} {workers} 32"));
-        let client = Client::builder(&name)
-            .connect::<[u8; 64], [u8; 64]>()
-            .unwrap();
+        let (_server, client) = throughput_server("tp", workers);
+        let name = client.name().to_owned();
         for threads in [1u64, 2, 4, 8] {
             g.throughput(Throughput::Elements(threads));
             let id = BenchmarkId::new(format!("shmrpc-{workers}w"), format!("{threads}t"));
