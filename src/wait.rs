@@ -209,3 +209,54 @@ impl Waiting for CallWait<'_> {
         self.parks == 1 || (self.alive)()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2.5 GHz: 0.4 ns per tick, times 2^32.
+    const Q32: u64 = (4 << 32) / 10;
+
+    #[test]
+    fn ticks_convert_with_the_servers_factor() {
+        assert_eq!(
+            ticks_to_duration(2_500_000, Q32),
+            Duration::from_nanos(999_999)
+        );
+        // The later reading was smaller (cores' counters a few ticks apart): no time.
+        assert_eq!(
+            ticks_to_duration(0u64.wrapping_sub(40), Q32),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_peers_garbage_factor_neither_stops_time_nor_overflows() {
+        // Zero: clamped to a 100 GHz counter, so a second's worth of ticks still counts.
+        assert!(ticks_to_duration(1_000_000_000, 0) >= Duration::from_millis(9));
+        // The largest factor and the largest forward difference: saturates, no panic.
+        let huge = ticks_to_duration(u64::MAX / 2, u64::MAX);
+        assert_eq!(huge, Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn a_deadline_counts_from_its_start_whatever_the_factor() {
+        let timeout = Duration::from_secs(3600);
+        let before = Instant::now();
+        let q32 = AtomicU64::new(Q32);
+        let at = Deadline::after(timeout).get(&q32);
+        assert!(
+            at >= before + timeout - Duration::from_millis(100) && at <= Instant::now() + timeout
+        );
+        // A garbage factor makes the call look old: its deadline is now, never a panic.
+        let q32 = AtomicU64::new(u64::MAX);
+        let d = Deadline::after(timeout);
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(d.elapsed(&q32) >= timeout);
+        let mut d = d;
+        assert!(d.get(&q32) <= Instant::now());
+        // An unbounded timeout is far away, not an overflow.
+        let mut d = Deadline::after(Duration::MAX);
+        assert!(d.get(&q32) > Instant::now() + Duration::from_secs(86_400 * 365));
+    }
+}
