@@ -384,9 +384,20 @@ const ASYNC_SPIN: Duration = Duration::from_micros(2);
 /// taken it within this is busy with other calls, and the executor has other tasks to run.
 const ASYNC_SPIN_QUEUED: Duration = Duration::from_nanos(500);
 
-/// Watches the call just published in `slot` for at most [`ASYNC_SPIN`]; its state if it
-/// completed.
-fn spin_for_reply(map: &Mapping, slot: u32, gen: u32) -> Option<State> {
+/// How much longer the watch lasts per byte of request, while a worker serves the call: a
+/// large call's round trip is mostly copying (128 KiB each way: ~4.5 µs here), and a watch
+/// shorter than that hands every such call to the helper thread (~20 µs).
+const ASYNC_SPIN_PER_BYTE_PS: u64 = 40;
+
+/// The longest watch, whatever the size: about what the helper's wake-up costs.
+const ASYNC_SPIN_MAX: Duration = Duration::from_micros(20);
+
+/// Watches the call just published in `slot` for at most [`ASYNC_SPIN`] (plus
+/// [`ASYNC_SPIN_PER_BYTE_PS`] per byte of its `len`-byte request once a worker has taken it);
+/// its state if it completed.
+fn spin_for_reply(map: &Mapping, slot: u32, gen: u32, len: u32) -> Option<State> {
+    let extra = Duration::from_nanos(u64::from(len) * ASYNC_SPIN_PER_BYTE_PS / 1000);
+    let budget = (ASYNC_SPIN + extra).min(ASYNC_SPIN_MAX);
     // The clock is first read after the first 16 checks (most small calls complete within
     // them): the watch lasts up to 16 checks more than its budget.
     let mut t0 = None;
@@ -399,7 +410,7 @@ fn spin_for_reply(map: &Mapping, slot: u32, gen: u32) -> Option<State> {
         }
         let spent = t0.get_or_insert_with(Instant::now).elapsed();
         let queued = State(map.slot(slot).state.load(Ordering::Relaxed)).kind() == State::REQUEST;
-        if spent >= ASYNC_SPIN || (queued && spent >= ASYNC_SPIN_QUEUED) {
+        if spent >= budget || (queued && spent >= ASYNC_SPIN_QUEUED) {
             return None;
         }
     }
@@ -460,9 +471,9 @@ pub type PingFuture<'c, Req, Resp> = CallFuture<'c, 'static, Req, Resp, Duration
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// Sends `msg` and resolves to the reply, at most the default timeout after the first
-    /// poll. Works on any executor. The first poll watches for a quick reply for up to 2 µs;
-    /// after that, waiting costs no thread and no CPU (one helper thread per process and
-    /// server wakes the task).
+    /// poll. Works on any executor. The first poll watches for a quick reply (2 µs, longer for
+    /// large requests); after that, waiting costs no thread and no CPU (one helper thread per
+    /// process and server wakes the task).
     pub fn request_async<'c, 'm>(&'c self, msg: &'m Req) -> RequestFuture<'c, 'm, Req, Resp> {
         self.request_async_timeout(msg, self.default_timeout())
     }
@@ -663,7 +674,9 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
                 .get(q32)
         };
         let spun = if just_published && this.client.wait_mode() != WaitMode::Park {
-            spin_for_reply(map, slot, gen)
+            // Our own write (the worker never writes it); bounded by the layout all the same.
+            let len = map.slot(slot).req_len.load(Ordering::Relaxed);
+            spin_for_reply(map, slot, gen, len.min(map.layout().max_payload() as u32))
         } else {
             None
         };
