@@ -441,7 +441,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let deadline_begun = deadline.begun();
         let alive = || map.server_alive();
         let q32 = &map.header().ns_per_tick_q32;
-        let mut waiting = CallWait::new(inner.wait, deadline, q32, &alive);
+        let cpus = &map.header().worker_cpus;
+        let mut waiting = CallWait::new(inner.wait, deadline, q32, cpus, &alive);
         let wait_error = |e| match e {
             WaitError::Timeout => {
                 map.header().timeouts.fetch_add(1, Ordering::Relaxed);

@@ -239,7 +239,11 @@ pub struct Header {
     /// Queueing time (from the start of the call, before it claimed its slot, to a worker
     /// taking the request).
     pub queue_hist: [AtomicU64; HIST_BUCKETS],
-    _pad4: [u8; HEADER_SIZE - 896],
+    // ---- line 14 (896): where the workers run.
+    /// Bit `c` set: a worker last ran on CPU `c` (CPUs 0..64; a hint, written by a worker only
+    /// when it finds itself on another CPU).
+    pub worker_cpus: AtomicU64,
+    _pad4: [u8; HEADER_SIZE - 904],
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -306,6 +310,7 @@ const _: () = {
     assert!(offset_of!(Header, ns_per_tick_q32) == 368);
     assert!(offset_of!(Header, handler_hist) == 384);
     assert!(offset_of!(Header, queue_hist) == 640);
+    assert!(offset_of!(Header, worker_cpus) == 896);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(offset_of!(SlotHeader, owner_pid) == 20);
     assert!(offset_of!(SlotHeader, owner_start) == 24);

@@ -343,6 +343,48 @@ impl Drop for Server {
     }
 }
 
+/// Where this worker runs, recorded in `Header::worker_cpus` when it changes (checked when it
+/// goes idle, after a park and every 16 calls; `sched_getcpu` is a vDSO call): a caller that
+/// finds itself on the CPU of the only active worker with its call not done naps rather than
+/// spins (the worker cannot serve it while the caller holds the CPU). A parked worker clears
+/// its bit. A hint only: a stale bit costs a caller a nap, nothing else.
+struct WorkerCpu {
+    cpu: usize,
+}
+
+impl WorkerCpu {
+    fn new(map: &Mapping) -> Self {
+        let mut me = WorkerCpu { cpu: usize::MAX };
+        me.note(map);
+        me
+    }
+
+    /// The worker parks: it no longer holds a CPU that callers should leave to it.
+    fn leave(&mut self, map: &Mapping) {
+        if self.cpu < 64 {
+            map.header()
+                .worker_cpus
+                .fetch_and(!(1u64 << self.cpu), Ordering::Relaxed);
+        }
+        self.cpu = usize::MAX;
+    }
+
+    fn note(&mut self, map: &Mapping) {
+        let now = rustix::thread::sched_getcpu();
+        if now == self.cpu {
+            return;
+        }
+        let cpus = &map.header().worker_cpus;
+        if self.cpu < 64 {
+            cpus.fetch_and(!(1u64 << self.cpu), Ordering::Relaxed);
+        }
+        if now < 64 {
+            cpus.fetch_or(1u64 << now, Ordering::Relaxed);
+        }
+        self.cpu = now;
+    }
+}
+
 /// How long an idle worker parks before it re-checks the server state.
 const WORKER_PARK: Duration = Duration::from_millis(100);
 
@@ -361,14 +403,21 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
     };
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
+    let mut cpu = WorkerCpu::new(map);
+    let mut served: u32 = 0;
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             map.prefetch_slot(slot);
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
                 serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
+                served = served.wrapping_add(1);
+                if served % 16 == 0 {
+                    cpu.note(map);
+                }
             }
             continue;
         }
+        cpu.note(map);
         // An idle worker waits for callers: always worth spinning for (within its budget).
         if spin_until(spin, &mut || {
             if protocol::any_ready(map) || !shared.running() {
@@ -379,8 +428,11 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         }) {
             continue;
         }
+        cpu.leave(map);
         protocol::worker_park(map, &Futex, Some(WORKER_PARK));
+        cpu.note(map);
     }
+    cpu.leave(map);
 }
 
 /// Serves the slot this worker moved to SERVING: a ping at once, anything else through the

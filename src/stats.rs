@@ -205,6 +205,10 @@ pub struct Stats {
     pub queue_time: Histogram,
     /// Every slot in use.
     pub in_use: Vec<SlotUse>,
+    /// The CPUs (bit `c` for CPU `c` < 64) where the server's active workers last ran; a
+    /// worker clears its bit while it parks. Callers nap rather than spin on the CPU of a lone
+    /// active worker (DESIGN.md, section 5).
+    pub worker_cpus: u64,
 }
 
 impl Stats {
@@ -253,6 +257,7 @@ impl Stats {
             handler_time: Histogram::read(&h.handler_hist),
             queue_time: Histogram::read(&h.queue_hist),
             in_use,
+            worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
         }
     }
 }

@@ -104,3 +104,34 @@ fn list_marks_a_killed_server_stale_and_clean_removes_only_that_one() {
     assert_eq!(client.request(&Echo::new(3, "x")).unwrap().n, 3);
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn the_header_shows_where_active_workers_run_and_parked_ones_leave_it() {
+    let name = unique_name("cpus");
+    let server = Server::builder(&name).serve(echo).unwrap();
+    let client: Client<Echo> = Client::connect(&name).unwrap();
+    // Right after a call the worker spins for up to 50 µs: it is active, its CPU's bit set.
+    let active = (0..200).any(|n| {
+        client.request(&Echo::new(n, "x")).unwrap();
+        server.stats().worker_cpus.count_ones() == 1
+    });
+    assert!(active, "no call left a worker's CPU recorded");
+    // Idle, it parks and clears its bit (it wakes every 100 ms to look at the server state and
+    // is active again for ~50 µs: look a few times).
+    std::thread::sleep(Duration::from_millis(200));
+    let parked = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(1));
+        server.stats().worker_cpus == 0
+    });
+    assert!(parked, "{:#x}", server.stats().worker_cpus);
+    // A call wakes it; it records its CPU again before it spins.
+    let active = (0..200).any(|n| {
+        client.request(&Echo::new(n, "y")).unwrap();
+        server.stats().worker_cpus != 0
+    });
+    assert!(active);
+    // Stopped, no worker is active.
+    let view = StatsView::open(&name).unwrap();
+    drop(server);
+    assert_eq!(view.stats().worker_cpus, 0);
+}
