@@ -440,12 +440,17 @@ pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
     msg: Option<&'m Req>,
     kind: u32,
     timeout: Duration,
-    /// Set at the first poll: the timeout and a ping's round trip count from there.
+    /// Set at the first poll: the timeout counts from there.
     deadline: Option<Deadline>,
+    /// A ping's first poll, by this process's clock (its round trip counts from there).
+    started: Option<Instant>,
     step: Step,
-    /// Turns the completed call into the output (given the time since the first poll).
-    finish: fn(&'c Client<Req, Resp>, Done, &Deadline) -> Result<T>,
+    /// Turns the completed call into the output (given `started`).
+    finish: Finish<'c, Req, Resp, T>,
 }
+
+/// Turns a completed call into a future's output, given a ping's start.
+type Finish<'c, Req, Resp, T> = fn(&'c Client<Req, Resp>, Done, Option<Instant>) -> Result<T>;
 
 impl<Req: Message, Resp: Message, T> std::fmt::Debug for CallFuture<'_, '_, Req, Resp, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -503,8 +508,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// [`Client::ping`], async: resolves to the round-trip time.
     pub fn ping_async(&self) -> PingFuture<'_, Req, Resp> {
-        self.future(None, kind::PING, self.default_timeout(), |c, d, since| {
-            let elapsed = since.elapsed(&d.map.header().ns_per_tick_q32);
+        self.future(None, kind::PING, self.default_timeout(), |c, d, started| {
+            let elapsed = started.map_or(Duration::ZERO, |t| t.elapsed());
             c.take_pong(d).map(|()| elapsed)
         })
     }
@@ -514,7 +519,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         msg: Option<&'m Req>,
         kind: u32,
         timeout: Duration,
-        finish: fn(&'c Client<Req, Resp>, Done, &Deadline) -> Result<T>,
+        finish: Finish<'c, Req, Resp, T>,
     ) -> CallFuture<'c, 'm, Req, Resp, T> {
         CallFuture {
             client: self,
@@ -522,6 +527,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             kind,
             timeout,
             deadline: None,
+            started: None,
             step: Step::Claim { queued: None },
             finish,
         }
@@ -638,6 +644,9 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
         let this = self.get_mut();
         if this.deadline.is_none() {
             this.deadline = Some(Deadline::after(this.timeout));
+            if this.kind == kind::PING {
+                this.started = Some(Instant::now());
+            }
         }
         if matches!(this.step, Step::Finished) {
             return Poll::Ready(Err(Error::InvalidConfig(
@@ -717,10 +726,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
             state,
             id,
         };
-        let since = this
-            .deadline
-            .get_or_insert_with(|| Deadline::after(this.timeout));
-        Poll::Ready((this.finish)(this.client, done, since))
+        Poll::Ready((this.finish)(this.client, done, this.started))
     }
 }
 

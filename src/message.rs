@@ -120,9 +120,15 @@ thread_local! {
 /// itself, re-entering this while the arena is out).
 #[inline]
 fn with_arena<R>(f: impl FnOnce(&mut Arena) -> R) -> R {
-    let mut arena = ARENA.take().unwrap_or_default();
+    // `try_with`: during this thread's TLS destruction (a call from another thread-local's
+    // destructor) the cell is gone; such a call gets a fresh arena and drops it.
+    let mut arena = ARENA
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let r = f(&mut arena);
-    ARENA.set(Some(arena));
+    let _ = ARENA.try_with(|cell| cell.set(Some(arena)));
     r
 }
 

@@ -348,40 +348,56 @@ impl Drop for Server {
 /// finds itself on the CPU of the only active worker with its call not done naps rather than
 /// spins (the worker cannot serve it while the caller holds the CPU). A parked worker clears
 /// its bit. A hint only: a stale bit costs a caller a nap, nothing else.
-struct WorkerCpu {
+struct WorkerCpu<'m> {
+    map: &'m Mapping,
     cpu: usize,
 }
 
-impl WorkerCpu {
-    fn new(map: &Mapping) -> Self {
-        let mut me = WorkerCpu { cpu: usize::MAX };
-        me.note(map);
+impl<'m> WorkerCpu<'m> {
+    fn new(map: &'m Mapping) -> Self {
+        let mut me = WorkerCpu {
+            map,
+            cpu: usize::MAX,
+        };
+        me.note();
         me
     }
 
-    /// The worker parks: it no longer holds a CPU that callers should leave to it.
-    fn leave(&mut self, map: &Mapping) {
+    /// The worker parks (or stops): it no longer holds a CPU that callers should leave to it.
+    fn leave(&mut self) {
         if self.cpu < 64 {
-            map.header()
+            // Relaxed: a hint for callers; nothing is published through it.
+            self.map
+                .header()
                 .worker_cpus
                 .fetch_and(!(1u64 << self.cpu), Ordering::Relaxed);
         }
         self.cpu = usize::MAX;
     }
 
-    fn note(&mut self, map: &Mapping) {
+    /// Records the CPU this worker runs on (and sets its bit again if another worker that left
+    /// the same CPU, or a peer, cleared it).
+    fn note(&mut self) {
         let now = rustix::thread::sched_getcpu();
+        let cpus = &self.map.header().worker_cpus;
         if now == self.cpu {
+            if now < 64 && cpus.load(Ordering::Relaxed) & (1 << now) == 0 {
+                cpus.fetch_or(1 << now, Ordering::Relaxed);
+            }
             return;
         }
-        let cpus = &map.header().worker_cpus;
-        if self.cpu < 64 {
-            cpus.fetch_and(!(1u64 << self.cpu), Ordering::Relaxed);
-        }
+        self.leave();
         if now < 64 {
             cpus.fetch_or(1u64 << now, Ordering::Relaxed);
         }
         self.cpu = now;
+    }
+}
+
+impl Drop for WorkerCpu<'_> {
+    /// Also when the worker unwinds.
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -412,12 +428,12 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
                 serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
                 served = served.wrapping_add(1);
                 if served % 16 == 0 {
-                    cpu.note(map);
+                    cpu.note();
                 }
             }
             continue;
         }
-        cpu.note(map);
+        cpu.note();
         // An idle worker waits for callers: always worth spinning for (within its budget).
         if spin_until(spin, &mut || {
             if protocol::any_ready(map) || !shared.running() {
@@ -428,11 +444,10 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         }) {
             continue;
         }
-        cpu.leave(map);
+        cpu.leave();
         protocol::worker_park(map, &Futex, Some(WORKER_PARK));
-        cpu.note(map);
+        cpu.note();
     }
-    cpu.leave(map);
 }
 
 /// Serves the slot this worker moved to SERVING: a ping at once, anything else through the
