@@ -699,8 +699,9 @@ where
                 sh.reply_len.store(0, Ordering::Relaxed);
             }
         }
-        map.header().served.fetch_add(1, Ordering::Relaxed);
         complete(map, slot, gen, State::REPLY);
+        // Counted after the reply is out, like the histograms: off the caller's path.
+        map.header().served.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -99,6 +99,8 @@ fn ten_thousand_futures_on_tokio_multi_thread_all_get_their_reply() {
     });
     assert_eq!(ok.load(Ordering::Relaxed), 10_000);
     assert!(max_helpers.load(Ordering::Relaxed) <= 4, "{max_helpers:?}");
+    // The worker counts a call right after publishing its reply: give the last one a moment.
+    std::thread::sleep(Duration::from_millis(50));
     let stats = server.stats();
     assert!(stats.served >= 10_000);
     assert_eq!(stats.abandoned, 0);

@@ -56,6 +56,11 @@ fn counters_and_histograms_count_every_call_and_a_view_reads_the_same() {
     // A held reply keeps its slot, which the view shows with its owner.
     let reply = client.request(&Echo::new(7, "held")).unwrap();
     let view = StatsView::open(&name).unwrap();
+    // The worker counts a call right after publishing its reply: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while view.stats().served < 102 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let v = view.stats();
     assert_eq!(v.served, 102);
     assert_eq!(v.slots_in_use, 1);
