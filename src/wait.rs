@@ -52,9 +52,9 @@ pub(crate) fn spin_until(budget: Duration, poll: &mut dyn FnMut() -> Poll) -> bo
     spin_bursts(budget, poll, None)
 }
 
-/// [`spin_until`] for a caller, given the mapping's `Header::worker_cpus`: after a burst in
-/// which its call did not complete, a caller running on the CPU of the server's only active
-/// worker sleeps [`ON_WORKER_CPU_NAP`] instead of spinning on.
+/// The loop of [`spin_until`]. `nap`, if given, is asked after every burst that did not end
+/// the wait, and says whether it slept instead of letting the loop spin on (a caller beside
+/// the server's lone worker, [`CallWait`]'s `spin`).
 fn spin_bursts(
     budget: Duration,
     poll: &mut dyn FnMut() -> Poll,
@@ -168,8 +168,8 @@ impl Deadline {
 /// is clamped to a counter between 100 MHz and 100 GHz: a zero or garbage factor can neither
 /// make time stand still nor make it run faster than a 100 MHz counter would (26 times too
 /// fast for this machine's 2.6 GHz TSC; a deadline is converted once, over the time before a
-/// call's first wait, so that moves it by microseconds). A difference above 2^63 (the later reading was smaller: cores' counters a few ticks
-/// apart) counts as no time.
+/// call's first wait, so that moves it by microseconds). A difference above 2^63 (the later
+/// reading was smaller: cores' counters a few ticks apart) counts as no time.
 pub(crate) fn ticks_to_duration(ticks: u64, ns_per_tick_q32: u64) -> Duration {
     if ticks > u64::MAX / 2 {
         return Duration::ZERO;
