@@ -416,6 +416,11 @@ fn spin_for_reply(map: &Mapping, slot: u32, gen: u32, len: u32) -> Option<State>
     }
 }
 
+/// A future's deadline, started at its first poll (`poll` starts it before anything reads it).
+fn since_first_poll(deadline: &mut Option<Deadline>, timeout: Duration) -> &mut Deadline {
+    deadline.get_or_insert_with(|| Deadline::after(timeout))
+}
+
 /// Where an async call is.
 enum Step {
     /// Not started, or queued for a free slot (in that hub, with that ticket): claim next.
@@ -535,12 +540,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 }
 
 impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
-    /// The call's deadline as an `Instant` (the future was polled: it has one).
+    /// The call's deadline as an `Instant`.
     fn deadline_at(&mut self, map: &Mapping) -> Instant {
-        let q32 = &map.header().ns_per_tick_q32;
-        self.deadline
-            .get_or_insert_with(|| Deadline::after(self.timeout))
-            .get(q32)
+        since_first_poll(&mut self.deadline, self.timeout).get(&map.header().ns_per_tick_q32)
     }
 
     fn timeout_error(&self, map: &Mapping) -> Error {
@@ -556,11 +558,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         let Step::Claim { queued } = std::mem::replace(&mut self.step, Step::Finished) else {
             unreachable!("only called while claiming");
         };
-        let timeout = self.timeout;
-        let begun = self
-            .deadline
-            .get_or_insert_with(|| Deadline::after(timeout))
-            .begun();
+        let begun = since_first_poll(&mut self.deadline, self.timeout).begun();
         let found = self.client.mapping().and_then(|guard| {
             let map: Arc<Mapping> = Arc::clone(&guard);
             Hub::of(&map).map(|hub| (map, hub))
@@ -643,7 +641,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
         // Nothing in `CallFuture` is pinned structurally (no self-references).
         let this = self.get_mut();
         if this.deadline.is_none() {
-            this.deadline = Some(Deadline::after(this.timeout));
+            since_first_poll(&mut this.deadline, this.timeout);
             if this.kind == kind::PING {
                 this.started = Some(Instant::now());
             }
@@ -677,11 +675,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
         let (slot, gen, id) = (*slot, *gen, *id);
         let (timeout, since) = (this.timeout, &mut this.deadline);
         let q32 = &map.header().ns_per_tick_q32;
-        let mut deadline = || {
-            since
-                .get_or_insert_with(|| Deadline::after(timeout))
-                .get(q32)
-        };
+        let mut deadline = || since_first_poll(since, timeout).get(q32);
         let spun = if just_published && this.client.wait_mode() != WaitMode::Park {
             // Our own write (the worker never writes it); bounded by the layout all the same.
             let len = map.slot(slot).req_len.load(Ordering::Relaxed);
