@@ -329,10 +329,10 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
             std::thread::park_timeout(IDLE_PARK);
             continue;
         }
-        let h = map.header();
         if queued > 0 {
-            // Be a free-slot waiter, so that every freed slot rings the doorbell.
-            h.free_waiters.fetch_add(1, Ordering::Relaxed);
+            // Be a free-slot waiter, so that every freed slot rings the doorbell (announced
+            // in this process's entry too, so that it heals if the process dies counted).
+            protocol::announce_free_wait(&*map, map.entry());
             // SYNC: announce, fence, then look for free slots (after `bell_arm`); pairs with the
             // fence in `protocol::notify_free` (free the slot, fence, read `free_waiters`).
             fence(Ordering::SeqCst);
@@ -364,7 +364,7 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
             protocol::bell_wait(&*map, &Futex, armed, Some(sleep));
         }
         if queued > 0 {
-            h.free_waiters.fetch_sub(1, Ordering::Relaxed);
+            protocol::retract_free_wait(&*map, map.entry());
         }
         if gone {
             // Every waiting task has been woken and will fail with `ServerGone`; do not spin
@@ -590,7 +590,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             return Poll::Ready(Err(Error::ServerGone));
         }
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
-        let mut claimed = protocol::try_claim(&*map, hint);
+        let mut claimed = protocol::try_claim(&*map, map.entry(), hint);
         if claimed.is_none() {
             let deadline = self.deadline_at(&map);
             if Instant::now() >= deadline {
@@ -603,7 +603,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             ticket = Some(t);
             // A slot freed between the failed claim and the enqueue found no one to wake:
             // look once more now that we are queued.
-            claimed = protocol::try_claim(&*map, hint);
+            claimed = protocol::try_claim(&*map, map.entry(), hint);
         }
         let Some((slot, gen)) = claimed else {
             self.step = Step::Claim {
@@ -750,7 +750,7 @@ impl<Req: Message, Resp: Message, T> Drop for CallFuture<'_, '_, Req, Resp, T> {
                     }
                     // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
                     Err(s) if s.kind() == State::REPLY => {
-                        protocol::release(&*map, &Futex, slot, gen);
+                        let _ = protocol::release(&*map, &Futex, slot, s);
                     }
                     Err(_) => {}
                 }

@@ -1,10 +1,10 @@
 //! The client: a cheap, cloneable handle on a server's mapping.
 
 use crate::error::{Error, Result};
-use crate::layout::{checksum, kind, status, OWNER_VALID};
+use crate::layout::{checksum, kind, status};
 use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
-use crate::shm::{self, validate_name, Futex, Mapping};
+use crate::shm::{validate_name, Futex, Mapping};
 use crate::stats::clock;
 use crate::sync::Ordering;
 use crate::trust::{copy_out, Trust};
@@ -81,7 +81,6 @@ impl ClientBuilder {
         validate_name(&self.name)?;
         let map = shared_mapping(&self.name)?;
         tracing::debug!(server = %self.name, "client connected");
-        let (pid, start) = shm::self_identity();
         Ok(Client {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -89,8 +88,6 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 wait: self.wait,
                 trust: self.trust,
-                pid,
-                start,
             }),
             _t: PhantomData,
         })
@@ -105,8 +102,6 @@ struct Inner {
     timeout: Duration,
     wait: WaitMode,
     trust: Trust,
-    pid: u32,
-    start: u64,
 }
 
 /// A handle on the server `name`, sending `Req` and receiving `Resp` (by default the same
@@ -243,11 +238,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     pub(crate) fn take_reply<'c>(&'c self, done: Done) -> Result<Reply<'c, Resp>> {
         let map = &*done.map;
         if done.state.kind() != State::REPLY {
-            // ACCEPTED for a request: only a peer breaking the protocol does that, and the
-            // slot is then the server's to free.
-            return Err(Error::BadMessage(
-                "the server accepted a request as a one-way message".into(),
-            ));
+            // ACCEPTED for a request, or the slot moved on to another generation: only a peer
+            // breaking the protocol does that, and the slot is no longer ours to touch.
+            return Err(Error::CallLost);
         }
         let sh = map.slot(done.slot);
         let st = sh.status.load(Ordering::Relaxed);
@@ -259,7 +252,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             sh.call_id[1].load(Ordering::Relaxed),
         ) == done.id;
         if let Some(e) = reply_error::<Req>(st, len, max, same_call) {
-            protocol::release(map, &Futex, done.slot, done.gen);
+            let _ = protocol::release(map, &Futex, done.slot, done.state);
             return Err(e);
         }
         let held = match self.inner.trust {
@@ -273,7 +266,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 // SAFETY: `len <= max`: the range is inside our slot's payload, 64-byte aligned.
                 unsafe { copy_out(map.payload(done.slot), len, &mut copy) };
                 // The reply is ours now: give the slot back at once.
-                protocol::release(map, &Futex, done.slot, done.gen);
+                let _ = protocol::release(map, &Futex, done.slot, done.state);
                 Held::Copy(copy)
             }
         };
@@ -313,7 +306,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         }
         let map = &*done.map;
         let st = map.slot(done.slot).status.load(Ordering::Relaxed);
-        protocol::release(map, &Futex, done.slot, done.gen);
+        let _ = protocol::release(map, &Futex, done.slot, done.state);
         Err(match st {
             status::HANDLER_PANICKED => Error::HandlerPanicked,
             _ => Error::BadMessage(format!(
@@ -333,7 +326,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         }
         let map = &*done.map;
         let st = map.slot(done.slot).status.load(Ordering::Relaxed);
-        protocol::release(map, &Futex, done.slot, done.gen);
+        let _ = protocol::release(map, &Futex, done.slot, done.state);
         if st == status::OK {
             Ok(())
         } else {
@@ -369,7 +362,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Writes the call into `slot` (CLAIMED by this caller at `gen`) and publishes it: the
     /// owner fields, the archive of `msg` (none for a ping), the call id, kind, length and
-    /// stamp of `begun`, when the call began. On error the slot has been released.
+    /// stamp of `begun`, when the call began. On error the slot has been released, or (for
+    /// `CallLost`) is no longer this call's and was not touched.
     pub(crate) fn write_and_publish(
         &self,
         map: &Mapping,
@@ -381,12 +375,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     ) -> Result<Uuid> {
         let inner = &*self.inner;
         let sh = map.slot(slot);
-        // Who owns the slot, first, so that the server's reaper can tell if we die.
-        sh.owner_pid.store(inner.pid, Ordering::Relaxed);
-        sh.owner_start.store(inner.start, Ordering::Relaxed);
-        // SYNC: Release pairs with the Acquire load of `owner_gen` in the reaper: a matching
-        // generation vouches for the pid and start time above.
-        sh.owner_gen.store(gen | OWNER_VALID, Ordering::Release);
+        // (Who owns the slot is already in its state word: `gen` names this process's entry.)
+        let claimed = State::new(State::CLAIMED, gen);
         let id = message::new_call_id();
         let max = map.layout().max_payload();
         let checked = inner.trust == Trust::Untrusted;
@@ -405,11 +395,11 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 match written {
                     Ok(Ok(written)) => written,
                     Ok(Err(e)) => {
-                        protocol::release(map, &Futex, slot, gen);
+                        let _ = protocol::release(map, &Futex, slot, claimed);
                         return Err(e);
                     }
                     Err(panic) => {
-                        protocol::release(map, &Futex, slot, gen);
+                        let _ = protocol::release(map, &Futex, slot, claimed);
                         std::panic::resume_unwind(panic);
                     }
                 }
@@ -427,7 +417,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         sh.kind.store(kind, Ordering::Relaxed);
         sh.req_len.store(len as u32, Ordering::Relaxed);
         sh.published.store(clock::stamp(begun), Ordering::Relaxed);
-        protocol::publish_request(map, &Futex, slot, gen);
+        if !protocol::publish_request(map, &Futex, slot, gen) {
+            tracing::error!(slot, "the slot of a call was taken by another process before it was published");
+            return Err(Error::CallLost);
+        }
         Ok(id)
     }
 
@@ -455,7 +448,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             }
         };
         let (slot, gen) =
-            protocol::claim(map, &Futex, SLOT_HINT.get(), &mut waiting).map_err(wait_error)?;
+            protocol::claim(map, &Futex, map.entry(), SLOT_HINT.get(), &mut waiting)
+                .map_err(wait_error)?;
         SLOT_HINT.set(slot);
         let id = self.write_and_publish(map, slot, gen, msg, kind, deadline_begun)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
@@ -518,7 +512,10 @@ enum Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Held::Slot { map, slot, gen } = self {
-            protocol::release(&**map, &Futex, *slot, *gen);
+            let reply = State::new(State::REPLY, *gen);
+            if !protocol::release(&**map, &Futex, *slot, reply) {
+                tracing::error!(slot, "a reply's slot was taken by another process while it was held");
+            }
         }
     }
 }

@@ -35,6 +35,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// Every entry of the server's process table is held by a live process (at most `max`
+    /// client processes connect to one server at a time).
+    TooManyClients {
+        /// The server name.
+        name: String,
+        /// How many client processes a server takes.
+        max: usize,
+    },
+    /// The call's slot was taken away from this caller by another process that broke the
+    /// protocol (wrote into the mapping): the call was not published, or its reply is lost.
+    /// Nothing of another caller's was touched.
+    CallLost,
     /// A live server already holds that name.
     AddrInUse {
         /// The name.
@@ -62,6 +74,15 @@ impl fmt::Display for Error {
             Error::InvalidName { name, reason } => {
                 write!(f, "invalid server name {name:?}: {reason}")
             }
+            Error::TooManyClients { name, max } => write!(
+                f,
+                "server {name:?} already has {max} client processes connected (its limit)"
+            ),
+            Error::CallLost => write!(
+                f,
+                "the call's slot was taken by another process that broke the protocol; \
+                 the call was lost"
+            ),
             Error::AddrInUse { name } => {
                 write!(f, "a live shmrpc server already holds the name {name:?}")
             }

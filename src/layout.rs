@@ -11,9 +11,19 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
+/// Process entries in the table that follows the header: entry `k` (1..=1023) belongs to the
+/// client process that holds the liveness lock on byte `k` of the mapping's file; entry 0 is
+/// the server's (byte 0) and is never an owner.
+pub const PROC_ENTRIES: usize = 1024;
+/// Bytes of one [`ProcEntry`].
+pub const PROC_ENTRY_SIZE: usize = 8;
+/// Offset of the process table.
+pub const PROCS_OFFSET: usize = HEADER_SIZE;
+/// Offset of slot 0: after the header and the process table.
+pub const SLOTS_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
 /// Bytes of [`SlotHeader`] at the start of every slot; the payload follows.
 pub const SLOT_HEADER_SIZE: usize = 64;
 /// Slots are a multiple of this many bytes, so every payload starts 64-byte aligned.
@@ -73,9 +83,6 @@ pub const HIST_BUCKETS: usize = 32;
 pub fn hist_bucket(ns: u64) -> usize {
     ((63 - (ns | 1).leading_zeros()) as usize).min(HIST_BUCKETS - 1)
 }
-
-/// Marks `owner_gen` as written (zeroed memory never matches a generation).
-pub const OWNER_VALID: u32 = 1 << 31;
 
 /// The integrity checksum of an archive in untrusting mode: a 64-bit multiply-mix over 8-byte
 /// words, folded to 32 bits. It turns a peer's stray write into a `BadMessage` instead of a
@@ -187,11 +194,12 @@ pub struct Header {
     pub slot_size: AtomicU32,
     /// Largest archive a slot carries: `slot_size - SLOT_HEADER_SIZE`.
     pub max_payload: AtomicU32,
-    /// Pid of the server process.
+    /// Pid of the server process, as the server sees it (shown by `stat`; liveness is the
+    /// lock on byte 0 of the file, not this number, which means nothing in another pid
+    /// namespace).
     pub server_pid: AtomicU32,
-    /// Start time of the server process (clock ticks since boot, `/proc/PID/stat` field 22):
-    /// with the pid, it tells a live server from a recycled pid.
-    pub server_start: AtomicU64,
+    /// Unused (layout version 2 kept the server's start time here); zero.
+    pub reserved0: AtomicU64,
     /// Bumped at every server start under this name.
     pub epoch: AtomicU64,
     _pad0: [u8; 8],
@@ -232,7 +240,8 @@ pub struct Header {
     /// Fixed-point nanoseconds per tick of the latency clock, times 2^32 (`stats::Clock`),
     /// measured by the server at start; clients need it only to read the histograms.
     pub ns_per_tick_q32: AtomicU64,
-    _pad3: [u8; 8],
+    /// Scans the server's reaper completed (relaxed; lets tests and tools see that it ran).
+    pub reaper_scans: AtomicU64,
     // ---- lines 6-9 (384): handler time histogram; lines 10-13 (640): queueing time.
     /// Handler run time (from taking the request to publishing the reply), by [`hist_bucket`].
     pub handler_hist: [AtomicU64; HIST_BUCKETS],
@@ -244,6 +253,18 @@ pub struct Header {
     /// when it finds itself on another CPU).
     pub worker_cpus: AtomicU64,
     _pad4: [u8; HEADER_SIZE - 904],
+}
+
+/// One entry of the process table at [`PROCS_OFFSET`]. Written only by the process that holds
+/// the entry's liveness lock (or, once that process is dead, by whoever then holds the lock).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ProcEntry {
+    /// The holder's pid as it sees itself (informational: `stat` shows it; it may mean
+    /// nothing in the server's pid namespace).
+    pub pid: AtomicU32,
+    /// The holder's share of [`Header::free_waiters`] (`protocol::announce_free_wait`).
+    pub free_waits: AtomicU32,
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -264,16 +285,10 @@ pub struct SlotHeader {
     pub reply_len: AtomicU32,
     /// One of [`status`].
     pub status: AtomicU32,
-    /// Pid of the client process that claimed the slot.
-    pub owner_pid: AtomicU32,
-    /// Start time of that process (see [`Header::server_start`]).
-    pub owner_start: AtomicU64,
+    _reserved0: [u8; 12],
     /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
     pub call_id: [AtomicU64; 2],
-    /// The generation at which `owner_pid`/`owner_start` were written (stored last, Release):
-    /// the owner fields describe the current call only while this equals the state's
-    /// generation.
-    pub owner_gen: AtomicU32,
+    _reserved1: [u8; 4],
     /// Checksum of the request archive, when `kind` has [`kind::CHECKED`].
     pub req_sum: AtomicU32,
     /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
@@ -294,7 +309,7 @@ const _: () = {
     assert!(offset_of!(Header, slot_size) == 28);
     assert!(offset_of!(Header, max_payload) == 32);
     assert!(offset_of!(Header, server_pid) == 36);
-    assert!(offset_of!(Header, server_start) == 40);
+    assert!(offset_of!(Header, reserved0) == 40);
     assert!(offset_of!(Header, epoch) == 48);
     assert!(offset_of!(Header, server_state) == 64);
     assert!(offset_of!(Header, server_seq) == 68);
@@ -308,17 +323,18 @@ const _: () = {
     assert!(offset_of!(Header, reclaimed) == 352);
     assert!(offset_of!(Header, timeouts) == 360);
     assert!(offset_of!(Header, ns_per_tick_q32) == 368);
+    assert!(offset_of!(Header, reaper_scans) == 376);
     assert!(offset_of!(Header, handler_hist) == 384);
     assert!(offset_of!(Header, queue_hist) == 640);
     assert!(offset_of!(Header, worker_cpus) == 896);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
-    assert!(offset_of!(SlotHeader, owner_pid) == 20);
-    assert!(offset_of!(SlotHeader, owner_start) == 24);
     assert!(offset_of!(SlotHeader, call_id) == 32);
-    assert!(offset_of!(SlotHeader, owner_gen) == 48);
     assert!(offset_of!(SlotHeader, req_sum) == 52);
     assert!(offset_of!(SlotHeader, reply_sum) == 56);
     assert!(offset_of!(SlotHeader, published) == 60);
+    assert!(size_of::<ProcEntry>() == PROC_ENTRY_SIZE);
+    assert!(SLOTS_OFFSET % SLOT_ALIGN == 0);
+    assert!(PROC_ENTRIES as u32 == crate::protocol::State::MAX_OWNER + 1);
     assert!(cfg!(target_endian = "little"));
 };
 
@@ -348,7 +364,7 @@ impl Layout {
                 "slot count {slots} must be in 1..={MAX_SLOTS}"
             )));
         }
-        let slot_size = ((capacity - HEADER_SIZE) / slots as usize) & !(SLOT_ALIGN - 1);
+        let slot_size = ((capacity - SLOTS_OFFSET) / slots as usize) & !(SLOT_ALIGN - 1);
         if slot_size < SLOT_HEADER_SIZE + MIN_PAYLOAD {
             return Err(Error::InvalidConfig(format!(
                 "{slots} slots in {capacity} bytes leave {slot_size} bytes per slot; \
@@ -370,7 +386,7 @@ impl Layout {
 
     /// Byte offset of slot `i` from the start of the mapping.
     pub fn slot_offset(&self, i: u32) -> usize {
-        HEADER_SIZE + i as usize * self.slot_size
+        SLOTS_OFFSET + i as usize * self.slot_size
     }
 }
 

@@ -5,13 +5,20 @@
 //!
 //! Each slot is an SPSC channel between one client call and the server, driven by one
 //! `AtomicU32` ([`State`]): bits 0..3 are the state, bit 3 is [`State::WAITER`] (the client is
-//! parked on this word and wants a futex wake), bits 8..32 are the generation, bumped each time
-//! the slot becomes FREE again, so that a late transition made for an earlier call can never
-//! match the word of the next one.
+//! parked on this word and wants a futex wake), bits 4..14 the *owner*: the process entry of
+//! the client that claimed the slot (1..=1023; 0 while FREE), written by the claim itself, and
+//! bits 14..32 an 18-bit generation counter, bumped each time the slot becomes FREE again. The
+//! owner and the counter together are the call's *generation* (`gen` in this module: the 28
+//! bits above the waiter bit), so that a late transition made for an earlier call, or by
+//! another process, can never match the word of the current one.
+//!
+//! Every transition is a compare-and-swap on the whole word (none is a blind store), so a
+//! caller whose slot is no longer its own fails and learns it, instead of rolling back the
+//! word of the slot's new owner.
 //!
 //! | from | to | who | method | publishes |
 //! |---|---|---|---|---|
-//! | FREE g | CLAIMED g | client | [`try_claim`] | (acquires the last owner's release) |
+//! | FREE g | CLAIMED g' | client | [`try_claim`] | g' = g with the caller's owner entry |
 //! | CLAIMED g | REQUEST g | client | [`publish_request`] | request bytes and slot fields |
 //! | REQUEST g | SERVING g | worker | [`begin_serving`] | (acquires the request) |
 //! | SERVING g | REPLY g | worker | [`finish`] | reply bytes and status |
@@ -21,8 +28,8 @@
 //! | ACCEPTED g | FREE g+1 | worker | [`release`] | (after the one-way handler ran) |
 //! | REPLY g | FREE g+1 | client | [`release`] | the client is done reading the reply |
 //! | CLAIMED g | FREE g+1 | client | [`release`] | the request did not fit |
-//! | CLAIMED g, REQUEST g, REPLY g | FREE g+1 | server's reaper | [`reclaim`] | the owner process died |
-//! | SERVING g | ABANDONED g | server's reaper | [`abandon`] | the owner process died |
+//! | CLAIMED g, REQUEST g, REPLY g | FREE g+1 | holder of the dead owner's lock | [`reap`] | the owner process died |
+//! | SERVING g | ABANDONED g | holder of the dead owner's lock | [`reap`] | the owner process died |
 //! | REQUEST g, SERVING g | + WAITER | client | [`wait_done`] | the client is about to park |
 //!
 //! # The ready bitmap
@@ -45,7 +52,8 @@
 use crate::sync::{fence, fence_after_rmw, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The packed slot state word: `generation << 8 | waiter << 3 | kind`.
+/// The packed slot state word: `counter << 14 | owner << 4 | waiter << 3 | kind`; the
+/// generation ([`State::gen`]) is `counter << 10 | owner`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct State(pub u32);
 
@@ -67,7 +75,13 @@ impl State {
     /// The client is parked on this word and needs a futex wake on the next transition.
     pub const WAITER: u32 = 1 << 3;
     const KIND_MASK: u32 = 0b111;
-    const GEN_SHIFT: u32 = 8;
+    const GEN_SHIFT: u32 = 4;
+    /// Bits of the owner entry at the bottom of a generation.
+    pub const OWNER_BITS: u32 = 10;
+    /// The owner bits of a generation.
+    pub const OWNER_MASK: u32 = (1 << Self::OWNER_BITS) - 1;
+    /// The largest owner entry (entry 0 means "no owner").
+    pub const MAX_OWNER: u32 = Self::OWNER_MASK;
 
     /// The word for `kind` at generation `gen` (without WAITER).
     #[inline]
@@ -79,20 +93,30 @@ impl State {
     pub fn kind(self) -> u32 {
         self.0 & Self::KIND_MASK
     }
-    /// The generation (24 bits, wrapping).
+    /// The generation: the 18-bit counter and the owner entry (28 bits).
     #[inline]
     pub fn gen(self) -> u32 {
         self.0 >> Self::GEN_SHIFT
+    }
+    /// The owner entry of the call in this slot (0 when FREE).
+    #[inline]
+    pub fn owner(self) -> u32 {
+        self.gen() & Self::OWNER_MASK
     }
     /// Whether a client announced that it parks on this word.
     #[inline]
     pub fn has_waiter(self) -> bool {
         self.0 & Self::WAITER != 0
     }
-    /// The generation that follows `gen`.
+    /// The generation of the FREE word that follows `gen`: the next counter, no owner.
     #[inline]
     pub fn next_gen(gen: u32) -> u32 {
-        gen.wrapping_add(1) & (u32::MAX >> Self::GEN_SHIFT)
+        (gen | Self::OWNER_MASK).wrapping_add(1) & (u32::MAX >> Self::GEN_SHIFT)
+    }
+    /// `gen` (of a FREE word) claimed by `owner`.
+    #[inline]
+    pub fn claimed_gen(gen: u32, owner: u32) -> u32 {
+        (gen & !Self::OWNER_MASK) | (owner & Self::OWNER_MASK)
     }
 }
 
@@ -114,6 +138,9 @@ pub trait Words {
     fn free_seq(&self) -> &AtomicU32;
     /// Count of callers parked or about to park for a free slot.
     fn free_waiters(&self) -> &AtomicU32;
+    /// The share of `free_waiters` that process entry `owner` (1..=`State::MAX_OWNER`)
+    /// announced: what [`heal_free_waits`] takes back when that process dies.
+    fn owner_waiters(&self, owner: u32) -> &AtomicU32;
     /// The async doorbell (`layout::Header::async_bell`).
     fn async_bell(&self) -> &AtomicU32;
     /// The deliberate bug these words run with (loom models only).
@@ -147,6 +174,12 @@ pub enum Mutant {
     NoGeneration,
     /// `bell_arm` reads the bell instead of setting its sleeper bit.
     BellArmByLoad,
+    /// `publish_request` stores REQUEST instead of a compare-and-swap from CLAIMED.
+    PublishByStore,
+    /// `release` stores FREE instead of a compare-and-swap from the state it releases.
+    ReleaseByStore,
+    /// `reap` reclaims the slots of an owner whose liveness is unknown.
+    ReclaimUnknown,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -208,8 +241,9 @@ fn server_running<W: Words + ?Sized>(w: &W) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Client side: claim, publish, wait, abandon, release.
 
-/// Tries to claim a FREE slot, scanning from `start`. Returns the slot and its generation.
-pub fn try_claim<W: Words + ?Sized>(w: &W, start: u32) -> Option<(u32, u32)> {
+/// Tries to claim a FREE slot for process entry `owner`, scanning from `start`. Returns the
+/// slot and the call's generation (which names `owner`).
+pub fn try_claim<W: Words + ?Sized>(w: &W, owner: u32, start: u32) -> Option<(u32, u32)> {
     let n = w.slot_count();
     for k in 0..n {
         let i = (start.wrapping_add(k)) % n;
@@ -218,18 +252,20 @@ pub fn try_claim<W: Words + ?Sized>(w: &W, start: u32) -> Option<(u32, u32)> {
         if s.kind() != State::FREE {
             continue;
         }
-        let claimed = State::new(State::CLAIMED, s.gen());
+        let gen = State::claimed_gen(s.gen(), owner);
+        let claimed = State::new(State::CLAIMED, gen);
         if mutated(w, Mutant::ClaimByStore) {
             word.store(claimed.0, Ordering::SeqCst);
-            return Some((i, s.gen()));
+            return Some((i, gen));
         }
-        // SYNC: Acquire pairs with the store of FREE in `release_slot`, so the previous owner's
-        // reads of this slot happen before our writes to it.
+        // SYNC: Acquire pairs with the Release CAS to FREE in `release`, so the previous
+        // owner's reads of this slot happen before our writes to it. The owner is recorded by
+        // this very CAS: there is no moment at which the slot is taken but its owner unknown.
         if word
             .compare_exchange(s.0, claimed.0, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return Some((i, s.gen()));
+            return Some((i, gen));
         }
     }
     None
@@ -239,25 +275,61 @@ pub fn try_claim<W: Words + ?Sized>(w: &W, start: u32) -> Option<(u32, u32)> {
 pub fn claim<W: Words + ?Sized, P: Park + ?Sized>(
     w: &W,
     park: &P,
+    owner: u32,
     start: u32,
     waiting: &mut dyn Waiting,
 ) -> Result<(u32, u32), WaitError> {
-    if let Some(c) = try_claim(w, start) {
+    if let Some(c) = try_claim(w, owner, start) {
         return Ok(c);
     }
-    claim_slow(w, park, start, waiting)
+    claim_slow(w, park, owner, start, waiting)
+}
+
+/// Process entry `owner` announces one more caller waiting for a free slot: its own share
+/// first, then the total, so that a process killed between the two leaves its share at most
+/// one above what it added to the total (and [`heal_free_waits`] at worst takes one too many,
+/// which the saturating decrement of [`retract_free_wait`] absorbs: the count can fall short
+/// for a while, costing a waiter at most one park slice, but never stays too high).
+pub fn announce_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
+    w.owner_waiters(owner).fetch_add(1, Ordering::Relaxed);
+    w.free_waiters().fetch_add(1, Ordering::Relaxed);
+}
+
+/// Undoes one [`announce_free_wait`] of `owner`: the total first (never below zero), then its
+/// share.
+pub fn retract_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
+    saturating_sub(w.free_waiters(), 1);
+    saturating_sub(w.owner_waiters(owner), 1);
+}
+
+/// Takes back from `free_waiters` whatever process entry `owner` still announced (it died
+/// counted); returns how much. Only the holder of `owner`'s liveness lock may call it: then
+/// nobody else changes that share meanwhile.
+pub fn heal_free_waits<W: Words + ?Sized>(w: &W, owner: u32) -> u32 {
+    let left = w.owner_waiters(owner).swap(0, Ordering::Relaxed);
+    if left > 0 {
+        saturating_sub(w.free_waiters(), left);
+    }
+    left
+}
+
+fn saturating_sub(word: &AtomicU32, n: u32) {
+    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }
 
 #[cold]
 fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
     w: &W,
     park: &P,
+    owner: u32,
     start: u32,
     waiting: &mut dyn Waiting,
 ) -> Result<(u32, u32), WaitError> {
     let mut got = None;
     if waiting.spin(&mut || {
-        got = try_claim(w, start);
+        got = try_claim(w, owner, start);
         if got.is_some() {
             Poll::Ready
         } else {
@@ -276,30 +348,40 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
         // SYNC: Acquire pairs with the Release bump in `notify_free`/`shutdown`: a waiter that
         // reads a bumped value also sees the freed slot or the STOPPED state.
         let seq = w.free_seq().load(Ordering::Acquire);
-        w.free_waiters().fetch_add(1, Ordering::Relaxed);
+        announce_free_wait(w, owner);
         // SYNC: announce, fence, re-check; pairs with the fence in `notify_free` (free, fence,
-        // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...).
+        // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...). The announcement ends
+        // with an RMW on `free_waiters`.
         fence_after_rmw();
-        if let Some(c) = try_claim(w, start) {
-            w.free_waiters().fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = try_claim(w, owner, start) {
+            retract_free_wait(w, owner);
             return Ok(c);
         }
         if !server_running(w) {
-            w.free_waiters().fetch_sub(1, Ordering::Relaxed);
+            retract_free_wait(w, owner);
             return Err(WaitError::Gone);
         }
         park.wait(w.free_seq(), seq, Some(slice));
-        w.free_waiters().fetch_sub(1, Ordering::Relaxed);
+        retract_free_wait(w, owner);
         // A woken waiter always tries to claim before it looks at its deadline, so a wake for
         // a freed slot is either used here or the slot was taken by another claimer.
-        if let Some(c) = try_claim(w, start) {
+        if let Some(c) = try_claim(w, owner, start) {
             return Ok(c);
         }
     }
 }
 
-/// Publishes the request in `slot` (CLAIMED -> REQUEST) and wakes a worker if one sleeps.
-pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
+/// Publishes the request in `slot` (CLAIMED -> REQUEST at `gen`) and wakes a worker if one
+/// sleeps. Returns `false`, having changed nothing, if the slot is no longer this call's (a
+/// peer broke the protocol and the slot went to someone else): the caller must not touch it
+/// again.
+#[must_use]
+pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    gen: u32,
+) -> bool {
     // SYNC: Release publishes the request bytes and slot fields; pairs with the Acquire CAS in
     // `begin_serving`.
     let order = if mutated(w, Mutant::PublishRelaxed) {
@@ -307,8 +389,16 @@ pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slo
     } else {
         Ordering::Release
     };
-    w.slot_state(slot)
-        .store(State::new(State::REQUEST, gen).0, order);
+    let word = w.slot_state(slot);
+    let request = State::new(State::REQUEST, gen).0;
+    if mutated(w, Mutant::PublishByStore) {
+        word.store(request, order);
+    } else if word
+        .compare_exchange(State::new(State::CLAIMED, gen).0, request, order, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
+    }
     // SYNC: Release (the bit also publishes the request to the worker whose AcqRel
     // `fetch_and` in `take_ready` takes it).
     w.ready_word(slot as usize / 64)
@@ -321,6 +411,7 @@ pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slo
         w.server_seq().fetch_add(1, Ordering::Release);
         park.wake(w.server_seq(), 1);
     }
+    true
 }
 
 /// Whether a state word means the call is complete: the reply is there, or the one-way
@@ -442,36 +533,25 @@ pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), Stat
     }
 }
 
-/// Frees `slot` (its owner is done with it): -> FREE at the next generation, waking one
-/// caller that waits for a free slot.
-pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, gen: u32) {
-    release_slot(w, slot, gen);
-    notify_free(w, park);
-}
-
-/// Takes back the slot of a client that died while it held it (CLAIMED or REPLY) or while its
-/// request waited for a worker (REQUEST): `observed` -> FREE at the next generation, waking
-/// one caller that waits for a slot. Fails (returns `false`) if the word changed since it was
-/// observed, so a live owner's or a worker's progress always wins. A REQUEST may still have
-/// its ready bit set (or may never have had it: the client can die between the two stores of
-/// `publish_request`); a stale bit is harmless, `begin_serving` skips a slot not in REQUEST.
-pub fn reclaim<W: Words + ?Sized, P: Park + ?Sized>(
-    w: &W,
-    park: &P,
-    slot: u32,
-    observed: State,
-) -> bool {
-    if !matches!(
-        observed.kind(),
-        State::CLAIMED | State::REQUEST | State::REPLY
-    ) {
-        return false;
-    }
-    let free = State::new(State::FREE, State::next_gen(observed.gen()));
-    // SYNC: Release as in `release_slot`; Acquire on success orders our view of the dead
-    // owner's last writes before the next claimer's (not needed for data, kept for symmetry).
-    if w.slot_state(slot)
-        .compare_exchange(observed.0, free.0, Ordering::AcqRel, Ordering::Relaxed)
+/// Frees `slot`, which its owner holds in state `from` (a client: REPLY, or CLAIMED when the
+/// request did not fit; a worker: ACCEPTED or ABANDONED): `from` -> FREE at the next
+/// generation, waking one caller that waits for a free slot. Returns `false`, having changed
+/// nothing, if the word is no longer `from` (only a peer that broke the protocol moves a slot
+/// away from its owner): the caller must not touch the slot again.
+pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, from: State) -> bool {
+    let next = if mutated(w, Mutant::NoGeneration) {
+        from.gen()
+    } else {
+        State::next_gen(from.gen())
+    };
+    let free = State::new(State::FREE, next).0;
+    let word = w.slot_state(slot);
+    // SYNC: Release publishes that we are done with the slot; pairs with the Acquire CAS in
+    // `try_claim`. An RMW either way, so `notify_free` follows an RMW (`fence_after_rmw`).
+    if mutated(w, Mutant::ReleaseByStore) {
+        word.swap(free, Ordering::Release);
+    } else if word
+        .compare_exchange(from.0, free, Ordering::Release, Ordering::Relaxed)
         .is_err()
     {
         return false;
@@ -480,24 +560,80 @@ pub fn reclaim<W: Words + ?Sized, P: Park + ?Sized>(
     true
 }
 
-fn release_slot<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) {
-    // SYNC: Release publishes that we are done with the slot; pairs with the Acquire CAS in
-    // `try_claim`.
-    let next = if mutated(w, Mutant::NoGeneration) {
-        gen
-    } else {
-        State::next_gen(gen)
-    };
-    // A swap rather than a store: `notify_free` then follows an RMW (`fence_after_rmw`).
-    w.slot_state(slot)
-        .swap(State::new(State::FREE, next).0, Ordering::Release);
+/// What the kernel says of the process behind an owner entry (`shm::Mapping::liveness`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Liveness {
+    /// The process holds its entry's lock: it runs (or is stopped, or paused: still alive).
+    Alive,
+    /// Nobody holds the entry's lock, and the asker now holds it: the process that owned the
+    /// entry is gone, and no other process can take the entry until the asker lets go.
+    Dead,
+    /// The question could not be answered (a system call failed): treated as alive.
+    Unknown,
+}
+
+/// What [`reap`] did to one slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Reaped {
+    /// The slot is free, served, or its owner lives (or may live): left alone.
+    Nothing,
+    /// A dead owner's CLAIMED, REQUEST or REPLY slot: freed.
+    Freed,
+    /// A dead owner's call that a worker is serving: marked ABANDONED (the worker frees it).
+    Abandoned,
+}
+
+/// The reaper's step for one slot. If the call in it belongs to an owner whose liveness
+/// `liveness` reports as [`Liveness::Dead`], the slot is freed (CLAIMED, REQUEST, REPLY: no one
+/// else holds those) or marked ABANDONED (SERVING: the worker frees it when the handler
+/// returns), by a compare-and-swap from the word observed here, so that any progress made
+/// since wins. An owner that is alive or whose liveness is unknown keeps its slot, however
+/// long it holds it: no timer ever takes a slot from its owner. A REQUEST may still have its
+/// ready bit set (or may never have had it: the owner can die between its CAS and the bit); a
+/// stale bit is harmless, `begin_serving` skips a slot not in REQUEST.
+pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    liveness: &mut dyn FnMut(u32) -> Liveness,
+) -> Reaped {
+    // SYNC: Acquire: if we free the slot, the dead owner's last writes are ordered before the
+    // next claimer's (kept for symmetry; a dead owner writes nothing more).
+    let s = State(w.slot_state(slot).load(Ordering::Acquire));
+    if !matches!(
+        s.kind(),
+        State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
+    ) || s.owner() == 0
+    {
+        return Reaped::Nothing;
+    }
+    match liveness(s.owner()) {
+        Liveness::Dead => {}
+        Liveness::Unknown if mutated(w, Mutant::ReclaimUnknown) => {}
+        Liveness::Alive | Liveness::Unknown => return Reaped::Nothing,
+    }
+    if s.kind() == State::SERVING {
+        return match abandon(w, slot, s.gen()) {
+            Ok(()) => Reaped::Abandoned,
+            Err(_) => Reaped::Nothing,
+        };
+    }
+    let free = State::new(State::FREE, State::next_gen(s.gen()));
+    if w.slot_state(slot)
+        .compare_exchange(s.0, free.0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return Reaped::Nothing;
+    }
+    notify_free(w, park);
+    Reaped::Freed
 }
 
 fn notify_free<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
     // SYNC: (the slot was freed,) fence, read the waiters; pairs with the fence in
     // `claim_slow` (announce, fence, look for a free slot) and in an async helper's
     // `bell_arm` after it counted itself in `free_waiters`. Every caller freed the slot with
-    // an RMW (`release_slot`'s swap, `reclaim`'s CAS).
+    // an RMW (`release`'s or `reap`'s CAS).
     fence_after_rmw();
     if w.free_waiters().load(Ordering::Relaxed) > 0 {
         // SYNC: Release pairs with the Acquire load of `free_seq` in `claim_slow`.
@@ -633,7 +769,7 @@ pub fn begin_serving<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot:
             }
             State::ABANDONED => {
                 // The client timed out before we took the request: the slot is ours to free.
-                release(w, park, slot, cur.gen());
+                let _ = release(w, park, slot, cur);
                 return Begin::Skip;
             }
             _ => return Begin::Skip,
@@ -679,7 +815,7 @@ pub fn finish<W: Words + ?Sized, P: Park + ?Sized>(
             State::ABANDONED => {
                 // SYNC: the Acquire pairs with the client's AcqRel abandon CAS.
                 crate::sync::fence(Ordering::Acquire);
-                release(w, park, slot, gen);
+                let _ = release(w, park, slot, cur);
                 return false;
             }
             _ => return false,

@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// A request as the handler sees it: the call's id and the archived message, validated and
@@ -492,21 +492,24 @@ fn complete(map: &Mapping, slot: u32, gen: u32, to: u32) -> bool {
 
 /// The reaper thread: every `SCAN_EVERY`, takes back the slots of dead client processes.
 fn reaper_loop(shared: &Shared) {
-    let mut reaper = Reaper::new(shared.map.layout().slot_count);
+    let mut reaper = Reaper::new();
     let mut stopped = shared.stopped.lock().unwrap_or_else(|e| e.into_inner());
     while !*stopped {
-        let reaped = reaper.scan(&shared.map, Instant::now());
-        if reaped.freed + reaped.abandoned > 0 {
+        let reaped = reaper.scan(&shared.map);
+        let slots = u64::from(reaped.freed) + u64::from(reaped.abandoned);
+        if slots + u64::from(reaped.waits) > 0 {
             tracing::warn!(
                 server = %shared.name,
                 freed = reaped.freed,
                 abandoned = reaped.abandoned,
-                "reclaimed the slots of dead client processes"
+                waits = reaped.waits,
+                "reclaimed the slots and waits of dead client processes"
             );
-            shared.map.header().reclaimed.fetch_add(
-                u64::from(reaped.freed + reaped.abandoned),
-                Ordering::Relaxed,
-            );
+            shared
+                .map
+                .header()
+                .reclaimed
+                .fetch_add(slots, Ordering::Relaxed);
         }
         stopped = shared
             .stopped_cv
@@ -532,7 +535,7 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
         _t: PhantomData::<fn(String)>,
     };
     let service: &dyn Service = if oneway { &one_way } else { &replying };
-    let _ = Reaper::new(map.layout().slot_count).scan(map, Instant::now());
+    let _ = Reaper::new().scan(map);
     let mut scratch = match trust {
         Trust::Trusted => None,
         Trust::Untrusted => Some(AlignedVec::new()),
@@ -628,7 +631,7 @@ fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
     } else {
         map.header().served.fetch_add(1, Ordering::Relaxed);
     }
-    protocol::release(map, &Futex, slot, gen);
+    let _ = protocol::release(map, &Futex, slot, State::new(State::ACCEPTED, gen));
 }
 
 fn count_bad(map: &Mapping) {

@@ -7,15 +7,17 @@
 //! flink file. DESIGN.md explains the choice.
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Header, Layout, SlotHeader, HEADER_SIZE, SLOT_HEADER_SIZE};
-use crate::protocol::{Park, Words};
+use crate::layout::{
+    self, Header, Layout, ProcEntry, SlotHeader, HEADER_SIZE, PROCS_OFFSET, PROC_ENTRIES,
+    PROC_ENTRY_SIZE, SLOT_HEADER_SIZE,
+};
+use crate::protocol::{self, Liveness, Park, Reaped, State, Words};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use rustix::fd::OwnedFd;
 use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm;
-use std::io::Write as _;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -66,59 +68,65 @@ fn shm_path(object: &str) -> String {
     format!("/dev/shm{object}")
 }
 
-/// Reads `/proc/PID/stat` into `buf` without allocating (the reaper and waiting callers run
-/// this on paths that must not allocate); returns the bytes read.
-fn read_proc_stat(pid: u32, buf: &mut [u8; 1024]) -> Option<&[u8]> {
-    let mut path = [0u8; 32];
-    let mut w = &mut path[..];
-    write!(w, "/proc/{pid}/stat").ok()?;
-    let len = 32 - w.len();
-    let path = std::str::from_utf8(&path[..len]).ok()?;
-    // rustix converts a short path on the stack, no allocation.
-    let fd = rustix::fs::open(
-        path,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let n = rustix::io::read(&fd, &mut buf[..]).ok()?;
-    Some(&buf[..n])
+/// The byte of a mapping's file whose lock the server holds while it runs. Byte `k` in
+/// 1..=1023 is process entry `k`'s (`layout::PROC_ENTRIES`).
+const SERVER_LOCK_BYTE: u32 = 0;
+
+/// The outcome of trying to take a byte's lock.
+enum LockTry {
+    /// Taken: this open file description now holds it.
+    Got,
+    /// Another open file description holds it.
+    Held,
+    /// The system call failed otherwise.
+    Failed(Errno),
 }
 
-/// The process state (field 3) and start time (field 22) in a `/proc/PID/stat` line.
-fn parse_stat(stat: &[u8]) -> Option<(u8, u64)> {
-    // The command name (field 2) may hold spaces and parentheses: fields resume after the
-    // last ')'. Field 3 is the first after it, so field 22 is the 20th.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let mut fields = stat[close + 1..]
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|f| !f.is_empty());
-    let state = *fields.next()?.first()?;
-    let start = std::str::from_utf8(fields.nth(18)?).ok()?.parse().ok()?;
-    Some((state, start))
-}
-
-/// Start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22), or
-/// `None` if there is no such process.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let mut buf = [0u8; 1024];
-    parse_stat(read_proc_stat(pid, &mut buf)?).map(|(_, start)| start)
-}
-
-/// This process's pid and start time.
-pub fn self_identity() -> (u32, u64) {
-    let pid = std::process::id();
-    (pid, process_start_time(pid).unwrap_or(0))
-}
-
-/// Whether the process `pid` that started at `start` still runs (a recycled pid has another
-/// start time). A zombie counts as dead. Allocates nothing.
-pub fn process_alive(pid: u32, start: u64) -> bool {
-    let mut buf = [0u8; 1024];
-    match read_proc_stat(pid, &mut buf).and_then(parse_stat) {
-        Some((state, started)) => !matches!(state, b'Z' | b'X' | b'x') && started == start,
-        None => false,
+/// An open-file-description lock on byte `byte` of `fd`'s file (`F_OFD_*`): owned by the open
+/// file description, not by a pid, so it means the same in every pid namespace, and the kernel
+/// drops it when the last descriptor of that description closes, which it does for a process
+/// however the process ends. (`flock` locks the whole file; classic POSIX record locks belong
+/// to a pid and are dropped by any `close` of the file in that process.)
+fn ofd_lock(fd: &OwnedFd, cmd: libc::c_int, kind: libc::c_int, byte: u32) -> Result<libc::flock, Errno> {
+    use rustix::fd::AsRawFd;
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = byte as _;
+    fl.l_len = 1;
+    // l_pid must be 0 for OFD locks (zeroed above).
+    loop {
+        // SAFETY: `fd` is an open descriptor for the duration of the call and `fl` a valid,
+        // exclusively borrowed `flock` that the kernel reads and (F_OFD_GETLK) writes.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
+        if r == 0 {
+            return Ok(fl);
+        }
+        let e = Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO);
+        if e != Errno::INTR {
+            return Err(e);
+        }
     }
+}
+
+fn try_lock_byte(fd: &OwnedFd, byte: u32) -> LockTry {
+    match ofd_lock(fd, libc::F_OFD_SETLK, libc::F_WRLCK, byte) {
+        Ok(_) => LockTry::Got,
+        Err(Errno::AGAIN) | Err(Errno::ACCESS) => LockTry::Held,
+        Err(e) => LockTry::Failed(e),
+    }
+}
+
+fn unlock_byte(fd: &OwnedFd, byte: u32) {
+    let _ = ofd_lock(fd, libc::F_OFD_SETLK, libc::F_UNLCK, byte);
+}
+
+/// Whether some open file description holds byte `byte`'s lock, without taking it (any
+/// descriptor, read-only included): `Some(true)` held, `Some(false)` free, `None` unknown.
+fn byte_locked(fd: &OwnedFd, byte: u32) -> Option<bool> {
+    let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, byte).ok()?;
+    Some(i32::from(fl.l_type) != libc::F_UNLCK)
 }
 
 /// A mapped server mapping. The geometry (`layout`) is this process's own copy, fixed when the
@@ -128,6 +136,10 @@ pub struct Mapping {
     base: NonNull<u8>,
     layout: Layout,
     _fd: OwnedFd,
+    /// This process's entry in the process table (`layout::ProcEntry`), whose byte lock the
+    /// file description behind `_fd` holds for as long as the mapping lives; 0 for the
+    /// server's mapping and read-only views, which never claim slots.
+    entry: u32,
     /// Process-local: set once a caller found this mapping's server dead or stopped, so that
     /// later calls through any handle fail fast (or reconnect) without re-checking `/proc`.
     gone: AtomicU32,
@@ -228,6 +240,7 @@ impl Mapping {
             base,
             layout,
             _fd: fd,
+            entry: 0,
             gone: AtomicU32::new(0),
             hub: Default::default(),
             hub_init: Default::default(),
@@ -251,9 +264,19 @@ impl Mapping {
         // The umask may have narrowed the mode; the contract is exactly 0600.
         rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
         rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
+        // The server's liveness: held as long as this file description is open, that is,
+        // until this mapping drops or the process ends, however it ends.
+        match try_lock_byte(&fd, SERVER_LOCK_BYTE) {
+            LockTry::Got => {}
+            LockTry::Held => {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "the new mapping {object} is already locked by another process"
+                ))))
+            }
+            LockTry::Failed(e) => return Err(e.into()),
+        }
         let base = map_fd(&fd, layout.capacity)?;
         let map = Mapping::new(base, layout, fd);
-        let (pid, start) = self_identity();
         let h = map.header();
         h.version.store(layout::LAYOUT_VERSION, Ordering::Relaxed);
         h.header_size.store(HEADER_SIZE as u32, Ordering::Relaxed);
@@ -263,8 +286,7 @@ impl Mapping {
             .store(layout.slot_size as u32, Ordering::Relaxed);
         h.max_payload
             .store(layout.max_payload() as u32, Ordering::Relaxed);
-        h.server_pid.store(pid, Ordering::Relaxed);
-        h.server_start.store(start, Ordering::Relaxed);
+        h.server_pid.store(std::process::id(), Ordering::Relaxed);
         h.epoch.store(epoch, Ordering::Relaxed);
         // SYNC: Release publishes every header field above; pairs with the Acquire load of
         // `magic` in `Mapping::open`.
@@ -363,17 +385,121 @@ impl Mapping {
         };
         if !view
             && (h.server_state.load(Ordering::SeqCst) != layout::server_state::RUNNING
-                || !process_alive(
-                    h.server_pid.load(Ordering::Relaxed),
-                    h.server_start.load(Ordering::Relaxed),
-                ))
+                || byte_locked(&probe._fd, SERVER_LOCK_BYTE) == Some(false))
         {
             return Err(not_found());
         }
         let mut map = probe;
         // Same length as the probe (`capacity == size`), so `Drop` still unmaps the right range.
         map.layout = layout;
+        if !view {
+            map.entry = map.take_entry(name)?;
+        }
         Ok(map)
+    }
+
+    /// Takes a free entry of the process table for this process: the first byte lock in
+    /// 1..=1023 (from a start that depends on the pid, so that processes spread out) that no
+    /// one holds. A previous holder of the entry is dead (the kernel dropped its lock), so
+    /// whatever it left (slots, announced waits) is taken back first, while we hold the lock.
+    fn take_entry(&self, name: &str) -> Result<u32> {
+        let max = State::MAX_OWNER;
+        let first = std::process::id() % max;
+        for k in 0..max {
+            let entry = 1 + (first + k) % max;
+            match try_lock_byte(&self._fd, entry) {
+                LockTry::Got => {}
+                LockTry::Held => continue,
+                LockTry::Failed(e) => {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::Error::from(e).kind(),
+                        format!("cannot lock process entry {entry} of server {name:?}: {e}"),
+                    )))
+                }
+            }
+            let left = self.clean_entry(entry);
+            if left > 0 {
+                tracing::warn!(server = %name, entry, reclaimed = left,
+                    "took back what a dead process left in its entry");
+            }
+            self.proc_entry(entry)
+                .pid
+                .store(std::process::id(), Ordering::Relaxed);
+            return Ok(entry);
+        }
+        Err(Error::TooManyClients {
+            name: name.to_owned(),
+            max: max as usize,
+        })
+    }
+
+    /// This process's entry (0 for a server's mapping or a view).
+    pub fn entry(&self) -> u32 {
+        self.entry
+    }
+
+    /// Entry `k` of the process table (`k < PROC_ENTRIES`).
+    pub fn proc_entry(&self, k: u32) -> &ProcEntry {
+        assert!((k as usize) < PROC_ENTRIES, "process entry out of range");
+        // SAFETY: the table lies inside the mapping (`Layout::new` puts slot 0 after it), is
+        // 8-byte aligned, and `ProcEntry` holds only atomics.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(PROCS_OFFSET + k as usize * PROC_ENTRY_SIZE)
+                .cast::<ProcEntry>()
+        }
+    }
+
+    /// Whether the process behind entry `k` lives, as the kernel's byte lock says.
+    /// [`Liveness::Dead`] means that *this* mapping now holds the entry's lock: the caller must
+    /// [`Mapping::let_go`] of it when done cleaning up.
+    pub fn owner_liveness(&self, k: u32) -> Liveness {
+        if k == self.entry {
+            // Our own entry (our lock would not conflict with us: ask the question we can).
+            return Liveness::Alive;
+        }
+        if k == 0 || k > State::MAX_OWNER {
+            return Liveness::Unknown;
+        }
+        match try_lock_byte(&self._fd, k) {
+            LockTry::Got => Liveness::Dead,
+            LockTry::Held => Liveness::Alive,
+            LockTry::Failed(_) => Liveness::Unknown,
+        }
+    }
+
+    /// Lets go of entry `k`'s lock, taken by [`Mapping::owner_liveness`] answering `Dead`.
+    pub fn let_go(&self, k: u32) {
+        if k != self.entry && k != SERVER_LOCK_BYTE {
+            unlock_byte(&self._fd, k);
+        }
+    }
+
+    /// Takes back, for a dead holder of entry `k` whose lock this mapping holds, every slot
+    /// it still owns and every free-slot wait it announced. Returns the slots taken back.
+    pub fn clean_entry(&self, k: u32) -> u32 {
+        let mut taken = 0;
+        for i in 0..self.layout.slot_count {
+            let mut dead = |o: u32| {
+                if o == k {
+                    Liveness::Dead
+                } else {
+                    Liveness::Alive
+                }
+            };
+            if protocol::reap(self, &Futex, i, &mut dead) != Reaped::Nothing {
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.header()
+                .reclaimed
+                .fetch_add(u64::from(taken), Ordering::Relaxed);
+        }
+        protocol::heal_free_waits(self, k);
+        taken
     }
 
     /// The geometry of this mapping.
@@ -439,18 +565,18 @@ impl Mapping {
         }
     }
 
-    /// Whether the server that created this mapping is running: not stopped and alive (reads
-    /// `/proc`; a negative answer is remembered, see [`Mapping::known_gone`]).
+    /// Whether the server that created this mapping is running: not stopped, and its lock on
+    /// byte 0 of the file is held (one `fcntl`; a negative answer is remembered, see
+    /// [`Mapping::known_gone`]).
     pub fn server_alive(&self) -> bool {
         if self.known_gone() {
             return false;
         }
         let h = self.header();
+        // An unknown answer (the system call failed) counts as alive: the call's own timeout
+        // still bounds the wait.
         let alive = h.server_state.load(Ordering::Acquire) == layout::server_state::RUNNING
-            && process_alive(
-                h.server_pid.load(Ordering::Relaxed),
-                h.server_start.load(Ordering::Relaxed),
-            );
+            && byte_locked(&self._fd, SERVER_LOCK_BYTE) != Some(false);
         if !alive {
             self.gone.store(1, Ordering::Relaxed);
         }
@@ -507,10 +633,9 @@ pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
     if u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")) != layout::MAGIC {
         return None;
     }
-    let pid = word(36);
-    let start = u64::from_le_bytes(buf[40..48].try_into().expect("8 bytes"));
-    let running = word(64) == layout::server_state::RUNNING && process_alive(pid, start);
-    Some((word(8), pid, running))
+    let running = word(64) == layout::server_state::RUNNING
+        && byte_locked(&fd, SERVER_LOCK_BYTE) != Some(false);
+    Some((word(8), word(36), running))
 }
 
 /// The server names of this user that have a mapping or a lock object in `/dev/shm`.
@@ -570,6 +695,9 @@ impl Words for Mapping {
     }
     fn free_waiters(&self) -> &AtomicU32 {
         &self.header().free_waiters
+    }
+    fn owner_waiters(&self, owner: u32) -> &AtomicU32 {
+        &self.proc_entry(owner).free_waits
     }
     fn async_bell(&self) -> &AtomicU32 {
         &self.header().async_bell

@@ -6,7 +6,7 @@
 //! run is not one instant (a call may be counted as served and still show its slot in use).
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Header, HIST_BUCKETS, OWNER_VALID};
+use crate::layout::{self, Header, HIST_BUCKETS};
 use crate::protocol::State;
 use crate::shm::Mapping;
 use crate::sync::Ordering;
@@ -165,7 +165,10 @@ pub struct SlotUse {
     pub slot: u32,
     /// What it is doing.
     pub state: SlotState,
-    /// The client process that claimed it, if it recorded itself for this call yet.
+    /// The process-table entry of the client process that claimed it (1..=1023), recorded by
+    /// the claim itself.
+    pub owner_entry: u32,
+    /// That process's pid as it sees itself (in its own pid namespace), if it wrote it.
     pub owner_pid: Option<u32>,
 }
 
@@ -205,6 +208,10 @@ pub struct Stats {
     pub queue_time: Histogram,
     /// Every slot in use.
     pub in_use: Vec<SlotUse>,
+    /// Callers (and async helpers) announced as waiting for a free slot.
+    pub free_waiters: u32,
+    /// Scans the server's reaper has completed.
+    pub reaper_scans: u64,
     /// The CPUs (bit `c` for CPU `c` < 64) where the server's active workers last ran; a
     /// worker clears its bit while it parks. Callers nap rather than spin on the CPU of a lone
     /// active worker (DESIGN.md, section 5).
@@ -232,11 +239,13 @@ impl Stats {
             if matches!(state, SlotState::Queued | SlotState::Serving) {
                 in_flight += 1;
             }
-            let owner_pid = (sh.owner_gen.load(Ordering::Acquire) == s.gen() | OWNER_VALID)
-                .then(|| sh.owner_pid.load(Ordering::Relaxed));
+            let owner_entry = s.owner();
+            let owner_pid = Some(map.proc_entry(owner_entry).pid.load(Ordering::Relaxed))
+                .filter(|&pid| owner_entry != 0 && pid != 0);
             in_use.push(SlotUse {
                 slot: i,
                 state,
+                owner_entry,
                 owner_pid,
             });
         }
@@ -257,6 +266,8 @@ impl Stats {
             handler_time: Histogram::read(&h.handler_hist),
             queue_time: Histogram::read(&h.queue_hist),
             in_use,
+            free_waiters: h.free_waiters.load(Ordering::Relaxed),
+            reaper_scans: h.reaper_scans.load(Ordering::Relaxed),
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
         }
     }

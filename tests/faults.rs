@@ -4,19 +4,16 @@
 
 mod common;
 
-use common::{echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Proc, Rng, ROLE};
-use shmrpc::{Client, Error, Server, Trust};
+use common::{
+    echo, say, start_server, unique_name, wait_for_stdin_eof, wait_stopped, Echo, Gate, Proc, Rng,
+    ROLE,
+};
+use shmrpc::{Client, Error, Server, SlotState, StatsView, Trust};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Offsets from DESIGN.md (pinned by compile-time assertions in `src/layout.rs`).
-const HEADER_SIZE: usize = 1024;
-const SLOT_STATE: usize = 0;
-const SLOT_OWNER_PID: usize = 20;
-const SLOT_OWNER_START: usize = 24;
-const SLOT_OWNER_GEN: usize = 48;
-const SLOT_PAYLOAD: usize = 64;
 
 /// The path of a server's mapping, for the raw-access children.
 fn object_path(name: &str) -> String {
@@ -51,35 +48,9 @@ fn raw_map(name: &str) -> (*mut u8, usize) {
     (ptr.cast(), len)
 }
 
-fn word32(base: *mut u8, offset: usize) -> &'static AtomicU32 {
-    // SAFETY: `offset` is 4-aligned and inside the mapping, which stays mapped until exit.
-    unsafe { &*base.add(offset).cast::<AtomicU32>() }
-}
-
 fn word64(base: *mut u8, offset: usize) -> &'static AtomicU64 {
     // SAFETY: `offset` is 8-aligned and inside the mapping, which stays mapped until exit.
     unsafe { &*base.add(offset).cast::<AtomicU64>() }
-}
-
-fn own_start_time() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    rest.split_ascii_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// Claims slot 0 (FREE -> CLAIMED) the way a client does; returns the state word it replaced.
-fn claim_slot_0(base: *mut u8) -> u32 {
-    let state = word32(base, HEADER_SIZE + SLOT_STATE);
-    let s = state.load(Ordering::SeqCst);
-    assert_eq!(s & 0b111, 0, "slot 0 is not free");
-    state
-        .compare_exchange(s, (s & !0xff) | 1, Ordering::SeqCst, Ordering::SeqCst)
-        .unwrap();
-    s
 }
 
 fn sleep_forever() -> ! {
@@ -131,26 +102,13 @@ fn child_entry() {
             let _ = client.request(&slow);
             sleep_forever();
         }
-        // Killed right after claiming, before it could record who it is (the worst case).
-        ["raw-claim", name] => {
-            let (base, _) = raw_map(name);
-            claim_slot_0(base);
-            say("claimed".into());
-            sleep_forever();
-        }
-        // Killed while writing its request: claimed, owner recorded, half a payload written.
-        ["raw-write", name] => {
-            let (base, _) = raw_map(name);
-            let slot = HEADER_SIZE;
-            let s = claim_slot_0(base);
-            word32(base, slot + SLOT_OWNER_PID).store(std::process::id(), Ordering::SeqCst);
-            word64(base, slot + SLOT_OWNER_START).store(own_start_time(), Ordering::SeqCst);
-            const OWNER_VALID: u32 = 1 << 31;
-            word32(base, slot + SLOT_OWNER_GEN).store((s >> 8) | OWNER_VALID, Ordering::SeqCst);
-            for i in 0..16 {
-                word32(base, slot + SLOT_PAYLOAD + 4 * i).store(0xdead_beef, Ordering::SeqCst);
-            }
-            say("writing".into());
+        // Stops itself (then is killed) right after its claim, in the middle of writing its
+        // request into the slot.
+        ["gated-write", name] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            let mut gated = Echo::new(1, "gated");
+            gated.gate = Gate::STOP;
+            let _ = client.request(&gated);
             sleep_forever();
         }
         // Calls in a loop for `secs`, checking every reply; reports the count of bad replies.
@@ -212,26 +170,40 @@ fn time_until_served(client: &Client<Echo>, limit: Duration) -> Duration {
     t0.elapsed()
 }
 
-/// A client process killed at each point of a call (claiming, writing, waiting, holding the
-/// reply) costs nobody anything: its slot (the only one) is reclaimed within a second and the
-/// next caller is served. Fails if the reaper misses a state or mistakes a live owner.
+/// Polls `name`'s statistics until `cond` holds, at most 10 s (a bounded wait on an observable
+/// condition, not a sleep standing in for it).
+fn wait_for_stats(name: &str, what: &str, cond: impl Fn(&shmrpc::Stats) -> bool) -> shmrpc::Stats {
+    let t0 = Instant::now();
+    loop {
+        let s = StatsView::open(name).unwrap().stats();
+        if cond(&s) {
+            return s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never saw {what}: {s:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// A client process killed at each point of a call (mid-write right after its claim, waiting
+/// while its call is served, holding the reply) costs nobody anything: its slot (the only
+/// one) is reclaimed within a second and the next caller is served. Fails if the reaper
+/// misses a state.
 #[test]
 fn client_killed_at_any_point_of_a_call_has_its_slot_reclaimed_within_a_second() {
     let mut worst = Duration::ZERO;
-    for (role, line) in [
-        ("raw-claim", "claimed"),
-        ("raw-write", "writing"),
-        ("wait-reply", "calling"),
-        ("hold-reply", "holding"),
+    for (role, line, state) in [
+        ("gated-write", "writing", SlotState::Claimed),
+        ("wait-reply", "calling", SlotState::Serving),
+        ("hold-reply", "holding", SlotState::Replied),
     ] {
         let name = unique_name(role);
         let _server = Server::builder(&name).slots(1).serve(echo).unwrap();
         let client = Client::<Echo>::connect(&name).unwrap();
         let mut child = Proc::spawn(&[role, &name]);
         assert_eq!(child.line(), line);
-        if role == "wait-reply" {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_stats(&name, "the child's call in its slot", |s| {
+            s.in_use.len() == 1 && s.in_use[0].state == state
+        });
         child.child.kill().unwrap();
         child.child.wait().unwrap();
         let took = time_until_served(&client, Duration::from_secs(3));
@@ -410,6 +382,7 @@ fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
                             | Error::BadMessage(_)
                             | Error::ServerGone
                             | Error::HandlerPanicked
+                            | Error::CallLost
                             | Error::PayloadTooLarge { .. },
                         ) => {
                             errors.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ mod common;
 
 use common::Rng;
 use shmrpc::fuzzing::{image_layout, mapping_image, message_bytes, Rich};
-use shmrpc::layout::{HEADER_SIZE, SLOT_HEADER_SIZE};
+use shmrpc::layout::{HEADER_SIZE, SLOTS_OFFSET, SLOT_HEADER_SIZE};
 use std::time::{Duration, Instant};
 
 /// Edge inputs, plus every crasher cargo-fuzz finds. None so far: 8.9 million `message` and
@@ -88,9 +88,10 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
     let mut image = vec![0u8; layout.capacity];
     let text = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
     for slot in 0..layout.slot_count {
-        let base = HEADER_SIZE + slot as usize * layout.slot_size;
+        let base = SLOTS_OFFSET + slot as usize * layout.slot_size;
         let gen = rng.below(1000) as u32;
-        image[base..base + 4].copy_from_slice(&((gen << 8) | 2).to_le_bytes()); // REQUEST
+        // REQUEST, no owner entry (so the reaper, which runs first, leaves it alone).
+        image[base..base + 4].copy_from_slice(&((gen << 14) | 2).to_le_bytes());
         image[base + 4..base + 8].copy_from_slice(&(rng.below(2) as u32).to_le_bytes()); // kind
         image[base + 8..base + 12].copy_from_slice(&(text.len() as u32).to_le_bytes());
         let payload = base + SLOT_HEADER_SIZE;
@@ -132,7 +133,7 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
                         0 => rng.below(HEADER_SIZE),
                         1 => {
                             let slot = rng.below(layout.slot_count as usize);
-                            HEADER_SIZE + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE)
+                            SLOTS_OFFSET + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE)
                         }
                         _ => rng.below(image.len()),
                     };

@@ -28,6 +28,11 @@ pub struct Echo {
     pub id: [u8; 16],
     /// The handler sleeps this many milliseconds before replying.
     pub sleep_ms: u32,
+    /// [`Gate::STOP`]: the process serializing this message stops itself (SIGSTOP) in the
+    /// middle of writing it into its slot, after printing "writing" (the text is already in
+    /// the slot then, the rest not yet). Replies carry 0.
+    #[rkyv(with = Gate)]
+    pub gate: u32,
 }
 
 impl Echo {
@@ -37,8 +42,59 @@ impl Echo {
             text: text.into(),
             id: [0; 16],
             sleep_ms: 0,
+            gate: 0,
         }
     }
+}
+
+/// An rkyv wrapper for a `u32` that, with the value [`Gate::STOP`], stops the serializing
+/// process at that point of its write: a client paused (or killed) after its claim, mid-write.
+pub struct Gate;
+
+impl Gate {
+    pub const STOP: u32 = 1;
+}
+
+impl rkyv::with::ArchiveWith<u32> for Gate {
+    type Archived = rkyv::Archived<u32>;
+    type Resolver = ();
+    fn resolve_with(field: &u32, _: (), out: rkyv::Place<Self::Archived>) {
+        rkyv::Archive::resolve(field, (), out);
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::with::SerializeWith<u32, S> for Gate {
+    fn serialize_with(field: &u32, _: &mut S) -> Result<(), S::Error> {
+        if *field == Gate::STOP {
+            say("writing".into());
+            // SAFETY: raise has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGSTOP) };
+        }
+        Ok(())
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::with::DeserializeWith<rkyv::Archived<u32>, u32, D>
+    for Gate
+{
+    fn deserialize_with(field: &rkyv::Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
+        Ok(field.to_native())
+    }
+}
+
+/// Waits (`waitpid` with `WUNTRACED`) until child `pid` has stopped; panics if it exits.
+pub fn wait_stopped(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our local; `pid` is our child.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WUNTRACED) };
+    assert_eq!(r, pid as i32, "waitpid failed");
+    assert!(libc::WIFSTOPPED(status), "child {pid} did not stop (status {status:#x})");
+}
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
 }
 
 /// The echo handler: sleeps if asked, panics on `text == "panic"`, and otherwise replies with
@@ -57,6 +113,7 @@ pub fn echo(req: shmrpc::Request<'_, Echo>) -> Echo {
         text: format!("re:{}", req.text),
         id: *req.id().as_bytes(),
         sleep_ms: 0,
+        gate: 0,
     }
 }
 
