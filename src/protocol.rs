@@ -180,6 +180,10 @@ pub enum Mutant {
     ReleaseByStore,
     /// `reap` reclaims the slots of an owner whose liveness is unknown.
     ReclaimUnknown,
+    /// `reap` frees a dead owner's slot with a store instead of a CAS from what it observed.
+    ReapByStore,
+    /// `shutdown` does not bump `server_seq` nor wake the workers parked on it.
+    ShutdownNoWorkerWake,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -619,7 +623,10 @@ pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
         };
     }
     let free = State::new(State::FREE, State::next_gen(s.gen()));
-    if w.slot_state(slot)
+    if mutated(w, Mutant::ReapByStore) {
+        w.slot_state(slot).swap(free.0, Ordering::AcqRel);
+    } else if w
+        .slot_state(slot)
         .compare_exchange(s.0, free.0, Ordering::AcqRel, Ordering::Relaxed)
         .is_err()
     {
@@ -856,8 +863,10 @@ pub fn shutdown<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P) {
     // `wait_done_slow` (set WAITER, fence, read the server state) and in `claim_slow`.
     fence(Ordering::SeqCst);
     // SYNC: Release bumps pair with the Acquire loads of the futex words by the waiters.
-    w.server_seq().fetch_add(1, Ordering::Release);
-    park.wake(w.server_seq(), u32::MAX);
+    if !mutated(w, Mutant::ShutdownNoWorkerWake) {
+        w.server_seq().fetch_add(1, Ordering::Release);
+        park.wake(w.server_seq(), u32::MAX);
+    }
     for i in 0..w.slot_count() {
         let word = w.slot_state(i);
         let s = State(word.load(Ordering::Relaxed));

@@ -4,7 +4,12 @@
 //! `shmrpc::sync`. Only the mapping and the futex are replaced: the words live in a heap
 //! [`Bus`], the payload of each slot is a loom `UnsafeCell` (so loom reports any read of bytes
 //! that the protocol did not order after their write), and the futex is [`LoomFutex`], which
-//! ignores timeouts: a wake-up the protocol loses shows up as a deadlock, not as a delay.
+//! ignores timeouts: a wake-up the protocol loses shows up as a deadlock, not as a delay. Like
+//! the kernel's, it wakes only threads parked on the word that is woken, and at most as many
+//! as asked, so a wake that names the wrong word or too few threads is a lost wake-up too.
+//!
+//! Client threads play processes: each claims with its own owner entry (1, 2, ...), and a
+//! model's "kernel lock" for an entry is an `AtomicU32` that the thread clears when it "dies".
 //!
 //! Each `mutant_*` test switches on a deliberate bug (`shmrpc::protocol::Mutant`) and must
 //! fail, proving that its model can fail. Loom reports some failures (deadlocks) by aborting
@@ -35,6 +40,7 @@ struct Bus {
     server_sleepers: AtomicU32,
     free_seq: AtomicU32,
     free_waiters: AtomicU32,
+    owner_waiters: Vec<AtomicU32>,
     async_bell: AtomicU32,
     payload: Vec<UnsafeCell<u64>>,
     futex: LoomFutex,
@@ -53,6 +59,7 @@ impl Bus {
             server_sleepers: AtomicU32::new(0),
             free_seq: AtomicU32::new(0),
             free_waiters: AtomicU32::new(0),
+            owner_waiters: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
             async_bell: AtomicU32::new(0),
             payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
             futex: LoomFutex::default(),
@@ -100,6 +107,9 @@ impl Words for Bus {
     fn free_waiters(&self) -> &AtomicU32 {
         &self.free_waiters
     }
+    fn owner_waiters(&self, owner: u32) -> &AtomicU32 {
+        &self.owner_waiters[owner as usize]
+    }
     fn async_bell(&self) -> &AtomicU32 {
         &self.async_bell
     }
@@ -108,24 +118,59 @@ impl Words for Bus {
     }
 }
 
+/// Owner entries a model's bus has room for (0 is never an owner).
+const OWNERS: usize = 4;
+
 /// A futex: `wait` compares and sleeps atomically with respect to `wake` (the kernel does
-/// both under the futex bucket lock; here, one mutex). Timeouts are ignored on purpose.
+/// both under the futex bucket lock; here, one mutex). A sleeper is queued under the address
+/// of its word; `wake(word, n)` dequeues at most `n` sleepers of that word, first come first
+/// woken, and only a dequeued sleeper returns. No spurious wake-ups, and timeouts are ignored
+/// on purpose.
 #[derive(Default)]
 struct LoomFutex {
-    lock: Mutex<()>,
+    lock: Mutex<FutexQueue>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct FutexQueue {
+    next_ticket: u64,
+    /// (word address, ticket) of every sleeper.
+    sleepers: Vec<(usize, u64)>,
+}
+
+fn address(word: &AtomicU32) -> usize {
+    word as *const AtomicU32 as usize
 }
 
 impl Park for Bus {
     fn wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
-        let guard = self.futex.lock.lock().unwrap();
-        if word.load(Ordering::SeqCst) == expected {
-            drop(self.futex.cv.wait(guard).unwrap());
+        let mut q = self.futex.lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) != expected {
+            return;
+        }
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.sleepers.push((address(word), ticket));
+        while q.sleepers.iter().any(|&(_, t)| t == ticket) {
+            q = self.futex.cv.wait(q).unwrap();
         }
     }
-    fn wake(&self, _word: &AtomicU32, _n: u32) {
-        let _guard = self.futex.lock.lock().unwrap();
-        self.futex.cv.notify_all();
+    fn wake(&self, word: &AtomicU32, n: u32) {
+        let mut q = self.futex.lock.lock().unwrap();
+        let at = address(word);
+        let mut left = n;
+        q.sleepers.retain(|&(a, _)| {
+            if a == at && left > 0 {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        if left < n {
+            self.futex.cv.notify_all();
+        }
     }
 }
 
@@ -203,16 +248,33 @@ fn serve(bus: &Bus, n: usize) -> usize {
     served
 }
 
-/// A whole call on the client side: claim, write, publish, wait, read, release.
-fn call(bus: &Bus, value: u64) -> u64 {
-    let (slot, gen) = protocol::claim(bus, bus, 0, &mut forever()).expect("claim");
+/// A whole call on the client side, as process entry `owner`: claim, write, publish, wait,
+/// read, release. Every step must succeed: the slot stays this call's throughout.
+fn call_as(bus: &Bus, owner: u32, value: u64) -> u64 {
+    let (slot, gen) = protocol::claim(bus, bus, owner, 0, &mut forever()).expect("claim");
     bus.write(slot, value);
-    protocol::publish_request(bus, bus, slot, gen);
+    assert!(
+        protocol::publish_request(bus, bus, slot, gen),
+        "publish failed: the slot was taken from its live owner"
+    );
     let st = protocol::wait_done(bus, bus, slot, gen, &mut forever()).expect("reply");
-    assert_eq!(st.kind(), State::REPLY);
+    assert_eq!(st.kind(), State::REPLY, "the call did not end in its own reply");
     let reply = bus.read(slot);
-    protocol::release(bus, bus, slot, gen);
+    assert!(
+        protocol::release(bus, bus, slot, st),
+        "release failed: the reply was taken from its live owner"
+    );
     reply
+}
+
+/// [`call_as`] for owner entry 1.
+fn call(bus: &Bus, value: u64) -> u64 {
+    call_as(bus, 1, value)
+}
+
+/// The counter part of a generation (without the owner entry).
+fn counter(gen: u32) -> u32 {
+    gen >> State::OWNER_BITS
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,11 +284,12 @@ fn model_1(mutant: Mutant) {
     model("1 last-slot race", move || {
         let bus = Bus::new(1, mutant);
         let inside = Arc::new(AtomicU32::new(0));
-        let clients: Vec<_> = (0..2)
-            .map(|_| {
+        let clients: Vec<_> = (1..=2)
+            .map(|owner| {
                 let (bus, inside) = (bus.clone(), inside.clone());
                 thread::spawn(move || {
-                    let (slot, gen) = protocol::claim(&*bus, &*bus, 0, &mut forever()).unwrap();
+                    let (slot, gen) =
+                        protocol::claim(&*bus, &*bus, owner, 0, &mut forever()).unwrap();
                     // Exactly one holder at a time.
                     assert_eq!(
                         inside.fetch_add(1, Ordering::SeqCst),
@@ -234,8 +297,9 @@ fn model_1(mutant: Mutant) {
                         "slot claimed twice"
                     );
                     inside.fetch_sub(1, Ordering::SeqCst);
-                    protocol::release(&*bus, &*bus, slot, gen);
-                    gen
+                    assert_eq!(gen & State::OWNER_MASK, owner);
+                    protocol::release(&*bus, &*bus, slot, State::new(State::CLAIMED, gen));
+                    counter(gen)
                 })
             })
             .collect();
@@ -243,7 +307,7 @@ fn model_1(mutant: Mutant) {
         gens.sort_unstable();
         // The loser got the slot after the winner released it: the next generation.
         assert_eq!(gens, [0, 1]);
-        assert_eq!(bus.state(0), State::new(State::FREE, 2));
+        assert_eq!(bus.state(0), State::new(State::FREE, 2 << State::OWNER_BITS));
     });
 }
 
@@ -330,20 +394,20 @@ fn model_4(mutant: Mutant) {
             let bus = bus.clone();
             thread::spawn(move || serve(&bus, 2))
         };
-        let (slot, gen) = protocol::claim(&*bus, &*bus, 0, &mut forever()).unwrap();
+        let (slot, gen) = protocol::claim(&*bus, &*bus, 1, 0, &mut forever()).unwrap();
         bus.write(slot, 1);
-        protocol::publish_request(&*bus, &*bus, slot, gen);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
         // The deadline has passed: one check, then give up.
         let mut expired = ModelWait { expired: true };
         match protocol::wait_done(&*bus, &*bus, slot, gen, &mut expired) {
-            Ok(_) => protocol::release(&*bus, &*bus, slot, gen),
+            Ok(st) => assert!(protocol::release(&*bus, &*bus, slot, st)),
             Err(WaitError::Timeout) => match protocol::abandon(&*bus, slot, gen) {
                 Ok(()) => {}
                 // The reply won the race: the client owns it and must release it.
                 Err(st) => {
                     assert_eq!(st.kind(), State::REPLY);
                     assert_eq!(bus.read(slot), 10);
-                    protocol::release(&*bus, &*bus, slot, gen);
+                    assert!(protocol::release(&*bus, &*bus, slot, st));
                 }
             },
             Err(WaitError::Gone) => panic!("server reported gone"),
@@ -351,8 +415,11 @@ fn model_4(mutant: Mutant) {
         // The next call never reads the old reply.
         assert_eq!(call(&bus, 2), 20);
         server.join().unwrap();
-        // The slot went back to FREE exactly once per call: generation gen + 2.
-        assert_eq!(bus.state(0), State::new(State::FREE, gen + 2));
+        // The slot went back to FREE exactly once per call: two counters on.
+        assert_eq!(
+            bus.state(0),
+            State::new(State::FREE, (counter(gen) + 2) << State::OWNER_BITS)
+        );
         assert_eq!(bus.ready[0].load(Ordering::SeqCst), 0, "a ready bit leaked");
     });
 }
@@ -369,7 +436,7 @@ fn model_4_abandon_races_the_reply_and_the_slot_is_freed_once() {
 fn model_5_two_workers_serve_one_request_once() {
     model("5 two workers", || {
         let bus = Bus::new(2, Mutant::None);
-        let (slot, gen) = protocol::claim(&*bus, &*bus, 0, &mut forever()).unwrap();
+        let (slot, gen) = protocol::claim(&*bus, &*bus, 1, 0, &mut forever()).unwrap();
         bus.write(slot, 3);
         let served = Arc::new(AtomicU32::new(0));
         let workers: Vec<_> = (0..2)
@@ -391,7 +458,7 @@ fn model_5_two_workers_serve_one_request_once() {
                 })
             })
             .collect();
-        protocol::publish_request(&*bus, &*bus, slot, gen);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
         for w in workers {
             w.join().unwrap();
         }
@@ -415,18 +482,18 @@ fn model_5_two_workers_serve_one_request_once() {
 fn model_6(mutant: Mutant) {
     model("6 shutdown", move || {
         let bus = Bus::new(1, mutant);
-        let (slot, gen) = protocol::claim(&*bus, &*bus, 0, &mut forever()).unwrap();
+        let (slot, gen) = protocol::claim(&*bus, &*bus, 1, 0, &mut forever()).unwrap();
         let waiting_reply = {
             let bus = bus.clone();
             thread::spawn(move || {
                 bus.write(slot, 1);
-                protocol::publish_request(&*bus, &*bus, slot, gen);
+                assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
                 protocol::wait_done(&*bus, &*bus, slot, gen, &mut forever())
             })
         };
         let waiting_slot = {
             let bus = bus.clone();
-            thread::spawn(move || protocol::claim(&*bus, &*bus, 0, &mut forever()).map(|_| ()))
+            thread::spawn(move || protocol::claim(&*bus, &*bus, 2, 0, &mut forever()).map(|_| ()))
         };
         protocol::shutdown(&*bus, &*bus);
         assert_eq!(waiting_reply.join().unwrap(), Err(WaitError::Gone));
@@ -453,8 +520,10 @@ fn mutant_shutdown_keeps_waiter_breaks_model_6() {
 fn model_7(mutant: Mutant) {
     model("7 ABA", move || {
         let bus = Bus::new(1, mutant);
-        // A finished call at generation 0: the reply is waiting for its client.
-        bus.slots[0].store(State::new(State::REPLY, 0).0, Ordering::SeqCst);
+        // A finished call of owner 1 at counter 0: the reply is waiting for its client, a
+        // thread of the same process that then calls again (`call` claims as owner 1 too).
+        let old = State::new(State::REPLY, 1);
+        bus.slots[0].store(old.0, Ordering::SeqCst);
         let server = {
             let bus = bus.clone();
             thread::spawn(move || serve(&bus, 1))
@@ -462,10 +531,10 @@ fn model_7(mutant: Mutant) {
         let stale = {
             let bus = bus.clone();
             thread::spawn(move || {
-                protocol::release(&*bus, &*bus, 0, 0);
+                assert!(protocol::release(&*bus, &*bus, 0, old));
                 thread::yield_now();
                 // Stale: it still believes its generation-0 call is in flight.
-                let _ = protocol::abandon(&*bus, 0, 0);
+                let _ = protocol::abandon(&*bus, 0, old.gen());
             })
         };
         assert_eq!(call(&bus, 5), 50);
@@ -499,7 +568,7 @@ fn model_8(mutant: Mutant) {
                 thread::spawn(move || {
                     bus.slots[slot as usize]
                         .store(State::new(State::CLAIMED, 0).0, Ordering::SeqCst);
-                    protocol::publish_request(&*bus, &*bus, slot, 0);
+                    assert!(protocol::publish_request(&*bus, &*bus, slot, 0));
                 })
             })
             .collect();
@@ -586,7 +655,7 @@ fn model_9(mutant: Mutant) {
                     if e.finished {
                         return;
                     }
-                    if e.registered && protocol::poll_done(&*bus, 0, 0).is_some() {
+                    if e.registered && protocol::poll_done(&*bus, 0, 1).is_some() {
                         e.registered = false;
                         e.woken = true;
                         entry.1.notify_all();
@@ -597,9 +666,9 @@ fn model_9(mutant: Mutant) {
             })
         };
         // The future.
-        let (slot, gen) = protocol::try_claim(&*bus, 0).expect("a free slot");
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).expect("a free slot");
         bus.write(slot, 7);
-        protocol::publish_request(&*bus, &*bus, slot, gen);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
         let mut e = entry.0.lock().unwrap();
         if protocol::poll_done(&*bus, slot, gen).is_some() {
             // Done before registering: the helper is not needed. (In production it sleeps at
@@ -616,7 +685,7 @@ fn model_9(mutant: Mutant) {
             drop(e);
         }
         assert_eq!(bus.read(slot), 70);
-        protocol::release(&*bus, &*bus, slot, gen);
+        assert!(protocol::release(&*bus, &*bus, slot, State::new(State::REPLY, gen)));
         server.join().unwrap();
         helper.join().unwrap();
     });
@@ -641,13 +710,15 @@ fn mutant_bell_arm_by_load_breaks_model_9() {
 fn model_10(mutant: Mutant) {
     model("10 async free-slot wait", move || {
         let bus = Bus::new(1, mutant);
-        let (slot, gen) = protocol::try_claim(&*bus, 0).expect("a free slot");
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).expect("a free slot");
         let holder = {
             let bus = bus.clone();
-            thread::spawn(move || protocol::release(&*bus, &*bus, slot, gen))
+            thread::spawn(move || {
+                protocol::release(&*bus, &*bus, slot, State::new(State::CLAIMED, gen))
+            })
         };
-        // The helper (with one future queued for a slot).
-        bus.free_waiters.fetch_add(1, Ordering::Relaxed);
+        // The helper of process entry 2 (with one future queued for a slot).
+        protocol::announce_free_wait(&*bus, 2);
         shmrpc::sync::fence(Ordering::SeqCst);
         loop {
             let armed = protocol::bell_arm(&*bus);
@@ -656,10 +727,11 @@ fn model_10(mutant: Mutant) {
             }
             protocol::bell_wait(&*bus, &*bus, armed, None);
         }
-        bus.free_waiters.fetch_sub(1, Ordering::Relaxed);
+        protocol::retract_free_wait(&*bus, 2);
         // The woken future claims it.
-        assert!(protocol::try_claim(&*bus, 0).is_some());
-        holder.join().unwrap();
+        assert!(protocol::try_claim(&*bus, 2, 0).is_some());
+        assert!(holder.join().unwrap());
+        assert_eq!(bus.free_waiters.load(Ordering::SeqCst), 0);
     });
 }
 
@@ -672,6 +744,344 @@ fn model_10_a_freed_slot_always_reaches_an_async_waiter() {
 #[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
 fn mutant_bell_arm_by_load_breaks_model_10() {
     model_10(Mutant::BellArmByLoad);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness for models: one "kernel lock" per owner entry, held (1) while its thread-process
+// lives. A reaper that asks about an entry gets Dead once the lock is free, and otherwise
+// Alive, or Unknown when the model says that the question cannot be answered (a server out of
+// file descriptors, say).
+
+struct Locks {
+    held: Vec<AtomicU32>,
+    unknown: bool,
+}
+
+impl Locks {
+    fn new(unknown: bool) -> Arc<Locks> {
+        Arc::new(Locks {
+            held: (0..OWNERS).map(|_| AtomicU32::new(1)).collect(),
+            unknown,
+        })
+    }
+    fn die(&self, owner: u32) {
+        self.held[owner as usize].store(0, Ordering::SeqCst);
+    }
+    fn liveness(&self, owner: u32) -> protocol::Liveness {
+        if self.held[owner as usize].load(Ordering::SeqCst) == 0 {
+            protocol::Liveness::Dead
+        } else if self.unknown {
+            protocol::Liveness::Unknown
+        } else {
+            protocol::Liveness::Alive
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 11: the reaper races every transition of a live owner whose liveness it cannot read.
+// The owner's call (claim, write, publish, wait, read, release) must go through untouched:
+// unknown is never reclaimed.
+
+fn model_11(mutant: Mutant) {
+    model("11 reap vs live owner", move || {
+        let bus = Bus::new(1, mutant);
+        let locks = Locks::new(true);
+        let server = {
+            let bus = bus.clone();
+            thread::spawn(move || serve(&bus, 1))
+        };
+        let reaper = {
+            let (bus, locks) = (bus.clone(), locks.clone());
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    let _ = protocol::reap(&*bus, &*bus, 0, &mut |o| locks.liveness(o));
+                    thread::yield_now();
+                }
+            })
+        };
+        assert_eq!(call(&bus, 4), 40);
+        reaper.join().unwrap();
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn model_11_reaper_never_takes_a_live_owners_slot() {
+    model_11(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_reclaim_unknown_breaks_model_11() {
+    model_11(Mutant::ReclaimUnknown);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 12: a client dies right after publishing its request; the reaper (which finds its lock
+// free) races the worker, which may be taking or serving that request. The slot comes back
+// exactly once, and the next client's call through it (while the worker may still be busy with
+// the dead one's) is served with its own bytes.
+
+fn model_12(mutant: Mutant) {
+    model("12 reap vs worker", move || {
+        let bus = Bus::new(1, mutant);
+        let locks = Locks::new(false);
+        // Client 1's call, published; then client 1 dies.
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        bus.write(slot, 1);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
+        locks.die(1);
+        let server = {
+            let bus = bus.clone();
+            // Serves until it has served the next client's request (value 5). The dead
+            // client's ready bit and the next one's may be one bit: a reclaimed REQUEST's
+            // stale bit and a new publication in the same slot merge, and the one take then
+            // finds the new request.
+            thread::spawn(move || loop {
+                let Some(slot) = protocol::take_ready(&*bus, 0) else {
+                    protocol::worker_park(&*bus, &*bus, None);
+                    continue;
+                };
+                if let Begin::Serve(g) = protocol::begin_serving(&*bus, &*bus, slot) {
+                    let v = bus.read(slot);
+                    bus.write(slot, v * 10);
+                    protocol::finish(&*bus, &*bus, slot, g, State::REPLY);
+                    if v == 5 {
+                        return;
+                    }
+                }
+            })
+        };
+        let reaper = {
+            let (bus, locks) = (bus.clone(), locks.clone());
+            thread::spawn(move || {
+                // Until the dead client's call left the slot (reclaimed, or abandoned and
+                // freed by the worker).
+                while bus.state(0).gen() == gen {
+                    let _ = protocol::reap(&*bus, &*bus, 0, &mut |o| locks.liveness(o));
+                    thread::yield_now();
+                }
+            })
+        };
+        // (After the race of interest, reaper against worker: with the next client in the race
+        // too, the model has 1.7 million interleavings at the default bound.)
+        reaper.join().unwrap();
+        assert_eq!(call_as(&bus, 2, 5), 50);
+        server.join().unwrap();
+        assert_eq!(bus.state(0).kind(), State::FREE);
+        assert_eq!(bus.free_waiters.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn model_12_a_dead_owners_slot_comes_back_once_whatever_the_worker_does() {
+    model_12(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_reap_by_store_breaks_model_12() {
+    model_12(Mutant::ReapByStore);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 13: a one-way message. The worker accepts it (SERVING -> ACCEPTED), then runs the
+// handler on the bytes still in the slot and frees it. The sender returns once it sees the
+// message accepted (or already freed), and at once makes a request, which may land in the
+// same slot: the handler's read of the one-way bytes never races the sender's next write, and
+// the request gets its own reply.
+
+fn model_13(mutant: Mutant) {
+    model("13 one-way", move || {
+        let bus = Bus::new(1, mutant);
+        let ran = Arc::new(AtomicU32::new(0));
+        let server = {
+            let (bus, ran) = (bus.clone(), ran.clone());
+            thread::spawn(move || {
+                let mut seen = 0;
+                while seen < 2 {
+                    let Some(slot) = protocol::take_ready(&*bus, 0) else {
+                        protocol::worker_park(&*bus, &*bus, None);
+                        continue;
+                    };
+                    seen += 1;
+                    let Begin::Serve(gen) = protocol::begin_serving(&*bus, &*bus, slot) else {
+                        continue;
+                    };
+                    if seen == 1 {
+                        // One-way: accept, run the handler on the slot's bytes, free.
+                        assert!(protocol::finish(&*bus, &*bus, slot, gen, State::ACCEPTED));
+                        ran.store(bus.read(slot) as u32, Ordering::SeqCst);
+                        let accepted = State::new(State::ACCEPTED, gen);
+                        assert!(protocol::release(&*bus, &*bus, slot, accepted));
+                    } else {
+                        bus.write(slot, bus.read(slot) * 10);
+                        assert!(protocol::finish(&*bus, &*bus, slot, gen, State::REPLY));
+                    }
+                }
+            })
+        };
+        let (slot, gen) = protocol::claim(&*bus, &*bus, 1, 0, &mut forever()).unwrap();
+        bus.write(slot, 3);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
+        let st = protocol::wait_done(&*bus, &*bus, slot, gen, &mut forever())
+            .expect("the one-way message was not accepted");
+        assert_eq!(st.kind(), State::ACCEPTED);
+        assert_eq!(call(&bus, 6), 60);
+        server.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 3, "the one-way handler saw other bytes");
+    });
+}
+
+#[test]
+fn model_13_one_way_completion_and_the_next_call() {
+    model_13(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_no_generation_breaks_model_13() {
+    model_13(Mutant::NoGeneration);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 14: shutdown races a worker on its way to park: the worker always leaves its loop
+// (the futex here never times out, so a missed wake deadlocks).
+
+fn model_14(mutant: Mutant) {
+    model("14 shutdown vs worker park", move || {
+        let bus = Bus::new(1, mutant);
+        let worker = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                while protocol::running(&*bus) {
+                    if protocol::take_ready(&*bus, 0).is_none() {
+                        protocol::worker_park(&*bus, &*bus, None);
+                    }
+                }
+            })
+        };
+        protocol::shutdown(&*bus, &*bus);
+        worker.join().unwrap();
+    });
+}
+
+#[test]
+fn model_14_shutdown_always_reaches_a_parking_worker() {
+    model_14(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_shutdown_no_worker_wake_breaks_model_14() {
+    model_14(Mutant::ShutdownNoWorkerWake);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 15: a publisher whose slot a peer took while it was writing (a protocol-breaking
+// writer set it FREE, and another client claimed it): its publish must fail and leave the new
+// owner's call alone, which is served with its own bytes.
+
+fn model_15(mutant: Mutant) {
+    model("15 publish after losing the slot", move || {
+        let bus = Bus::new(1, mutant);
+        let (slot, old) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        // The peer's blind write: the slot is FREE again, at the next generation.
+        bus.slots[0].store(State::new(State::FREE, 1 << State::OWNER_BITS).0, Ordering::SeqCst);
+        let server = {
+            let bus = bus.clone();
+            thread::spawn(move || serve(&bus, 1))
+        };
+        let stale = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                // Client 1 resumes and publishes its (stale) call, without writing bytes.
+                protocol::publish_request(&*bus, &*bus, slot, old)
+            })
+        };
+        assert_eq!(call_as(&bus, 2, 8), 80);
+        assert!(!stale.join().unwrap(), "a stale publish succeeded");
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn model_15_a_stale_publish_fails_and_touches_nothing() {
+    model_15(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_publish_by_store_breaks_model_15() {
+    model_15(Mutant::PublishByStore);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 16: a client's release of its reply after a peer took the slot (as in model 15) must
+// fail and leave the new owner's call alone.
+
+fn model_16(mutant: Mutant) {
+    model("16 release after losing the slot", move || {
+        let bus = Bus::new(1, mutant);
+        let stale_reply = State::new(State::REPLY, 1);
+        // A peer's blind write took client 1's reply slot away: FREE at the next generation.
+        bus.slots[0].store(State::new(State::FREE, 1 << State::OWNER_BITS).0, Ordering::SeqCst);
+        let server = {
+            let bus = bus.clone();
+            thread::spawn(move || serve(&bus, 1))
+        };
+        let stale = {
+            let bus = bus.clone();
+            thread::spawn(move || protocol::release(&*bus, &*bus, 0, stale_reply))
+        };
+        assert_eq!(call_as(&bus, 2, 9), 90);
+        assert!(!stale.join().unwrap(), "a stale release succeeded");
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn model_16_a_stale_release_fails_and_touches_nothing() {
+    model_16(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_release_by_store_breaks_model_16() {
+    model_16(Mutant::ReleaseByStore);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 17: a process dies while it waits for a free slot, counted in `free_waiters`; the
+// holder of its lock heals the count, while a live process waits for the slot that a third
+// frees. The live waiter is always woken (its own announcement survives the heal), and the
+// count ends at zero.
+
+#[test]
+fn model_17_a_dead_waiters_announcement_heals() {
+    model("17 heal free waits", || {
+        let bus = Bus::new(1, Mutant::None);
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        // Process 3 announced a wait and was killed before it retracted it.
+        protocol::announce_free_wait(&*bus, 3);
+        let healer = {
+            let bus = bus.clone();
+            thread::spawn(move || protocol::heal_free_waits(&*bus, 3))
+        };
+        let holder = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                protocol::release(&*bus, &*bus, slot, State::new(State::CLAIMED, gen))
+            })
+        };
+        let (_, got) = protocol::claim(&*bus, &*bus, 2, 0, &mut forever()).unwrap();
+        assert_eq!(got & State::OWNER_MASK, 2);
+        assert!(holder.join().unwrap());
+        assert_eq!(healer.join().unwrap(), 1);
+        assert_eq!(bus.free_waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(bus.owner_waiters[2].load(Ordering::SeqCst), 0);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -703,6 +1113,24 @@ fn mutants_are_caught() {
         ),
         ("mutant_bell_arm_by_load_breaks_model_9", "deadlock"),
         ("mutant_bell_arm_by_load_breaks_model_10", "deadlock"),
+        (
+            "mutant_reclaim_unknown_breaks_model_11",
+            "taken from its live owner|its own reply|Causality violation",
+        ),
+        (
+            "mutant_reap_by_store_breaks_model_12",
+            "Causality violation|deadlock|left: 5|right: 50",
+        ),
+        ("mutant_no_generation_breaks_model_13", "not accepted|deadlock"),
+        ("mutant_shutdown_no_worker_wake_breaks_model_14", "deadlock"),
+        (
+            "mutant_publish_by_store_breaks_model_15",
+            "stale publish succeeded|taken from its live owner|Causality violation|deadlock",
+        ),
+        (
+            "mutant_release_by_store_breaks_model_16",
+            "stale release succeeded|taken from its live owner|Causality violation|deadlock",
+        ),
     ];
     for (name, expected) in cases {
         let out = std::process::Command::new(std::env::current_exe().unwrap())

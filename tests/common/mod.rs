@@ -134,7 +134,22 @@ const LINE_LIMIT: Duration = Duration::from_secs(60);
 
 impl Proc {
     pub fn spawn(role: &[&str]) -> Proc {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        Proc::spawn_under(&[], role)
+    }
+
+    /// [`Proc::spawn`] through a wrapper command (`prefix`, for example `unshare --pid`), which
+    /// runs this test binary as its last argument.
+    pub fn spawn_under(prefix: &[&str], role: &[&str]) -> Proc {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .args([
                 "--exact",
                 "child_entry",
@@ -169,6 +184,13 @@ impl Proc {
         }
     }
 
+    /// Sends `line` to the child's stdin (see [`read_line`]).
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// Closes stdin (a server's stop signal) and waits for the exit, at most `limit`.
     pub fn finish(&mut self, limit: Duration) -> bool {
         drop(self.child.stdin.take());
@@ -194,6 +216,13 @@ impl Drop for Proc {
 pub fn wait_for_stdin_eof() {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+/// Reads one line from stdin (what the parent sent with [`Proc::tell`]).
+pub fn read_line() -> String {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
 }
 
 pub fn say(line: String) {
