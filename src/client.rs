@@ -418,7 +418,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         sh.req_len.store(len as u32, Ordering::Relaxed);
         sh.published.store(clock::stamp(begun), Ordering::Relaxed);
         if !protocol::publish_request(map, &Futex, slot, gen) {
-            tracing::error!(slot, "the slot of a call was taken by another process before it was published");
+            tracing::error!(
+                slot,
+                "the slot of a call was taken by another process before it was published"
+            );
             return Err(Error::CallLost);
         }
         Ok(id)
@@ -447,9 +450,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 Error::ServerGone
             }
         };
-        let (slot, gen) =
-            protocol::claim(map, &Futex, map.entry(), SLOT_HINT.get(), &mut waiting)
-                .map_err(wait_error)?;
+        let (slot, gen) = protocol::claim(map, &Futex, map.entry(), SLOT_HINT.get(), &mut waiting)
+            .map_err(wait_error)?;
         SLOT_HINT.set(slot);
         let id = self.write_and_publish(map, slot, gen, msg, kind, deadline_begun)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
@@ -514,7 +516,10 @@ impl Drop for Held {
         if let Held::Slot { map, slot, gen } = self {
             let reply = State::new(State::REPLY, *gen);
             if !protocol::release(&**map, &Futex, *slot, reply) {
-                tracing::error!(slot, "a reply's slot was taken by another process while it was held");
+                tracing::error!(
+                    slot,
+                    "a reply's slot was taken by another process while it was held"
+                );
             }
         }
     }

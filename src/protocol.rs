@@ -398,7 +398,12 @@ pub fn publish_request<W: Words + ?Sized, P: Park + ?Sized>(
     if mutated(w, Mutant::PublishByStore) {
         word.store(request, order);
     } else if word
-        .compare_exchange(State::new(State::CLAIMED, gen).0, request, order, Ordering::Relaxed)
+        .compare_exchange(
+            State::new(State::CLAIMED, gen).0,
+            request,
+            order,
+            Ordering::Relaxed,
+        )
         .is_err()
     {
         return false;
@@ -542,7 +547,12 @@ pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), Stat
 /// generation, waking one caller that waits for a free slot. Returns `false`, having changed
 /// nothing, if the word is no longer `from` (only a peer that broke the protocol moves a slot
 /// away from its owner): the caller must not touch the slot again.
-pub fn release<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot: u32, from: State) -> bool {
+pub fn release<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    slot: u32,
+    from: State,
+) -> bool {
     let next = if mutated(w, Mutant::NoGeneration) {
         from.gen()
     } else {

@@ -87,7 +87,12 @@ enum LockTry {
 /// drops it when the last descriptor of that description closes, which it does for a process
 /// however the process ends. (`flock` locks the whole file; classic POSIX record locks belong
 /// to a pid and are dropped by any `close` of the file in that process.)
-fn ofd_lock(fd: &OwnedFd, cmd: libc::c_int, kind: libc::c_int, byte: u32) -> Result<libc::flock, Errno> {
+fn ofd_lock(
+    fd: &OwnedFd,
+    cmd: libc::c_int,
+    kind: libc::c_int,
+    byte: u32,
+) -> Result<libc::flock, Errno> {
     use rustix::fd::AsRawFd;
     // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

@@ -109,6 +109,19 @@ const PURE_SPIN: Duration = Duration::from_micros(5);
 /// Longest single park: how often a parked caller re-checks that the server lives.
 pub(crate) const PARK_SLICE: Duration = Duration::from_millis(50);
 
+/// The park slice of blocking callers: [`PARK_SLICE`], unless the environment variable
+/// `SHMRPC_TEST_PARK_SLICE_MS` (read once) sets another, for tests that must tell a wake-up
+/// from the end of a slice. Read only on the way to a park.
+fn caller_park_slice() -> Duration {
+    static SLICE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SLICE.get_or_init(|| {
+        std::env::var("SHMRPC_TEST_PARK_SLICE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(PARK_SLICE, Duration::from_millis)
+    })
+}
+
 /// A call's deadline: `timeout` after the call began. The start is a TSC reading
 /// ([`clock::ticks`], ~10 ns against ~25 ns for `Instant::now` here), and the deadline is
 /// converted to an `Instant` only when a wait first needs it (a park, a deadline check), with
@@ -256,7 +269,7 @@ impl Waiting for CallWait<'_> {
         if left.is_zero() {
             return None;
         }
-        Some(left.min(PARK_SLICE))
+        Some(left.min(caller_park_slice()))
     }
 
     fn peer_alive(&mut self) -> bool {

@@ -2,9 +2,21 @@
 
 mod common;
 
-use common::{echo, unique_name, Echo};
-use shmrpc::{Client, Error, Request, Server};
+use common::{echo, say, unique_name, Echo, Proc, ROLE};
+use shmrpc::{Client, Error, Request, Server, SlotState, WaitMode};
 use std::time::{Duration, Instant};
+
+/// Entry point of the child processes; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    match role.as_str() {
+        "stop-wakes-parked-caller" => stop_wakes_parked_caller(),
+        _ => panic!("unknown child role {role:?}"),
+    }
+}
 
 #[test]
 fn round_trip_carries_the_reply_and_the_call_id() {
@@ -285,33 +297,75 @@ fn timeout_then_the_next_call_gets_its_own_reply_never_the_late_one() {
     }
 }
 
-#[test]
-fn stopping_the_server_wakes_a_waiting_caller_with_server_gone() {
+/// Runs in a child whose callers park for 10 s at a time (`SHMRPC_TEST_PARK_SLICE_MS`), so
+/// that only the stop's own wake-up can end the caller's park within the bound below: a
+/// caller parked (`WaitMode::Park`) on its slot while the handler runs is woken by the stop
+/// with `ServerGone` within 1 s, and new calls fail fast.
+fn stop_wakes_parked_caller() {
     let name = unique_name("gone");
     let server = Server::builder(&name).serve(echo).unwrap();
     let stop = server.stop_handle();
-    let c = Client::connect(&name).unwrap();
+    let c = Client::builder(&name)
+        .wait_mode(WaitMode::Park)
+        .connect::<Echo, Echo>()
+        .unwrap();
     let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        // The caller's call is being served, and it parks at once (no spin): when the stats
+        // show the slot SERVING, the caller is parked or about to (either way, only a wake or
+        // a changed word ends its wait before the 10 s slice).
+        let t0 = Instant::now();
+        while !server
+            .stats()
+            .in_use
+            .iter()
+            .any(|u| u.state == SlotState::Serving)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the call never started"
+            );
+            std::thread::yield_now();
+        }
         let t = Instant::now();
         stop.stop();
-        t
+        (t, server)
     });
     let mut slow = Echo::new(1, "slow");
-    slow.sleep_ms = 2_000;
+    slow.sleep_ms = 5_000;
     let err = c
-        .request_timeout(&slow, Duration::from_secs(10))
+        .request_timeout(&slow, Duration::from_secs(30))
         .unwrap_err();
-    let stopped_at = stopper.join().unwrap();
+    let returned = Instant::now();
+    let (stopped_at, server) = stopper.join().unwrap();
     assert!(matches!(err, Error::ServerGone), "{err}");
-    // Woken by the stop itself, not by a slice timeout or the handler finishing.
-    assert!(stopped_at.elapsed() < Duration::from_millis(1_000));
+    let took = returned.duration_since(stopped_at);
+    // Woken by the stop itself: a slice lasts 10 s and the handler 5 s.
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the stop"
+    );
     // New calls fail fast.
+    let t0 = Instant::now();
     assert!(matches!(
         c.request(&Echo::new(2, "x")),
         Err(Error::ServerGone)
     ));
+    assert!(t0.elapsed() < Duration::from_secs(1));
     drop(server);
+    say(format!("ok woken {took:?} after the stop"));
+}
+
+#[test]
+fn stopping_the_server_wakes_a_parked_caller_with_server_gone() {
+    let mut child = Proc::spawn_with(
+        &[],
+        &[("SHMRPC_TEST_PARK_SLICE_MS", "10000")],
+        &["stop-wakes-parked-caller"],
+    );
+    let line = child.line();
+    assert!(line.starts_with("ok"), "{line}");
+    println!("{line}");
+    assert!(child.finish(Duration::from_secs(30)));
 }
 
 #[test]

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    echo, read_line, say, signal, unique_name, wait_for_stdin_eof, wait_stopped,
-    Echo, Gate, Proc, ROLE,
+    echo, read_line, say, signal, unique_name, wait_for_stdin_eof, wait_stopped, Echo, Gate, Proc,
+    ROLE,
 };
 use shmrpc::{Client, Server, SlotState, Stats, StatsView};
 use std::time::{Duration, Instant};
@@ -48,9 +48,15 @@ fn call_through_scans(name: &str, client: &Client<Echo>, scans: u64) -> u64 {
         let reply = client
             .request_timeout(&Echo::new(calls, text.clone()), Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("another caller's call {calls} failed: {e}"));
-        assert_eq!((reply.n.to_native(), reply.text.as_str()), (calls, &*format!("re:{text}")));
+        assert_eq!(
+            (reply.n.to_native(), reply.text.as_str()),
+            (calls, &*format!("re:{text}"))
+        );
         calls += 1;
-        assert!(t0.elapsed() < Duration::from_secs(30), "the reaper stopped scanning");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the reaper stopped scanning"
+        );
     }
     calls
 }
@@ -171,7 +177,9 @@ fn a_paused_client_keeps_its_call_and_disturbs_no_one_at_every_step() {
                 Some(SlotState::Replied)
             }
             _ => {
-                wait_for_stats(&name, "the child waiting for a slot", |s| s.free_waiters == 1);
+                wait_for_stats(&name, "the child waiting for a slot", |s| {
+                    s.free_waiters == 1
+                });
                 None
             }
         };
@@ -203,7 +211,10 @@ fn a_paused_client_keeps_its_call_and_disturbs_no_one_at_every_step() {
         }
         let result = child.line();
         assert!(result.starts_with("ok"), "{step}: {result}");
-        assert!(child.finish(Duration::from_secs(10)), "{step}: child failed");
+        assert!(
+            child.finish(Duration::from_secs(10)),
+            "{step}: child failed"
+        );
         // Nothing was left behind by the paused call or disturbed by it.
         let s = stats(&name);
         assert_eq!(

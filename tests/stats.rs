@@ -38,7 +38,18 @@ fn counters_and_histograms_count_every_call_and_a_view_reads_the_same() {
         .request_timeout(&slow, Duration::from_millis(20))
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }));
-    std::thread::sleep(Duration::from_millis(300));
+    // The abandoned call's handler finishes 200 ms later; the worker counts each call and
+    // records its times right after completing it. Wait for those records (bounded), then
+    // check every counter exactly.
+    let t0 = Instant::now();
+    while server.stats().handler_time.count() < 101 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            server.stats()
+        );
+        std::thread::yield_now();
+    }
 
     let s = server.stats();
     assert_eq!(s.served, 101, "{s:?}");
@@ -56,10 +67,11 @@ fn counters_and_histograms_count_every_call_and_a_view_reads_the_same() {
     // A held reply keeps its slot, which the view shows with its owner.
     let reply = client.request(&Echo::new(7, "held")).unwrap();
     let view = StatsView::open(&name).unwrap();
-    // The worker counts a call right after publishing its reply: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while view.stats().served < 102 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+    // The worker counts a call right after publishing its reply: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while view.stats().served < 102 {
+        assert!(Instant::now() < deadline, "{:?}", view.stats());
+        std::thread::yield_now();
     }
     let v = view.stats();
     assert_eq!(v.served, 102);

@@ -258,7 +258,11 @@ fn call_as(bus: &Bus, owner: u32, value: u64) -> u64 {
         "publish failed: the slot was taken from its live owner"
     );
     let st = protocol::wait_done(bus, bus, slot, gen, &mut forever()).expect("reply");
-    assert_eq!(st.kind(), State::REPLY, "the call did not end in its own reply");
+    assert_eq!(
+        st.kind(),
+        State::REPLY,
+        "the call did not end in its own reply"
+    );
     let reply = bus.read(slot);
     assert!(
         protocol::release(bus, bus, slot, st),
@@ -307,7 +311,10 @@ fn model_1(mutant: Mutant) {
         gens.sort_unstable();
         // The loser got the slot after the winner released it: the next generation.
         assert_eq!(gens, [0, 1]);
-        assert_eq!(bus.state(0), State::new(State::FREE, 2 << State::OWNER_BITS));
+        assert_eq!(
+            bus.state(0),
+            State::new(State::FREE, 2 << State::OWNER_BITS)
+        );
     });
 }
 
@@ -685,7 +692,12 @@ fn model_9(mutant: Mutant) {
             drop(e);
         }
         assert_eq!(bus.read(slot), 70);
-        assert!(protocol::release(&*bus, &*bus, slot, State::new(State::REPLY, gen)));
+        assert!(protocol::release(
+            &*bus,
+            &*bus,
+            slot,
+            State::new(State::REPLY, gen)
+        ));
         server.join().unwrap();
         helper.join().unwrap();
     });
@@ -930,7 +942,11 @@ fn model_13(mutant: Mutant) {
         assert_eq!(st.kind(), State::ACCEPTED);
         assert_eq!(call(&bus, 6), 60);
         server.join().unwrap();
-        assert_eq!(ran.load(Ordering::SeqCst), 3, "the one-way handler saw other bytes");
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            3,
+            "the one-way handler saw other bytes"
+        );
     });
 }
 
@@ -988,7 +1004,10 @@ fn model_15(mutant: Mutant) {
         let bus = Bus::new(1, mutant);
         let (slot, old) = protocol::try_claim(&*bus, 1, 0).unwrap();
         // The peer's blind write: the slot is FREE again, at the next generation.
-        bus.slots[0].store(State::new(State::FREE, 1 << State::OWNER_BITS).0, Ordering::SeqCst);
+        bus.slots[0].store(
+            State::new(State::FREE, 1 << State::OWNER_BITS).0,
+            Ordering::SeqCst,
+        );
         let server = {
             let bus = bus.clone();
             thread::spawn(move || serve(&bus, 1))
@@ -1026,7 +1045,10 @@ fn model_16(mutant: Mutant) {
         let bus = Bus::new(1, mutant);
         let stale_reply = State::new(State::REPLY, 1);
         // A peer's blind write took client 1's reply slot away: FREE at the next generation.
-        bus.slots[0].store(State::new(State::FREE, 1 << State::OWNER_BITS).0, Ordering::SeqCst);
+        bus.slots[0].store(
+            State::new(State::FREE, 1 << State::OWNER_BITS).0,
+            Ordering::SeqCst,
+        );
         let server = {
             let bus = bus.clone();
             thread::spawn(move || serve(&bus, 1))
@@ -1121,7 +1143,10 @@ fn mutants_are_caught() {
             "mutant_reap_by_store_breaks_model_12",
             "Causality violation|deadlock|left: 5|right: 50",
         ),
-        ("mutant_no_generation_breaks_model_13", "not accepted|deadlock"),
+        (
+            "mutant_no_generation_breaks_model_13",
+            "not accepted|deadlock",
+        ),
         ("mutant_shutdown_no_worker_wake_breaks_model_14", "deadlock"),
         (
             "mutant_publish_by_store_breaks_model_15",

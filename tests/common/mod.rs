@@ -88,13 +88,20 @@ pub fn wait_stopped(pid: u32) {
     // SAFETY: waitpid writes the status into our local; `pid` is our child.
     let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WUNTRACED) };
     assert_eq!(r, pid as i32, "waitpid failed");
-    assert!(libc::WIFSTOPPED(status), "child {pid} did not stop (status {status:#x})");
+    assert!(
+        libc::WIFSTOPPED(status),
+        "child {pid} did not stop (status {status:#x})"
+    );
 }
 
 /// Sends `sig` to process `pid`.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill({pid}, {sig})"
+    );
 }
 
 /// The echo handler: sleeps if asked, panics on `text == "panic"`, and otherwise replies with
@@ -140,6 +147,11 @@ impl Proc {
     /// [`Proc::spawn`] through a wrapper command (`prefix`, for example `unshare --pid`), which
     /// runs this test binary as its last argument.
     pub fn spawn_under(prefix: &[&str], role: &[&str]) -> Proc {
+        Proc::spawn_with(prefix, &[], role)
+    }
+
+    /// [`Proc::spawn_under`] with extra environment variables.
+    pub fn spawn_with(prefix: &[&str], env: &[(&str, &str)], role: &[&str]) -> Proc {
         let exe = std::env::current_exe().unwrap();
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
@@ -158,6 +170,7 @@ impl Proc {
                 "1",
             ])
             .env(ROLE, role.join(" "))
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
