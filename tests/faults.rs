@@ -12,8 +12,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Offsets from DESIGN.md (pinned by compile-time assertions in `src/layout.rs`).
-
 /// The path of a server's mapping, for the raw-access children.
 fn object_path(name: &str) -> String {
     format!(
