@@ -2,8 +2,8 @@
 //! alternatives, in one binary and one run, so that ratios are meaningful on a noisy machine.
 //!
 //! ```text
-//! cargo bench --bench rpc                          # shmrpc and the in-house baselines
-//! cargo bench --bench rpc --features bench-peers   # plus iceoryx2 and ipc-channel
+//! cargo bench -p shmrpc-bench --bench rpc                          # shmrpc and the in-house baselines
+//! cargo bench -p shmrpc-bench --bench rpc --features bench-peers   # plus iceoryx2 and ipc-channel
 //! ```
 //!
 //! This binary is also every server: it re-executes itself with `SHMRPC_BENCH_ROLE` set.
@@ -14,6 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use rustix::fs::Mode;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
+use shmrpc::rkyv;
 use shmrpc::{Client, Request, Server, WaitMode};
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -298,7 +298,7 @@ pub struct ServerEntry {
     /// Whether it is running (else the mapping is stale: its server died or is starting).
     pub alive: bool,
     /// The mapping's layout version, if its header is readable; a server built with another
-    /// layout version than this library's ([`crate::layout::LAYOUT_VERSION`]) cannot be
+    /// layout version than this library's ([`crate::LAYOUT_VERSION`]) cannot be
     /// called or inspected by it.
     pub layout_version: Option<u32>,
 }

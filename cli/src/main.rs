@@ -124,11 +124,11 @@ fn list() -> Result<(), Fail> {
         };
         if let Some(v) = s
             .layout_version
-            .filter(|&v| v != shmrpc::layout::LAYOUT_VERSION)
+            .filter(|&v| v != shmrpc::LAYOUT_VERSION)
         {
             state.push_str(&format!(
                 " [layout v{v}: another shmrpc version, this tool reads v{}]",
-                shmrpc::layout::LAYOUT_VERSION
+                shmrpc::LAYOUT_VERSION
             ));
         }
         println!("{:<32} {:>8}  {state}", s.name, pid);

@@ -2,6 +2,7 @@
 //! futures at once with a fixed number of helper threads; timeouts; cancellation at random
 //! points; no CPU burnt while futures wait.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{echo, unique_name, Echo, Rng};
