@@ -172,7 +172,7 @@ impl Hub {
     fn expire_queued(&self, now: Instant) -> Option<Instant> {
         loop {
             let mut q = lock(&self.queue);
-            if q.earliest.map_or(true, |e| e > now) {
+            if q.earliest.is_none_or(|e| e > now) {
                 return q.earliest;
             }
             let expired = q

@@ -110,15 +110,20 @@ pub use rkyv;
 ///     count: u32,
 /// }
 ///
-/// #[shmrpc::message(derive(Debug))] // arguments go to `#[rkyv(..)]`: here, on the archive
+/// // Arguments go to `#[rkyv(..)]`: here, `Debug` for the archived `ArchivedCommand` too.
+/// #[shmrpc::message(derive(Debug))]
+/// #[derive(Debug)]
 /// enum Command {
 ///     Ping,
-///     Say(Hello),
+///     Say { text: String },
 /// }
 ///
 /// fn is_message<T: shmrpc::Message>() {}
 /// is_message::<Hello>();
 /// is_message::<Command>();
+/// let bytes = shmrpc::rkyv::to_bytes::<shmrpc::rkyv::rancor::Error>(&Command::Ping).unwrap();
+/// let archived = shmrpc::rkyv::access::<ArchivedCommand, shmrpc::rkyv::rancor::Error>(&bytes);
+/// assert_eq!(format!("{:?}", archived.unwrap()), "Ping");
 /// ```
 ///
 /// It is an attribute rather than a derive because a derive macro cannot add derives. It

@@ -427,7 +427,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
                 serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
                 served = served.wrapping_add(1);
-                if served % 16 == 0 {
+                if served.is_multiple_of(16) {
                     cpu.note();
                 }
             }
