@@ -82,6 +82,9 @@ pub use async_call::{CallFuture, PingFuture, RequestFuture, SendFuture};
 #[cfg(not(loom))]
 pub use client::{Client, ClientBuilder, Reply, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
+/// The version of the mapping layout this build reads and writes; a server of another version
+/// shows it in [`ServerEntry::layout_version`], and this build cannot call or inspect it.
+pub use layout::LAYOUT_VERSION;
 #[cfg(not(loom))]
 pub use message::Message;
 #[cfg(not(loom))]
@@ -90,9 +93,6 @@ pub use server::{Request, Server, ServerBuilder, StopHandle};
 pub use stats::{clean, list, Histogram, ServerEntry, SlotState, SlotUse, Stats, StatsView};
 #[cfg(not(loom))]
 pub use trust::Trust;
-/// The version of the mapping layout this build reads and writes; a server of another version
-/// shows it in [`ServerEntry::layout_version`], and this build cannot call or inspect it.
-pub use layout::LAYOUT_VERSION;
 #[cfg(not(loom))]
 pub use wait::WaitMode;
 

@@ -341,5 +341,9 @@ fn a_reply_held_across_await_in_a_spawned_tokio_task_stays_its_own() {
         }
     });
     std::thread::sleep(Duration::from_millis(50));
-    assert!(server.stats().in_use.is_empty(), "{:?}", server.stats().in_use);
+    assert!(
+        server.stats().in_use.is_empty(),
+        "{:?}",
+        server.stats().in_use
+    );
 }

@@ -149,10 +149,7 @@ fn list() -> Result<(), Fail> {
         } else {
             "stale (`shmrpc clean` removes it)".to_string()
         };
-        if let Some(v) = s
-            .layout_version
-            .filter(|&v| v != shmrpc::LAYOUT_VERSION)
-        {
+        if let Some(v) = s.layout_version.filter(|&v| v != shmrpc::LAYOUT_VERSION) {
             state.push_str(&format!(
                 " [layout v{v}: another shmrpc version, this tool reads v{}]",
                 shmrpc::LAYOUT_VERSION
@@ -201,7 +198,10 @@ fn stat(name: &str, watch: bool, interval: Duration) -> Result<(), Fail> {
         let _ = write!(out, "\x1b[H\x1b[2J{}", render(name, &s));
         let _ = out.flush();
         if !s.alive {
-            return Err(Fail(format!("server {name:?} stopped or died"), EXIT_BAD_INPUT));
+            return Err(Fail(
+                format!("server {name:?} stopped or died"),
+                EXIT_BAD_INPUT,
+            ));
         }
         std::thread::sleep(interval);
     }
@@ -403,7 +403,9 @@ fn bench(payload: usize, clients: usize, duration: f64) -> Result<(), Fail> {
         let hist = w
             .join()
             .map_err(|_| Fail("a client thread panicked".into(), EXIT_OTHER))??;
-        total.add(&hist).map_err(|e| Fail(e.to_string(), EXIT_OTHER))?;
+        total
+            .add(&hist)
+            .map_err(|e| Fail(e.to_string(), EXIT_OTHER))?;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();

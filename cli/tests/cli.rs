@@ -169,7 +169,12 @@ fn bad_arguments_exit_1_and_help_and_version_exit_0() {
         assert!(o.stdout.is_empty(), "{args:?}: {}", text(&o));
         assert!(!o.stderr.is_empty(), "{args:?}");
     }
-    for args in [vec!["--help"], vec!["help"], vec!["ping", "--help"], vec!["--version"]] {
+    for args in [
+        vec!["--help"],
+        vec!["help"],
+        vec!["ping", "--help"],
+        vec!["--version"],
+    ] {
         let o = shmrpc(&args);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
         assert!(!o.stdout.is_empty(), "{args:?}");
