@@ -112,6 +112,34 @@ struct Inner {
 /// A handle on the server `name`, sending `Req` and receiving `Resp` (by default the same
 /// type). Cheap to create and to clone; `Send + Sync`; any number of threads may call through
 /// one handle at once, each call in its own slot.
+///
+/// ```
+/// use shmrpc::{Client, Error, Request, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), Error> {
+/// # let name = format!("doc-client-{}", std::process::id());
+/// let _server = Server::builder(&name).serve(|req: Request<'_, u64>| req.to_native() + 1)?;
+///
+/// let client: Client<u64> = Client::connect(&name)?; // same type both ways
+/// assert_eq!(*client.request(&41)?, 42);
+///
+/// let typed = Client::builder(&name) // a timeout, other types, a wait mode, a trust mode
+///     .timeout(Duration::from_secs(1))
+///     .connect::<u64, u64>()?;
+/// assert_eq!(*typed.request(&1)?, 2);
+///
+/// // Many threads may call through one handle (or its clones) at once.
+/// std::thread::scope(|s| {
+///     for i in 0..4u64 {
+///         let c = client.clone();
+///         s.spawn(move || assert_eq!(*c.request(&i).unwrap(), i + 1));
+///     }
+/// });
+///
+/// assert!(matches!(Client::<u64>::connect("no-such-server"), Err(Error::NotFound { .. })));
+/// # Ok(()) }
+/// ```
 pub struct Client<Req, Resp = Req> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(&Req) -> Resp>,

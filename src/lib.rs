@@ -89,6 +89,7 @@ pub use layout::LAYOUT_VERSION;
 pub use message::Message;
 #[cfg(not(loom))]
 pub use server::{Request, Server, ServerBuilder, StopHandle};
+
 #[cfg(not(loom))]
 pub use stats::{clean, list, Histogram, ServerEntry, SlotState, SlotUse, Stats, StatsView};
 #[cfg(not(loom))]
