@@ -394,8 +394,8 @@ fn calls_in_threads(client: &Client<[u8; 64], [u8; 64]>, threads: usize, iters: 
     last - first
 }
 
-/// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench -p shmrpc-bench --bench rpc`: the throughput table's ratios,
-/// interleaved. For each worker count one server runs; in each round every thread count makes
+/// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench -p shmrpc-bench --bench rpc`: the throughput
+/// table's ratios, interleaved. For each worker count one server runs; in each round every thread count makes
 /// its calls in turn, and "8 threads / best" is taken within the round.
 fn interleaved_throughput(rounds: usize) {
     const THREADS: [usize; 4] = [1, 2, 4, 8];
@@ -767,7 +767,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 type Factory = Box<dyn Fn() -> Session>;
 
-/// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench -p shmrpc-bench --bench rpc [--features bench-peers]`
+/// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench -p shmrpc-bench --bench rpc
+/// [--features bench-peers]`
 fn interleaved(rounds: usize) {
     println!("interleaved comparison, {rounds} rounds: in each round every contender runs one");
     println!("session (server started, warm-up, timed batch, server stopped), in turn.");
