@@ -2,8 +2,8 @@
 //! alternatives, in one binary and one run, so that ratios are meaningful on a noisy machine.
 //!
 //! ```text
-//! cargo bench --bench rpc                          # shmrpc and the in-house baselines
-//! cargo bench --bench rpc --features bench-peers   # plus iceoryx2 and ipc-channel
+//! cargo bench -p shmrpc-bench --bench rpc                          # shmrpc and the in-house baselines
+//! cargo bench -p shmrpc-bench --bench rpc --features bench-peers   # plus iceoryx2 and ipc-channel
 //! ```
 //!
 //! This binary is also every server: it re-executes itself with `SHMRPC_BENCH_ROLE` set.
@@ -14,6 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use rustix::fs::Mode;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
+use shmrpc::rkyv;
 use shmrpc::{Client, Request, Server, WaitMode};
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -393,8 +394,8 @@ fn calls_in_threads(client: &Client<[u8; 64], [u8; 64]>, threads: usize, iters: 
     last - first
 }
 
-/// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench --bench rpc`: the throughput table's ratios,
-/// interleaved. For each worker count one server runs; in each round every thread count makes
+/// `SHMRPC_BENCH_THROUGHPUT=ROUNDS cargo bench -p shmrpc-bench --bench rpc`: the throughput
+/// table's ratios, interleaved. For each worker count one server runs; in each round every thread count makes
 /// its calls in turn, and "8 threads / best" is taken within the round.
 fn interleaved_throughput(rounds: usize) {
     const THREADS: [usize; 4] = [1, 2, 4, 8];
@@ -766,7 +767,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 type Factory = Box<dyn Fn() -> Session>;
 
-/// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench --bench rpc [--features bench-peers]`
+/// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench -p shmrpc-bench --bench rpc
+/// [--features bench-peers]`
 fn interleaved(rounds: usize) {
     println!("interleaved comparison, {rounds} rounds: in each round every contender runs one");
     println!("session (server started, warm-up, timed batch, server stopped), in turn.");

@@ -5,12 +5,20 @@ use shmrpc::Client;
 use std::time::Duration;
 
 /// The message both sides exchange.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[shmrpc::message]
+#[derive(Debug)]
 struct Hello {
     text: String,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let text = if text.is_empty() {
         "server".into()

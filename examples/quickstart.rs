@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The message both sides exchange.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[shmrpc::message]
+#[derive(Debug)]
 struct Hello {
     text: String,
 }
@@ -19,11 +20,16 @@ struct Hello {
 const NAME: &str = "shmrpc-quickstart";
 const BURST: usize = 100_000;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    match std::env::args().nth(1).as_deref() {
+fn main() {
+    let role = std::env::args().nth(1);
+    let run = match role.as_deref() {
         Some("server") => run_server(),
         Some("client") => run_client(),
         _ => run_both(),
+    };
+    if let Err(e) = run {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -4,12 +4,20 @@
 use shmrpc::{Request, Server};
 
 /// The message both sides exchange.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[shmrpc::message]
+#[derive(Debug)]
 struct Hello {
     text: String,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::builder("TestRpcServer")
         .capacity(1 << 20)
         .workers(2)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the tables (and the plot) of BENCHMARKS.md from criterion's output.
 
-    cargo bench --bench rpc --features bench-peers
+    cargo bench -p shmrpc-bench --bench rpc --features bench-peers
     python3 scripts/bench_report.py            # rewrites BENCHMARKS.md between the markers
     python3 scripts/bench_report.py --also RUN_DIR...   # plus key ratios of earlier runs
                                                # (copies of target/criterion, oldest first)

@@ -172,7 +172,7 @@ impl Hub {
     fn expire_queued(&self, now: Instant) -> Option<Instant> {
         loop {
             let mut q = lock(&self.queue);
-            if q.earliest.map_or(true, |e| e > now) {
+            if q.earliest.is_none_or(|e| e > now) {
                 return q.earliest;
             }
             let expired = q
@@ -438,7 +438,16 @@ enum Step {
 }
 
 /// The future of an async call. It needs no particular runtime; it does nothing until first
-/// polled; dropping it cancels the call safely (see the module documentation).
+/// polled, and its timeout counts from that first poll.
+///
+/// Dropping it at any point cancels the call safely: its slot goes back to the server as a
+/// timed-out blocking call's does, and a reply that arrives late is discarded, never seen by
+/// the slot's next call. While it waits, one helper thread per process and server (however
+/// many futures wait) sleeps on a futex in the mapping and wakes the tasks whose call is done.
+///
+/// It is `Send` when `Req` is `Sync`, so it can run in a spawned task of a multi-thread
+/// runtime; the [`Reply`] a request resolves to is `Send` when the archived reply type is
+/// `Sync`, so it can be held across an `.await` there too.
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
     client: &'c Client<Req, Resp>,

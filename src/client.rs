@@ -107,6 +107,34 @@ struct Inner {
 /// A handle on the server `name`, sending `Req` and receiving `Resp` (by default the same
 /// type). Cheap to create and to clone; `Send + Sync`; any number of threads may call through
 /// one handle at once, each call in its own slot.
+///
+/// ```
+/// use shmrpc::{Client, Error, Request, Server};
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), Error> {
+/// # let name = format!("doc-client-{}", std::process::id());
+/// let _server = Server::builder(&name).serve(|req: Request<'_, u64>| req.to_native() + 1)?;
+///
+/// let client: Client<u64> = Client::connect(&name)?; // same type both ways
+/// assert_eq!(*client.request(&41)?, 42);
+///
+/// let typed = Client::builder(&name) // a timeout, other types, a wait mode, a trust mode
+///     .timeout(Duration::from_secs(1))
+///     .connect::<u64, u64>()?;
+/// assert_eq!(*typed.request(&1)?, 2);
+///
+/// // Many threads may call through one handle (or its clones) at once.
+/// std::thread::scope(|s| {
+///     for i in 0..4u64 {
+///         let c = client.clone();
+///         s.spawn(move || assert_eq!(*c.request(&i).unwrap(), i + 1));
+///     }
+/// });
+///
+/// assert!(matches!(Client::<u64>::connect("no-such-server"), Err(Error::NotFound { .. })));
+/// # Ok(()) }
+/// ```
 pub struct Client<Req, Resp = Req> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(&Req) -> Resp>,
@@ -140,9 +168,9 @@ impl<T: Message> Client<T, T> {
 
 impl Client<(), ()> {
     /// A builder, for a timeout, a wait mode, or different request and reply types.
-    pub fn builder(name: &str) -> ClientBuilder {
+    pub fn builder(name: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
-            name: name.to_owned(),
+            name: name.into(),
             timeout: DEFAULT_TIMEOUT,
             wait: WaitMode::default(),
             trust: Trust::default(),
@@ -289,7 +317,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         match message::access::<Resp>(bytes) {
             Ok(archived) => Ok(Reply {
                 id: done.id,
-                archived,
+                archived: ArchivedPtr(archived),
                 held,
                 _t: PhantomData,
             }),
@@ -525,12 +553,36 @@ impl Drop for Held {
     }
 }
 
+/// A pointer to a validated archived reply inside a [`Held`], which keeps it alive; it is used
+/// only as a shared reference, so it is `Send` and `Sync` exactly when `&T` is.
+struct ArchivedPtr<T: ?Sized>(*const T);
+
+// SAFETY: an `ArchivedPtr` is only ever turned into a `&T` (in `Reply::archived`), never
+// written through; sending it to another thread shares `T`, which `T: Sync` allows, as it
+// does for `&T`. The bytes it points to stay valid wherever the `Reply` goes: the slot stays
+// this process's (REPLY at our generation) until `Held` drops, whichever thread drops it (the
+// slot is owned by the process, not by a thread, and `release` is an atomic store), and a
+// private copy is a heap buffer that does not move.
+unsafe impl<T: ?Sized + Sync> Send for ArchivedPtr<T> {}
+// SAFETY: sharing an `ArchivedPtr` between threads only lets each of them make a `&T`, which
+// `T: Sync` allows.
+unsafe impl<T: ?Sized + Sync> Sync for ArchivedPtr<T> {}
+
 /// A reply, read in place in the server's mapping (or, untrusted, in a private copy); derefs
 /// to the archived reply. In place, the slot stays this call's until the `Reply` drops, so
 /// drop it before making many more calls.
+///
+/// A `Reply` is `Send` and `Sync` when the archived reply type is `Sync` (every type rkyv
+/// derives an archive for is, unless it holds a non-`Sync` field), so it can be held across an
+/// `.await` in a task that a multi-thread runtime moves between threads:
+///
+/// ```
+/// fn assert_send_sync<T: Send + Sync>() {}
+/// assert_send_sync::<shmrpc::Reply<'static, String>>();
+/// ```
 pub struct Reply<'c, Resp: Message> {
     id: Uuid,
-    archived: *const Resp::Archived,
+    archived: ArchivedPtr<Resp::Archived>,
     held: Held,
     _t: PhantomData<ReplyMarker<'c, Resp>>,
 }
@@ -545,7 +597,7 @@ impl<Resp: Message> Reply<'_, Resp> {
         // SAFETY: `archived` points into `held` (our slot, which is in REPLY and ours until
         // `held` drops, or our private copy, which does not move: the vector is never
         // resized), validated by bytecheck; both live as long as `&self`.
-        unsafe { &*self.archived }
+        unsafe { &*self.archived.0 }
     }
     /// An owned copy of the reply.
     pub fn deserialize(&self) -> Result<Resp> {

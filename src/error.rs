@@ -4,6 +4,18 @@ use std::fmt;
 use std::time::Duration;
 
 /// Everything that can go wrong with a server or a call.
+///
+/// Each variant's `Display` is a sentence a user can act on:
+///
+/// ```
+/// use shmrpc::{Client, Error};
+///
+/// match Client::<String>::connect("no-such-server") {
+///     Err(e @ Error::NotFound { .. }) => eprintln!("error: {e}"), // no server named ...
+///     Err(e) => eprintln!("error: {e}"),
+///     Ok(_) => unreachable!(),
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {

@@ -44,7 +44,7 @@ impl Rich {
             n,
             text: format!("sample {n}"),
             values: (0..(n % 7) as u32).collect(),
-            tags: (n % 2 == 0).then(|| vec!["a".into(), "bc".into()]),
+            tags: n.is_multiple_of(2).then(|| vec!["a".into(), "bc".into()]),
             shape: match n % 3 {
                 0 => Shape::Empty,
                 1 => Shape::Bytes(vec![1, 2, 3]),

@@ -354,7 +354,7 @@ pub struct Layout {
 impl Layout {
     /// The geometry for `capacity` bytes split into `slots` slots, or `InvalidConfig`.
     pub fn new(capacity: usize, slots: u32) -> Result<Layout, Error> {
-        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % 4096 != 0 {
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || !capacity.is_multiple_of(4096) {
             return Err(Error::InvalidConfig(format!(
                 "capacity {capacity} must be a multiple of 4096 in {MIN_CAPACITY}..={MAX_CAPACITY} bytes"
             )));

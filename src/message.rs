@@ -14,9 +14,9 @@ use std::cell::Cell;
 use uuid::Uuid;
 
 /// A type that can travel through shmrpc: any rkyv type whose archive validates with
-/// bytecheck. `String`, `Vec<u8>`, primitives, tuples and every
-/// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]` type qualify; the blanket
-/// impl means nobody implements this by hand.
+/// bytecheck. `String`, `Vec<u8>`, primitives, tuples and every [`#[shmrpc::message]`](macro@crate::message)
+/// type (or `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]` type) qualify; the
+/// blanket impl means nobody implements this by hand.
 pub trait Message:
     rkyv::Archive<
         Archived: rkyv::Portable

@@ -206,6 +206,24 @@ impl Shared {
 
 /// A running server. Dropping it stops the workers, wakes every waiting caller with
 /// `ServerGone` and removes the name.
+///
+/// ```
+/// use shmrpc::{Client, Request, Server};
+///
+/// # fn main() -> Result<(), shmrpc::Error> {
+/// # let name = format!("doc-server-{}", std::process::id());
+/// let server = Server::builder(&name)
+///     .workers(2)
+///     .serve(|req: Request<'_, String>| format!("{} bytes from call {}", req.len(), req.id()))?;
+/// let stop = server.stop_handle();
+/// std::thread::spawn(move || {
+///     let client: Client<String> = Client::connect(&name).unwrap();
+///     println!("{}", client.request(&"hello".to_string()).unwrap().as_str());
+///     stop.stop(); // or from a Ctrl-C handler
+/// });
+/// server.join(); // until stopped; the name is removed
+/// # Ok(()) }
+/// ```
 pub struct Server {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -427,7 +445,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
                 serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
                 served = served.wrapping_add(1);
-                if served % 16 == 0 {
+                if served.is_multiple_of(16) {
                     cpu.note();
                 }
             }

@@ -277,6 +277,21 @@ impl Stats {
 /// user. It maps the mapping read-only and writes nothing: the server cannot tell it is there.
 /// It also opens the mapping of a server that died (its statistics as they were, `alive:
 /// false`).
+///
+/// ```
+/// # fn main() -> Result<(), shmrpc::Error> {
+/// # let name = format!("doc-statsview-{}", std::process::id());
+/// let server = shmrpc::Server::builder(&name).serve(|req: shmrpc::Request<'_, u8>| *req)?;
+/// shmrpc::Client::<u8>::connect(&name)?.request(&7)?;
+///
+/// // In any process of the same user:
+/// let view = shmrpc::StatsView::open(&name)?;
+/// let stats = view.stats();
+/// assert!(stats.alive);
+/// assert_eq!(stats.served, 1);
+/// println!("handler time p50 < {:?}", stats.handler_time.quantile(0.5));
+/// # drop(server); Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct StatsView {
     map: Mapping,
@@ -309,13 +324,21 @@ pub struct ServerEntry {
     /// Whether it is running (else the mapping is stale: its server died or is starting).
     pub alive: bool,
     /// The mapping's layout version, if its header is readable; a server built with another
-    /// layout version than this library's ([`crate::layout::LAYOUT_VERSION`]) cannot be
+    /// layout version than this library's ([`crate::LAYOUT_VERSION`]) cannot be
     /// called or inspected by it.
     pub layout_version: Option<u32>,
 }
 
 /// The server mappings of this user on this machine, sorted by name, each marked alive or
 /// stale. Reads headers only (read-only), like [`StatsView`].
+///
+/// ```
+/// for server in shmrpc::list()? {
+///     let state = if server.alive { "alive" } else { "stale" };
+///     println!("{} (pid {:?}): {state}", server.name, server.pid);
+/// }
+/// # Ok::<(), shmrpc::Error>(())
+/// ```
 pub fn list() -> Result<Vec<ServerEntry>> {
     let mut out = Vec::new();
     for name in crate::shm::list_names()? {
@@ -342,6 +365,15 @@ pub fn list() -> Result<Vec<ServerEntry>> {
 /// Removes the mappings of dead servers of this user, never a live one: a name is removed
 /// only while its lock can be taken, which no running server allows. Returns the names
 /// removed.
+///
+/// ```no_run
+/// // (Not run by the doctests: it would remove stale servers that other tests on the machine
+/// // create on purpose.)
+/// for name in shmrpc::clean()? {
+///     println!("removed the leftovers of {name}");
+/// }
+/// # Ok::<(), shmrpc::Error>(())
+/// ```
 pub fn clean() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for name in crate::shm::list_names()? {

@@ -7,6 +7,23 @@ use rkyv::util::AlignedVec;
 ///
 /// Validation (bytecheck) happens in both modes. What differs is what a peer that writes into
 /// the mapping *while* this process reads an archive can do: see DESIGN.md, "Threat model".
+///
+/// Set it on each side, on the builders:
+///
+/// ```
+/// use shmrpc::{Client, Request, Server, Trust};
+///
+/// # fn main() -> Result<(), shmrpc::Error> {
+/// # let name = format!("doc-trust-{}", std::process::id());
+/// let _server = Server::builder(&name)
+///     .trust(Trust::Untrusted) // requests are copied out and checksummed before validation
+///     .serve(|req: Request<'_, String>| req.to_uppercase())?;
+/// let client = Client::builder(&name)
+///     .trust(Trust::Untrusted) // so are replies
+///     .connect::<String, String>()?;
+/// assert_eq!(client.request(&"abc".to_string())?.as_str(), "ABC");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Trust {
     /// Validate and read in place: zero copies. The peers are trusted to follow the protocol

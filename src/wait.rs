@@ -11,6 +11,24 @@ use crate::sync::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a caller or a worker waits for its peer.
+///
+/// Set it on each side, on the builders:
+///
+/// ```
+/// use shmrpc::{Client, Request, Server, WaitMode};
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), shmrpc::Error> {
+/// # let name = format!("doc-waitmode-{}", std::process::id());
+/// let _server = Server::builder(&name)
+///     .wait_mode(WaitMode::Park) // no CPU while idle; each hand-off pays a wake-up
+///     .serve(|req: Request<'_, u32>| req.to_native())?;
+/// let client = Client::builder(&name)
+///     .wait_mode(WaitMode::Adaptive { spin: Duration::from_micros(20) })
+///     .connect::<u32, u32>()?;
+/// assert_eq!(*client.request(&5)?, 5);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitMode {
     /// Spin (then yield) for up to `spin`, then park on the futex. The default, with 50 µs.

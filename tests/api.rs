@@ -61,6 +61,34 @@ fn different_request_and_reply_types() {
     assert_eq!(*c.request(&"four".to_string()).unwrap(), 4);
 }
 
+/// `Reply` is `Send + Sync` (its archived type is): one can be read from several threads and
+/// dropped on another than the one that made the call. Fails if a reply dropped on another
+/// thread did not give its slot back (the second loop would wait for a slot and time out).
+#[test]
+fn a_reply_read_and_dropped_on_other_threads_gives_its_slot_back() {
+    let name = unique_name("reply-send");
+    let server = Server::builder(&name).slots(2).serve(echo).unwrap();
+    let client = Client::builder(&name)
+        .timeout(Duration::from_secs(5))
+        .connect::<Echo, Echo>()
+        .unwrap();
+    for n in 0..20u64 {
+        let reply = client.request(&Echo::new(n, format!("m{n}"))).unwrap();
+        std::thread::scope(|s| {
+            let shared = &reply;
+            s.spawn(move || assert_eq!(shared.n, n));
+            s.spawn(move || assert_eq!(shared.text, format!("re:m{n}")));
+        });
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                assert_eq!(reply.n, n);
+                drop(reply);
+            });
+        });
+    }
+    assert!(server.stats().in_use.is_empty());
+}
+
 #[test]
 fn one_handle_shared_by_many_threads_gets_each_its_own_reply() {
     let name = unique_name("threads");

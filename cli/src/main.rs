@@ -1,7 +1,7 @@
 //! `shmrpc`: list, inspect, ping, benchmark and clean up the shmrpc servers of this user.
 //!
-//! Every failure is one line on stderr and a non-zero exit: 1 for a missing or stale server
-//! or bad input, 2 for a permission problem, 3 for anything else.
+//! Every failure is one line on stderr (clap's usage message for bad arguments) and a non-zero
+//! exit: [`EXIT_CODES`] says which, and `--help` prints it.
 
 use clap::{Parser, Subcommand};
 use shmrpc::{Client, Error, Histogram, Request, Server, SlotState, Stats, StatsView};
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 #[command(
     name = "shmrpc",
     version,
-    about = "Inspect and exercise shmrpc servers"
+    about = "Inspect and exercise shmrpc servers",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,22 +65,48 @@ enum Command {
     Clean,
 }
 
+/// The exit-code convention, printed by `--help` (README.md says the same).
+const EXIT_CODES: &str = "Exit status: 0 on success; 1 for bad arguments or input, or a missing \
+or stale server; 2 for a permission problem; 3 for anything else.";
+/// Exit status for bad arguments or input, or a missing or stale server.
+const EXIT_BAD_INPUT: u8 = 1;
+/// Exit status for a permission problem.
+const EXIT_PERMISSION: u8 = 2;
+/// Exit status for any other failure.
+const EXIT_OTHER: u8 = 3;
+
 /// A one-line failure and its exit code.
 struct Fail(String, u8);
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         let code = match &e {
-            Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => 2,
-            Error::NotFound { .. } | Error::InvalidName { .. } | Error::ServerGone => 1,
-            _ => 3,
+            Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => EXIT_PERMISSION,
+            Error::NotFound { .. }
+            | Error::InvalidName { .. }
+            | Error::InvalidConfig(_)
+            | Error::PayloadTooLarge { .. }
+            | Error::ServerGone => EXIT_BAD_INPUT,
+            _ => EXIT_OTHER,
         };
         Fail(e.to_string(), code)
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are "errors" that print to stdout: exit 0. Anything else
+        // clap rejects is bad input (clap itself would exit 2, our permission code).
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::List => list(),
         Command::Stat {
@@ -122,13 +149,10 @@ fn list() -> Result<(), Fail> {
         } else {
             "stale (`shmrpc clean` removes it)".to_string()
         };
-        if let Some(v) = s
-            .layout_version
-            .filter(|&v| v != shmrpc::layout::LAYOUT_VERSION)
-        {
+        if let Some(v) = s.layout_version.filter(|&v| v != shmrpc::LAYOUT_VERSION) {
             state.push_str(&format!(
                 " [layout v{v}: another shmrpc version, this tool reads v{}]",
-                shmrpc::layout::LAYOUT_VERSION
+                shmrpc::LAYOUT_VERSION
             ));
         }
         println!("{:<32} {:>8}  {state}", s.name, pid);
@@ -143,7 +167,7 @@ fn open_live(name: &str) -> Result<StatsView, Fail> {
         Err(Error::NotFound { .. }) => {
             return Err(Fail(
                 format!("no server named {name:?} (see `shmrpc list`)"),
-                1,
+                EXIT_BAD_INPUT,
             ))
         }
         Err(e) => return Err(e.into()),
@@ -155,7 +179,7 @@ fn open_live(name: &str) -> Result<StatsView, Fail> {
                 "server {name:?} is stale: its process {} is gone (`shmrpc clean` removes it)",
                 s.server_pid
             ),
-            1,
+            EXIT_BAD_INPUT,
         ));
     }
     Ok(view)
@@ -174,7 +198,10 @@ fn stat(name: &str, watch: bool, interval: Duration) -> Result<(), Fail> {
         let _ = write!(out, "\x1b[H\x1b[2J{}", render(name, &s));
         let _ = out.flush();
         if !s.alive {
-            return Err(Fail(format!("server {name:?} stopped or died"), 1));
+            return Err(Fail(
+                format!("server {name:?} stopped or died"),
+                EXIT_BAD_INPUT,
+            ));
         }
         std::thread::sleep(interval);
     }
@@ -318,7 +345,7 @@ fn bench(payload: usize, clients: usize, duration: f64) -> Result<(), Fail> {
     if clients == 0 || clients > 1024 || !(0.1..=3600.0).contains(&duration) {
         return Err(Fail(
             "--clients must be in 1..=1024 and --duration in 0.1..=3600 seconds".into(),
-            1,
+            EXIT_BAD_INPUT,
         ));
     }
     let name = format!("shmrpc-bench-{}", std::process::id());
@@ -375,8 +402,10 @@ fn bench(payload: usize, clients: usize, duration: f64) -> Result<(), Fail> {
     for w in workers {
         let hist = w
             .join()
-            .map_err(|_| Fail("a client thread panicked".into(), 3))??;
-        total.add(&hist).map_err(|e| Fail(e.to_string(), 3))?;
+            .map_err(|_| Fail("a client thread panicked".into(), EXIT_OTHER))??;
+        total
+            .add(&hist)
+            .map_err(|e| Fail(e.to_string(), EXIT_OTHER))?;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();

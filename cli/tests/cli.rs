@@ -151,3 +151,37 @@ fn bench_runs_its_own_server_and_reports() {
     let o = shmrpc(&["bench", "--clients", "0"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+/// One exit-code convention for every failure, clap's included: bad arguments exit 1 (clap's
+/// own default is 2, which here means a permission problem), `--help` and `--version` exit 0,
+/// and `--help` states the convention. Fails if `main` goes back to `Cli::parse`.
+#[test]
+fn bad_arguments_exit_1_and_help_and_version_exit_0() {
+    for args in [
+        vec!["no-such-command"],
+        vec!["ping"],                      // missing NAME
+        vec!["ping", "x", "--count", "a"], // not a number
+        vec!["list", "--no-such-flag"],
+        vec![], // no subcommand: clap prints the help to stderr, as an error
+    ] {
+        let o = shmrpc(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: {}", text(&o));
+        assert!(!o.stderr.is_empty(), "{args:?}");
+    }
+    for args in [
+        vec!["--help"],
+        vec!["help"],
+        vec!["ping", "--help"],
+        vec!["--version"],
+    ] {
+        let o = shmrpc(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(!o.stdout.is_empty(), "{args:?}");
+    }
+    let help = String::from_utf8_lossy(&shmrpc(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("1 for bad arguments or input, or a missing or stale server; 2 for a permission problem; 3 for anything else"),
+        "{help}"
+    );
+}

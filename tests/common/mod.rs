@@ -18,7 +18,8 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// The message the tests' echo servers use.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[shmrpc::message]
+#[derive(Debug, PartialEq, Clone)]
 pub struct Echo {
     /// A number the client chooses; the reply carries it back.
     pub n: u64,

@@ -2,6 +2,7 @@
 //! futures at once with a fixed number of helper threads; timeouts; cancellation at random
 //! points; no CPU burnt while futures wait.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{echo, unique_name, Echo, Rng};
@@ -301,4 +302,48 @@ fn futures_queued_for_a_slot_fail_fast_when_the_server_stops() {
     for r in results {
         assert!(matches!(r, Err(Error::ServerGone)), "{r:?}");
     }
+}
+
+/// `Reply` is `Send` when its archived type is `Sync`, so a task on a multi-thread runtime can
+/// hold one across `.await`s. This fails to compile if `Reply` is not `Send` (`tokio::spawn`
+/// needs a `Send` future), and fails at run time if a held reply's slot went to a later call
+/// (its bytes would change under it) or if a reply dropped on another worker thread leaked
+/// its slot (the later calls would run out of the 8 slots).
+#[test]
+fn a_reply_held_across_await_in_a_spawned_tokio_task_stays_its_own() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<shmrpc::Reply<'static, Echo>>();
+
+    let _serial = serial();
+    let (server, client) = small_server("async-held", 8);
+    let rt = tokio_runtime();
+    rt.block_on(async move {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|n| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let first = c.request_async(&Echo::new(n, format!("m{n}"))).await?;
+                    // A timer: the task may resume on the other worker thread.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    for k in 100..150 {
+                        let other = c.request_async(&Echo::new(k, format!("m{k}"))).await?;
+                        check(&other, k);
+                        tokio::task::yield_now().await;
+                    }
+                    check(&first, n);
+                    first.deserialize()
+                })
+            })
+            .collect();
+        for (n, t) in tasks.into_iter().enumerate() {
+            let owned: Echo = t.await.unwrap().unwrap();
+            assert_eq!(owned.n, n as u64);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        server.stats().in_use.is_empty(),
+        "{:?}",
+        server.stats().in_use
+    );
 }

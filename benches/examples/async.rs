@@ -1,19 +1,27 @@
 //! Async calls on tokio: a server, then `request_async` / `send_async` / timeouts, and what
 //! an async round trip costs next to a blocking one (the same server, the same run).
 //!
-//! `cargo run --release --example async`
+//! `cargo run --release -p shmrpc-bench --example async`
 
 use shmrpc::{Client, Error, Request, Server};
 use std::time::{Duration, Instant};
 
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[shmrpc::message]
+#[derive(Debug)]
 struct Hello {
     text: String,
     sleep_ms: u32,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::builder("shmrpc-async-demo").serve(|req: Request<'_, Hello>| {
         if req.sleep_ms > 0 {
             std::thread::sleep(Duration::from_millis(req.sleep_ms.to_native().into()));

@@ -2,7 +2,7 @@
 //! in an HDR histogram; prints p50, p90, p99, p99.9, p99.99 and max for both.
 //!
 //! ```text
-//! cargo run --release --example latency [-- CALLS]
+//! cargo run --release -p shmrpc-bench --example latency [-- CALLS]
 //! ```
 //!
 //! Both servers are child processes (this binary re-executed); 64-byte requests and replies.
