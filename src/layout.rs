@@ -333,7 +333,7 @@ const _: () = {
     assert!(offset_of!(SlotHeader, reply_sum) == 56);
     assert!(offset_of!(SlotHeader, published) == 60);
     assert!(size_of::<ProcEntry>() == PROC_ENTRY_SIZE);
-    assert!(SLOTS_OFFSET % SLOT_ALIGN == 0);
+    assert!(SLOTS_OFFSET.is_multiple_of(SLOT_ALIGN));
     assert!(PROC_ENTRIES as u32 == crate::protocol::State::MAX_OWNER + 1);
     assert!(cfg!(target_endian = "little"));
 };

@@ -56,15 +56,17 @@ impl Gate {
     pub const STOP: u32 = 1;
 }
 
-impl rkyv::with::ArchiveWith<u32> for Gate {
-    type Archived = rkyv::Archived<u32>;
+impl shmrpc::rkyv::with::ArchiveWith<u32> for Gate {
+    type Archived = shmrpc::rkyv::Archived<u32>;
     type Resolver = ();
-    fn resolve_with(field: &u32, _: (), out: rkyv::Place<Self::Archived>) {
-        rkyv::Archive::resolve(field, (), out);
+    fn resolve_with(field: &u32, _: (), out: shmrpc::rkyv::Place<Self::Archived>) {
+        shmrpc::rkyv::Archive::resolve(field, (), out);
     }
 }
 
-impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::with::SerializeWith<u32, S> for Gate {
+impl<S: shmrpc::rkyv::rancor::Fallible + ?Sized> shmrpc::rkyv::with::SerializeWith<u32, S>
+    for Gate
+{
     fn serialize_with(field: &u32, _: &mut S) -> Result<(), S::Error> {
         if *field == Gate::STOP {
             say("writing".into());
@@ -75,10 +77,10 @@ impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::with::SerializeWith<u32, S> for G
     }
 }
 
-impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::with::DeserializeWith<rkyv::Archived<u32>, u32, D>
-    for Gate
+impl<D: shmrpc::rkyv::rancor::Fallible + ?Sized>
+    shmrpc::rkyv::with::DeserializeWith<shmrpc::rkyv::Archived<u32>, u32, D> for Gate
 {
-    fn deserialize_with(field: &rkyv::Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
+    fn deserialize_with(field: &shmrpc::rkyv::Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
         Ok(field.to_native())
     }
 }
