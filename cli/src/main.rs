@@ -222,7 +222,7 @@ fn render(name: &str, s: &Stats) -> String {
     let _ = writeln!(
         o,
         "served {}  in flight {}  slots in use {}  timeouts {}  abandoned {}  bad messages {}  \
-         handler panics {}  reclaimed {}",
+         handler panics {}  reclaimed {}  waiting for a slot {}",
         s.served,
         s.in_flight,
         s.slots_in_use,
@@ -230,7 +230,8 @@ fn render(name: &str, s: &Stats) -> String {
         s.abandoned,
         s.bad_messages,
         s.handler_panics,
-        s.reclaimed
+        s.reclaimed,
+        s.free_waiters
     );
     for (label, h) in [
         ("handler time", &s.handler_time),
@@ -242,9 +243,11 @@ fn render(name: &str, s: &Stats) -> String {
     if !s.in_use.is_empty() {
         let _ = writeln!(o, "slots in use:");
         for u in &s.in_use {
-            let owner = u
-                .owner_pid
-                .map_or("(not recorded yet)".to_string(), |p| format!("pid {p}"));
+            let owner = match (u.owner_entry, u.owner_pid) {
+                (0, _) => "no owner".to_string(),
+                (e, Some(p)) => format!("process entry {e} (pid {p} in its namespace)"),
+                (e, None) => format!("process entry {e}"),
+            };
             let state = match u.state {
                 SlotState::Claimed => "claimed",
                 SlotState::Queued => "queued",
