@@ -464,7 +464,7 @@ pub struct CallFuture<'c, 'm, Req: Message, Resp: Message, T> {
 }
 
 /// Turns a completed call into a future's output, given a ping's start.
-type Finish<'c, Req, Resp, T> = fn(&'c Client<Req, Resp>, Done, Option<Instant>) -> Result<T>;
+type Finish<'c, Req, Resp, T> = fn(&'c Client<Req, Resp>, Done<'c>, Option<Instant>) -> Result<T>;
 
 impl<Req: Message, Resp: Message, T> std::fmt::Debug for CallFuture<'_, '_, Req, Resp, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -568,10 +568,10 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             unreachable!("only called while claiming");
         };
         let begun = since_first_poll(&mut self.deadline, self.timeout).begun();
-        let found = self.client.mapping().and_then(|guard| {
-            let map: Arc<Mapping> = Arc::clone(&guard);
-            Hub::of(&map).map(|hub| (map, hub))
-        });
+        let found = self
+            .client
+            .mapping()
+            .and_then(|map| Hub::of(&map).map(|hub| (map, hub)));
         let (map, hub) = match found {
             Ok(found) => found,
             Err(e) => {

@@ -502,3 +502,22 @@ fn the_timeout_counts_from_the_call_not_from_its_publication() {
         "{took:?}"
     );
 }
+
+/// A reply held across a server restart stays readable while another call through the same
+/// handle reconnects to the new server (the handle keeps the old mapping mapped), and both
+/// servers' replies are each call's own.
+#[test]
+fn a_reply_held_across_a_restart_stays_valid_while_the_handle_reconnects() {
+    let name = unique_name("restart-held");
+    let first = Server::builder(&name).serve(echo).unwrap();
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let held = client.request(&Echo::new(1, "old")).unwrap();
+    drop(first);
+    let _second = Server::builder(&name).serve(echo).unwrap();
+    for n in 2..5u64 {
+        let reply = client.request(&Echo::new(n, "new")).unwrap();
+        assert_eq!((reply.n.to_native(), reply.text.as_str()), (n, "re:new"));
+    }
+    assert_eq!((held.n.to_native(), held.text.as_str()), (1, "re:old"));
+    assert_eq!(&held.id, held.id().as_bytes());
+}
