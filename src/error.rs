@@ -59,6 +59,16 @@ pub enum Error {
     /// protocol (wrote into the mapping): the call was not published, or its reply is lost.
     /// Nothing of another caller's was touched.
     CallLost,
+    /// An object under the server's name is not one this user's shmrpc created: a symbolic
+    /// link, a hard link, another user's file, or a wrong mode. Nothing was mapped or locked.
+    /// Another user may be impersonating the server; remove the object (as its owner or
+    /// root) or use another name.
+    ForeignObject {
+        /// The object's path.
+        object: String,
+        /// What is wrong with it (its owner and mode, or its kind).
+        detail: String,
+    },
     /// A live server already holds that name.
     AddrInUse {
         /// The name.
@@ -94,6 +104,12 @@ impl fmt::Display for Error {
                 f,
                 "the call's slot was taken by another process that broke the protocol; \
                  the call was lost"
+            ),
+            Error::ForeignObject { object, detail } => write!(
+                f,
+                "{object} {detail}: it is not an object this user's shmrpc created, so it was \
+                 neither mapped nor locked (another user may be impersonating the server); \
+                 remove it (as its owner or root) or use another server name"
             ),
             Error::AddrInUse { name } => {
                 write!(f, "a live shmrpc server already holds the name {name:?}")

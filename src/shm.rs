@@ -14,7 +14,7 @@ use crate::layout::{
 use crate::protocol::{self, Liveness, Park, Reaped, State, Words};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use rustix::fd::OwnedFd;
-use rustix::fs::{FlockOperation, Mode};
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm;
@@ -66,6 +66,98 @@ fn lock_name(name: &str) -> String {
 /// Where Linux shows shm objects in the file system.
 fn shm_path(object: &str) -> String {
     format!("/dev/shm{object}")
+}
+
+/// Opens shm object `object` (`/dev/shm/...`) without following a symbolic link (`O_NOFOLLOW`:
+/// a link planted under the name fails instead of leading elsewhere), then checks on the
+/// descriptor, before anything maps or locks it, that it is what shmrpc creates: a regular
+/// file, owned by this process's effective user, mode exactly 0600, one link. `NotFound`-kind
+/// errors are returned as the raw `Errno::NOENT` for the caller to map.
+fn open_object(object: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, ObjectError> {
+    let path = shm_path(object);
+    let fd = match rustix::fs::open(
+        path.as_str(),
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP) => {
+            return Err(ObjectError::Foreign(foreign(
+                &path,
+                "is a symbolic link".to_owned(),
+            )))
+        }
+        Err(e) => return Err(ObjectError::Os(e)),
+    };
+    check_object(&fd, &path)?;
+    Ok(fd)
+}
+
+/// Why an object could not be opened: the OS said no, or it is not ours.
+enum ObjectError {
+    Os(Errno),
+    Foreign(Error),
+}
+
+impl From<ObjectError> for Error {
+    fn from(e: ObjectError) -> Error {
+        match e {
+            ObjectError::Os(e) => e.into(),
+            ObjectError::Foreign(e) => e,
+        }
+    }
+}
+
+fn foreign(path: &str, detail: String) -> Error {
+    Error::ForeignObject {
+        object: path.to_owned(),
+        detail,
+    }
+}
+
+/// The checks of [`open_object`] on an open descriptor of `path`.
+fn check_object(fd: &OwnedFd, path: &str) -> Result<(), ObjectError> {
+    let st = rustix::fs::fstat(fd).map_err(ObjectError::Os)?;
+    let euid = rustix::process::geteuid().as_raw();
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let perm = st.st_mode & 0o7777;
+    let detail = if kind != rustix::fs::FileType::RegularFile {
+        Some(format!("is not a regular file ({kind:?})"))
+    } else if st.st_uid != euid {
+        Some(format!(
+            "belongs to uid {} (mode {perm:04o}), not to this user (uid {euid})",
+            st.st_uid
+        ))
+    } else if perm != 0o600 {
+        Some(format!("has mode {perm:04o}, not 0600"))
+    } else if st.st_nlink != 1 {
+        Some(format!(
+            "has {} links, not 1 (a hard link to it exists)",
+            st.st_nlink
+        ))
+    } else {
+        None
+    };
+    match detail {
+        Some(d) => Err(ObjectError::Foreign(foreign(path, d))),
+        None => Ok(()),
+    }
+}
+
+/// Whether the object now under `object`'s name (not following a link) is the file `fd` is
+/// open on.
+fn names_file(object: &str, fd: &OwnedFd) -> bool {
+    match (
+        rustix::fs::fstat(fd),
+        rustix::fs::statat(
+            rustix::fs::CWD,
+            shm_path(object).as_str(),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        ),
+    ) {
+        (Ok(ours), Ok(now)) => ours.st_ino == now.st_ino && ours.st_dev == now.st_dev,
+        _ => false,
+    }
 }
 
 /// The byte of a mapping's file whose lock the server holds while it runs. Byte `k` in
@@ -200,11 +292,27 @@ impl NameLock {
     pub fn acquire(name: &str) -> Result<NameLock> {
         let object = lock_name(name);
         for _ in 0..100 {
-            let fd = shm::open(
-                object.as_str(),
-                shm::OFlags::CREATE | shm::OFlags::RDWR,
+            // Created exclusively when absent (then given exactly 0600: the umask may have
+            // narrowed it); an existing one must pass every check of `open_object`.
+            let fd = match rustix::fs::open(
+                shm_path(&object).as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::RUSR | Mode::WUSR,
-            )?;
+            ) {
+                Ok(fd) => {
+                    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+                    fd
+                }
+                Err(Errno::EXIST) => {
+                    match open_object(&object, OFlags::RDWR, Mode::empty()) {
+                        Ok(fd) => fd,
+                        // Unlinked meanwhile by a stopping server: try again.
+                        Err(ObjectError::Os(Errno::NOENT)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(Errno::WOULDBLOCK) => {
@@ -216,12 +324,8 @@ impl NameLock {
             }
             // A stopping server unlinks the lock object before it closes it: if we locked an
             // unlinked object, try again with the current one.
-            let ours = rustix::fs::fstat(&fd)?;
-            match rustix::fs::stat(shm_path(&object)) {
-                Ok(now) if now.st_ino == ours.st_ino && now.st_dev == ours.st_dev => {
-                    return Ok(NameLock { _fd: fd, object })
-                }
-                _ => continue,
+            if names_file(&object, &fd) {
+                return Ok(NameLock { _fd: fd, object });
             }
         }
         Err(Error::AddrInUse {
@@ -256,14 +360,21 @@ impl Mapping {
     /// replacing a stale one. Returns it with the server state still INIT.
     pub fn create(name: &str, layout: Layout, _lock: &NameLock) -> Result<Mapping> {
         let object = object_name(name);
-        let epoch = Self::stale_epoch(&object).map_or(1, |e| e.wrapping_add(1));
+        // A leftover must be ours (a dead server's) before we replace it: another user's plant
+        // is refused, naming it, rather than failing to unlink it with a bare EPERM.
+        let epoch = match open_object(&object, OFlags::RDONLY, Mode::empty()) {
+            Ok(fd) => Self::stale_epoch(&fd).map_or(1, |e| e.wrapping_add(1)),
+            Err(ObjectError::Os(Errno::NOENT)) => 1,
+            Err(e) => return Err(e.into()),
+        };
         match shm::unlink(object.as_str()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
         }
-        let fd = shm::open(
-            object.as_str(),
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+        // O_EXCL: fails on anything created under the name meanwhile, a link included.
+        let fd = rustix::fs::open(
+            shm_path(&object).as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )?;
         // The umask may have narrowed the mode; the contract is exactly 0600.
@@ -314,15 +425,14 @@ impl Mapping {
         Ok(Mapping::new(base, layout, fd))
     }
 
-    /// The epoch of a leftover mapping under `object`, if it has a readable header.
-    fn stale_epoch(object: &str) -> Option<u64> {
-        let fd = shm::open(object, shm::OFlags::RDONLY, Mode::empty()).ok()?;
-        let size = rustix::fs::fstat(&fd).ok()?.st_size;
+    /// The epoch of a leftover mapping open on `fd`, if it has a readable header.
+    fn stale_epoch(fd: &OwnedFd) -> Option<u64> {
+        let size = rustix::fs::fstat(fd).ok()?.st_size;
         if size < HEADER_SIZE as i64 {
             return None;
         }
         let mut buf = [0u8; 8];
-        rustix::io::pread(&fd, &mut buf, 48).ok()?;
+        rustix::io::pread(fd, &mut buf, 48).ok()?;
         Some(u64::from_le_bytes(buf))
     }
 
@@ -343,13 +453,13 @@ impl Mapping {
             name: name.to_owned(),
         };
         let (flags, prot) = if view {
-            (shm::OFlags::RDONLY, ProtFlags::READ)
+            (OFlags::RDONLY, ProtFlags::READ)
         } else {
-            (shm::OFlags::RDWR, ProtFlags::READ | ProtFlags::WRITE)
+            (OFlags::RDWR, ProtFlags::READ | ProtFlags::WRITE)
         };
-        let fd = match shm::open(object_name(name).as_str(), flags, Mode::empty()) {
+        let fd = match open_object(&object_name(name), flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) => return Err(not_found()),
+            Err(ObjectError::Os(Errno::NOENT)) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
         let st = rustix::fs::fstat(&fd)?;
@@ -597,25 +707,14 @@ impl Mapping {
     /// Whether `name` still names this mapping: a server that restarted under the name has
     /// created a new object (another inode), and this one is a dead server's.
     pub fn is_current(&self, name: &str) -> bool {
-        match (
-            rustix::fs::fstat(&self._fd),
-            rustix::fs::stat(shm_path(&object_name(name))),
-        ) {
-            (Ok(ours), Ok(now)) => ours.st_ino == now.st_ino && ours.st_dev == now.st_dev,
-            _ => false,
-        }
+        names_file(&object_name(name), &self._fd)
     }
 
     /// Removes the name of this mapping if it still names this mapping (a server's cleanup).
     pub fn unlink(&self, name: &str) {
         let object = object_name(name);
-        if let (Ok(ours), Ok(now)) = (
-            rustix::fs::fstat(&self._fd),
-            rustix::fs::stat(shm_path(&object)),
-        ) {
-            if ours.st_ino == now.st_ino && ours.st_dev == now.st_dev {
-                let _ = shm::unlink(object.as_str());
-            }
+        if names_file(&object, &self._fd) {
+            let _ = shm::unlink(object.as_str());
         }
     }
 }
@@ -624,12 +723,7 @@ impl Mapping {
 /// version): its layout version, pid, and whether it is running. Read with `pread`, without
 /// mapping anything. `None` if there is no readable, complete header.
 pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
-    let fd = shm::open(
-        object_name(name).as_str(),
-        shm::OFlags::RDONLY,
-        Mode::empty(),
-    )
-    .ok()?;
+    let fd = open_object(&object_name(name), OFlags::RDONLY, Mode::empty()).ok()?;
     let mut buf = [0u8; 72];
     if rustix::io::pread(&fd, &mut buf, 0).ok()? != buf.len() {
         return None;

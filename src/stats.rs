@@ -364,7 +364,7 @@ pub fn list() -> Result<Vec<ServerEntry>> {
 
 /// Removes the mappings of dead servers of this user, never a live one: a name is removed
 /// only while its lock can be taken, which no running server allows. Returns the names
-/// removed.
+/// removed. Objects that are not this user's own (`Error::ForeignObject`) are left alone.
 ///
 /// ```no_run
 /// // (Not run by the doctests: it would remove stale servers that other tests on the machine
@@ -380,6 +380,10 @@ pub fn clean() -> Result<Vec<String>> {
         match crate::shm::remove_stale(&name) {
             Ok(true) => removed.push(name),
             Ok(false) | Err(Error::AddrInUse { .. }) => {}
+            // Not ours to remove (another user's plant, a wrong mode): left alone.
+            Err(e @ Error::ForeignObject { .. }) => {
+                tracing::warn!(server = %name, "clean left an object alone: {e}");
+            }
             Err(e) => return Err(e),
         }
     }

@@ -82,6 +82,7 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         let code = match &e {
             Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => EXIT_PERMISSION,
+            Error::ForeignObject { .. } => EXIT_PERMISSION,
             Error::NotFound { .. }
             | Error::InvalidName { .. }
             | Error::InvalidConfig(_)

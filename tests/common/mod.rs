@@ -155,6 +155,26 @@ impl Proc {
 
     /// [`Proc::spawn_under`] with extra environment variables.
     pub fn spawn_with(prefix: &[&str], env: &[(&str, &str)], role: &[&str]) -> Proc {
+        Proc::spawn_full(prefix, env, None, role).unwrap()
+    }
+
+    /// [`Proc::spawn`] as another user (`uid` and group `uid`; the caller must be root), or
+    /// `None` if that user cannot run this test binary.
+    /// The child's first line must be "started".
+    pub fn spawn_as(uid: u32, role: &[&str]) -> Option<Proc> {
+        let p = Proc::spawn_full(&[], &[], Some(uid), role).ok()?;
+        match p.lines.recv_timeout(LINE_LIMIT) {
+            Ok(line) if line == "started" => Some(p),
+            _ => None,
+        }
+    }
+
+    fn spawn_full(
+        prefix: &[&str],
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        role: &[&str],
+    ) -> std::io::Result<Proc> {
         let exe = std::env::current_exe().unwrap();
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
@@ -164,6 +184,10 @@ impl Proc {
             }
             None => Command::new(&exe),
         };
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
         let mut child = command
             .args([
                 "--exact",
@@ -176,8 +200,7 @@ impl Proc {
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn()?;
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -189,7 +212,7 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines }
+        Ok(Proc { child, lines })
     }
 
     /// The next marked line the child prints, waiting at most `LINE_LIMIT`.
