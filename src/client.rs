@@ -84,6 +84,9 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 name: self.name,
+                req_type: message::fingerprint::<Req>(),
+                reply_type: message::fingerprint::<Resp>(),
+                types: (message::type_label::<Req>(), message::type_label::<Resp>()),
                 current: AtomicPtr::new(Arc::as_ptr(&map).cast_mut()),
                 retained: Mutex::new(vec![Arc::clone(&map)]),
                 map: ArcSwap::new(map),
@@ -114,6 +117,11 @@ struct Inner {
     timeout: Duration,
     wait: WaitMode,
     trust: Trust,
+    /// Type fingerprints of `Req` and `Resp` (`message::fingerprint`), sent with each call.
+    req_type: u32,
+    reply_type: u32,
+    /// `Req` and `Resp` in words, for `TypeMismatch`.
+    types: (String, String),
 }
 
 /// A handle on the server `name`, sending `Req` and receiving `Resp` (by default the same
@@ -304,6 +312,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             sh.call_id[1].load(Ordering::Relaxed),
         ) == done.id;
         if let Some(e) = reply_error::<Req>(st, len, max, same_call) {
+            let e = self.mismatch_or(e, map, done.slot, len);
             let _ = protocol::release(map, &Futex, done.slot, done.state);
             return Err(e);
         }
@@ -357,9 +366,13 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             return Ok(());
         }
         let map = &*done.map;
-        let st = map.slot(done.slot).status.load(Ordering::Relaxed);
+        let sh = map.slot(done.slot);
+        let st = sh.status.load(Ordering::Relaxed);
+        let len = sh.reply_len.load(Ordering::Relaxed) as usize;
+        let mismatch = (st == status::TYPE_MISMATCH).then(|| self.mismatch(map, done.slot, len));
         let _ = protocol::release(map, &Futex, done.slot, done.state);
         Err(match st {
+            _ if mismatch.is_some() => mismatch.expect("checked"),
             status::HANDLER_PANICKED => Error::HandlerPanicked,
             _ => Error::BadMessage(format!(
                 "the server could not validate the message as its request type (status {st}); \
@@ -385,6 +398,30 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             Err(Error::BadMessage(format!(
                 "the server answered a ping with status {st}"
             )))
+        }
+    }
+
+    /// `TypeMismatch` if `e` reports one (status TYPE_MISMATCH), else `e`.
+    fn mismatch_or(&self, e: Error, map: &Mapping, slot: u32, len: usize) -> Error {
+        match e {
+            Error::TypeMismatch { .. } => self.mismatch(map, slot, len),
+            e => e,
+        }
+    }
+
+    /// The `TypeMismatch` of the call in `slot` (which this caller still owns): the server's
+    /// types in words are the reply's `len` bytes (copied out, bounded by the slot).
+    fn mismatch(&self, map: &Mapping, slot: u32, len: usize) -> Error {
+        let len = len.min(map.layout().max_payload());
+        let mut copy = AlignedVec::with_capacity(len);
+        // SAFETY: `len <= max_payload`: the range is inside our slot's payload, 64-byte
+        // aligned; the slot is ours (REPLY) until we release it.
+        unsafe { copy_out(map.payload(slot), len, &mut copy) };
+        let (req, resp) = &self.inner.types;
+        Error::TypeMismatch {
+            name: self.inner.name.clone(),
+            client: format!("sends {req}, expects {resp}"),
+            server: String::from_utf8_lossy(&copy).into_owned(),
         }
     }
 
@@ -497,6 +534,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let (hi, lo) = id.as_u64_pair();
         sh.call_id[0].store(hi, Ordering::Relaxed);
         sh.call_id[1].store(lo, Ordering::Relaxed);
+        // The types the server checks before it validates anything: none for a ping, no
+        // reply type for a one-way message.
+        let (req_type, reply_type) = match kind & kind::MASK {
+            kind::PING => (0, 0),
+            kind::ONEWAY => (inner.req_type, 0),
+            _ => (inner.req_type, inner.reply_type),
+        };
+        sh.req_type.store(req_type, Ordering::Relaxed);
+        sh.reply_type.store(reply_type, Ordering::Relaxed);
         let kind = if checked {
             sh.req_sum.store(sum, Ordering::Relaxed);
             kind | kind::CHECKED
@@ -582,6 +628,12 @@ pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool)
         status::WRONG_KIND => {
             Error::BadMessage("the server is one-way: use `send`, not `request`".into())
         }
+        // Filled in with the server's words by the caller (`Client::mismatch_or`).
+        status::TYPE_MISMATCH => Error::TypeMismatch {
+            name: String::new(),
+            client: String::new(),
+            server: String::new(),
+        },
         _ => Error::BadMessage(format!(
             "the server could not validate the request as its request type \
              (status {st}); sent {}",

@@ -76,6 +76,17 @@ pub enum Error {
     },
     /// A message (or the mapping itself) did not validate.
     BadMessage(String),
+    /// The call's request type, or the reply type its caller expects, is not the server's
+    /// (their fingerprints differ: DESIGN.md, "Types on the wire"). Nothing was validated or
+    /// run.
+    TypeMismatch {
+        /// The server name.
+        name: String,
+        /// The caller's types, in words.
+        client: String,
+        /// The server's types, in its own words.
+        server: String,
+    },
     /// The handler panicked while serving this call; the server goes on serving.
     HandlerPanicked,
     /// An operating-system call failed.
@@ -115,6 +126,14 @@ impl fmt::Display for Error {
                 write!(f, "a live shmrpc server already holds the name {name:?}")
             }
             Error::BadMessage(why) => write!(f, "bad message: {why}"),
+            Error::TypeMismatch {
+                name,
+                client,
+                server,
+            } => write!(
+                f,
+                "type mismatch with server {name:?}: this client {client}; the server {server}"
+            ),
             Error::HandlerPanicked => write!(f, "the server's handler panicked on this call"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }

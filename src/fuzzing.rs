@@ -37,6 +37,73 @@ pub enum Shape {
     Pair(u16, String),
 }
 
+/// A recursive message type: a chain of boxes, which a peer can make as deep as a slot is
+/// long. Validation must refuse it beyond `message::MAX_DEPTH` instead of overflowing the
+/// validating thread's stack.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator,
+    __S::Error: rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(__C: rkyv::validation::ArchiveContext, __C::Error: rkyv::rancor::Source)))]
+pub struct Chain {
+    /// A number.
+    pub value: u32,
+    /// The rest of the chain.
+    #[rkyv(omit_bounds)]
+    pub next: Option<Box<Chain>>,
+}
+
+impl Chain {
+    /// A chain of `depth` links (built without recursion).
+    pub fn of_depth(depth: usize) -> Chain {
+        let mut chain = Chain {
+            value: 0,
+            next: None,
+        };
+        for i in 1..depth {
+            chain = Chain {
+                value: i as u32,
+                next: Some(Box::new(chain)),
+            };
+        }
+        chain
+    }
+
+    /// The archive of a chain of `depth` links, serialized on a thread with a stack big
+    /// enough for rkyv's recursive serializer.
+    pub fn archive_of_depth(depth: usize) -> Vec<u8> {
+        std::thread::Builder::new()
+            .stack_size((64 << 20) + depth * 1024)
+            .spawn(move || {
+                let chain = Chain::of_depth(depth);
+                rkyv::to_bytes::<rkyv::rancor::Error>(&chain)
+                    .map(|v| v.to_vec())
+                    .unwrap_or_default()
+            })
+            .expect("a serializing thread")
+            .join()
+            .expect("serialized")
+    }
+}
+
+impl Drop for Chain {
+    /// Iteratively: the default drop of a deep chain recurses once per link.
+    fn drop(&mut self) {
+        let mut next = self.next.take();
+        while let Some(mut link) = next {
+            next = link.next.take();
+        }
+    }
+}
+
+/// The type fingerprint of `T`, as every call carries it (for tests that write calls into a
+/// mapping by hand).
+pub fn fingerprint<T: message::Message>() -> u32 {
+    message::fingerprint::<T>()
+}
+
 impl Rich {
     /// A valid value to serialize and mutate.
     pub fn sample(n: u64) -> Rich {
@@ -84,6 +151,7 @@ pub fn message_bytes(data: &[u8]) -> usize {
         check::<u64>(bytes),
         check::<(u32, String)>(bytes),
         check::<Rich>(bytes),
+        check::<Chain>(bytes),
     ]
     .into_iter()
     .filter(|ok| *ok)

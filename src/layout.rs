@@ -173,6 +173,9 @@ pub mod status {
     pub const REPLY_TOO_LARGE: u32 = 3;
     /// The message kind does not match the server (a request to a one-way server).
     pub const WRONG_KIND: u32 = 4;
+    /// The call's type fingerprints do not match the server's request or reply type; the
+    /// payload holds the server's types in words (UTF-8, `reply_len` bytes).
+    pub const TYPE_MISMATCH: u32 = 5;
 }
 
 /// The header at offset 0 of the mapping. Written once by the server before it publishes
@@ -285,7 +288,11 @@ pub struct SlotHeader {
     pub reply_len: AtomicU32,
     /// One of [`status`].
     pub status: AtomicU32,
-    _reserved0: [u8; 12],
+    /// Type fingerprint (`message::fingerprint`) of the request the client sent; 0 for a ping.
+    pub req_type: AtomicU32,
+    /// Type fingerprint of the reply the client expects; 0 for a one-way message or a ping.
+    pub reply_type: AtomicU32,
+    _reserved0: [u8; 4],
     /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
     pub call_id: [AtomicU64; 2],
     _reserved1: [u8; 4],
@@ -328,6 +335,8 @@ const _: () = {
     assert!(offset_of!(Header, queue_hist) == 640);
     assert!(offset_of!(Header, worker_cpus) == 896);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
+    assert!(offset_of!(SlotHeader, req_type) == 20);
+    assert!(offset_of!(SlotHeader, reply_type) == 24);
     assert!(offset_of!(SlotHeader, call_id) == 32);
     assert!(offset_of!(SlotHeader, req_sum) == 52);
     assert!(offset_of!(SlotHeader, reply_sum) == 56);

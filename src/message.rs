@@ -137,14 +137,58 @@ fn not_serialized(e: rancor::Error) -> Error {
     Error::BadMessage(format!("could not serialize the message: {e}"))
 }
 
-/// Validates `bytes` as an archived `T` with bytecheck and returns a reference into them.
+/// The deepest nesting of pointers (boxes, vectors, strings, options of them...) that a
+/// message may have: validation recurses once per level, so without a bound one message of a
+/// recursive type (a chain of `Box`es a few hundred kilobytes long) overflows the validating
+/// thread's stack and aborts its process. Measured here, a level costs about 1 KiB of stack
+/// in a debug build (much less optimized): at this bound validation needs at most about
+/// 256 KiB even there (`validation_of_the_deepest_message_fits_a_small_stack` checks it on a
+/// 512 KiB thread), which any thread has. A deeper message is `BadMessage` (serde_json's
+/// default limit is 128; a long list belongs in a `Vec`, which is one level).
+pub const MAX_DEPTH: usize = 256;
+
+/// Validates `bytes` as an archived `T` with bytecheck (nesting at most [`MAX_DEPTH`]) and
+/// returns a reference into them.
 pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
-    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(|e| {
-        Error::BadMessage(format!(
-            "the bytes do not validate as {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })
+    use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
+    let mut validator = Validator::new(
+        ArchiveValidator::with_max_depth(bytes, std::num::NonZeroUsize::new(MAX_DEPTH)),
+        SharedValidator::new(),
+    );
+    rkyv::api::access_with_context::<T::Archived, _, rancor::Error>(bytes, &mut validator).map_err(
+        |e| {
+            Error::BadMessage(format!(
+                "the bytes do not validate as {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        },
+    )
+}
+
+/// The type fingerprint of `T` that travels with every call (`SlotHeader::req_type` and
+/// `reply_type`): FNV-1a over `T`'s type name (`std::any::type_name`, with its module path)
+/// and the size of its archived form, folded to 32 bits, never 0 (0 means "no type": a ping,
+/// or the reply of a one-way message). The same on every target for the same source: rkyv's
+/// archived layout does not depend on the pointer width (DESIGN.md, section 2). Computed once
+/// per client handle and per server, not per call.
+pub fn fingerprint<T: Message>() -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let name = std::any::type_name::<T>().as_bytes();
+    let size = (std::mem::size_of::<T::Archived>() as u64).to_le_bytes();
+    for &b in name.iter().chain(b"\0").chain(&size) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let folded = (h ^ (h >> 32)) as u32;
+    folded.max(1)
+}
+
+/// What a type fingerprint stands for, in human terms: the type's name and archived size.
+pub fn type_label<T: Message>() -> String {
+    format!(
+        "{} ({} archived bytes)",
+        std::any::type_name::<T>(),
+        std::mem::size_of::<T::Archived>()
+    )
 }
 
 /// Deserializes an archived `T` into an owned `T`.
@@ -247,5 +291,40 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use crate::fuzzing::Chain;
+
+    /// On a thread with only 512 KiB of stack, the deepest chain validation accepts validates,
+    /// and one deeper is `BadMessage` (it would have recursed further). Fails if a level of
+    /// validation costs more stack than `MAX_DEPTH` assumes, or if the bound is not applied.
+    #[test]
+    fn validation_of_the_deepest_message_fits_a_small_stack() {
+        // A chain of n links nests n - 1 boxes inside the root: MAX_DEPTH subtrees in all.
+        let ok = Chain::archive_of_depth(MAX_DEPTH - 1);
+        let deep = Chain::archive_of_depth(MAX_DEPTH);
+        let very_deep = Chain::archive_of_depth(200_000);
+        std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let mut buf = rkyv::util::AlignedVec::<16>::new();
+                buf.extend_from_slice(&ok);
+                assert!(
+                    access::<Chain>(&buf).is_ok(),
+                    "the deepest chain allowed was refused"
+                );
+                for bytes in [deep, very_deep] {
+                    let mut buf = rkyv::util::AlignedVec::<16>::new();
+                    buf.extend_from_slice(&bytes);
+                    assert!(matches!(access::<Chain>(&buf), Err(Error::BadMessage(_))));
+                }
+            })
+            .unwrap()
+            .join()
+            .expect("validation overflowed a 512 KiB stack or accepted a chain too deep");
     }
 }

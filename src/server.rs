@@ -107,6 +107,7 @@ impl ServerBuilder {
     {
         self.start(Arc::new(Replying {
             handler,
+            types: Types::of::<Req, Resp>(),
             _t: PhantomData::<fn(Req) -> Resp>,
         }))
     }
@@ -119,6 +120,7 @@ impl ServerBuilder {
     {
         self.start(Arc::new(OneWay {
             handler,
+            types: Types::of::<Req, ()>(),
             _t: PhantomData::<fn(Req)>,
         }))
     }
@@ -544,12 +546,14 @@ fn reaper_loop(shared: &Shared) {
 pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
     let replying = Replying {
         handler: |req: Request<'_, String>| req.as_str().to_owned(),
+        types: Types::of::<String, String>(),
         _t: PhantomData::<fn(String) -> String>,
     };
     let one_way = OneWay {
         handler: |req: Request<'_, String>| {
             std::hint::black_box(req.len());
         },
+        types: Types::of::<String, ()>(),
         _t: PhantomData::<fn(String)>,
     };
     let service: &dyn Service = if oneway { &one_way } else { &replying };
@@ -577,13 +581,65 @@ trait Service: Send + Sync {
     fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>);
 }
 
+/// A server's request and reply types: their fingerprints, checked against every call's
+/// before anything is validated, and their names for a mismatch's reply.
+struct Types {
+    request: u32,
+    reply: u32,
+    /// "takes R (n archived bytes) and replies S (m archived bytes)".
+    label: String,
+}
+
+impl Types {
+    fn of<Req: Message, Resp: Message>() -> Types {
+        Types {
+            request: message::fingerprint::<Req>(),
+            reply: message::fingerprint::<Resp>(),
+            label: format!(
+                "takes {} and replies {}",
+                message::type_label::<Req>(),
+                message::type_label::<Resp>()
+            ),
+        }
+    }
+
+    /// Whether the call in `slot` (SERVING, ours) has our types: the request's always, the
+    /// reply's when the caller waits for one (kind REQUEST). Otherwise answers it with
+    /// TYPE_MISMATCH and our types in words.
+    fn check(&self, map: &Mapping, slot: u32, gen: u32, kind: u32) -> bool {
+        let sh = map.slot(slot);
+        let req = sh.req_type.load(Ordering::Relaxed);
+        let reply = sh.reply_type.load(Ordering::Relaxed);
+        if req == self.request && (kind != kind::REQUEST || reply == self.reply) {
+            return true;
+        }
+        let owner = map.proc_entry(State(sh.state.load(Ordering::Relaxed)).owner());
+        tracing::warn!(
+            caller_pid = owner.pid.load(Ordering::Relaxed),
+            "a call's types do not match the server's (replied TypeMismatch)"
+        );
+        map.header().bad_messages.fetch_add(1, Ordering::Relaxed);
+        let text = self.label.as_bytes();
+        let len = text.len().min(map.layout().max_payload());
+        // SAFETY: the slot is SERVING, owned by this worker: its payload area (`max_payload`
+        // bytes) is ours to write until we publish; `len` is within it.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), map.payload(slot), len) };
+        sh.status.store(status::TYPE_MISMATCH, Ordering::Relaxed);
+        sh.reply_len.store(len as u32, Ordering::Relaxed);
+        complete(map, slot, gen, State::REPLY);
+        false
+    }
+}
+
 struct Replying<F, Req, Resp> {
     handler: F,
+    types: Types,
     _t: PhantomData<fn(Req) -> Resp>,
 }
 
 struct OneWay<F, Req> {
     handler: F,
+    types: Types,
     _t: PhantomData<fn(Req)>,
 }
 
@@ -652,6 +708,11 @@ fn accept_then_run(map: &Mapping, slot: u32, gen: u32, run: impl FnOnce()) {
     let _ = protocol::release(map, &Futex, slot, State::new(State::ACCEPTED, gen));
 }
 
+/// The kind (`layout::kind`, without flags) of the call in `slot`.
+fn kind_of(map: &Mapping, slot: u32) -> u32 {
+    map.slot(slot).kind.load(Ordering::Relaxed) & kind::MASK
+}
+
 fn count_bad(map: &Mapping) {
     tracing::warn!("a request did not validate as the server's request type (replied BadMessage)");
     map.header().bad_messages.fetch_add(1, Ordering::Relaxed);
@@ -664,6 +725,9 @@ where
     F: Fn(Request<'_, Req>) -> Resp + Send + Sync,
 {
     fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
+        if !self.types.check(map, slot, gen, kind_of(map, slot)) {
+            return;
+        }
         let (kind, id, archived) = read_request::<Req>(map, slot, scratch);
         let archived = match archived {
             Ok(a) => a,
@@ -732,10 +796,14 @@ where
     F: Fn(Request<'_, Req>) + Send + Sync,
 {
     fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
-        let (kind, id, archived) = read_request::<Req>(map, slot, scratch);
+        let kind = kind_of(map, slot);
         if kind != kind::ONEWAY {
             return reply_status(map, slot, gen, status::WRONG_KIND);
         }
+        if !self.types.check(map, slot, gen, kind) {
+            return;
+        }
+        let (_, id, archived) = read_request::<Req>(map, slot, scratch);
         let archived = match archived {
             Ok(a) => a,
             Err(st) => {

@@ -269,16 +269,17 @@ fn oversized_request_and_reply_are_payload_too_large_and_change_nothing() {
     }
 }
 
+/// A `Vec<u8>` archive has the layout of a `String` archive (and invalid UTF-8 would fail
+/// validation): the type check refuses it before validation, as `TypeMismatch`.
 #[test]
-fn request_that_does_not_validate_is_a_bad_message() {
+fn a_request_of_another_type_with_the_same_layout_is_a_type_mismatch() {
     let name = unique_name("badmsg");
     let _s = Server::builder(&name)
         .serve(|req: Request<'_, String>| req.len() as u32)
         .unwrap();
-    // A Vec<u8> archive has the layout of a String archive; invalid UTF-8 fails validation.
     let c = Client::builder(&name).connect::<Vec<u8>, u32>().unwrap();
     let err = c.request(&vec![0xff, 0xfe, 0xfd]).unwrap_err();
-    assert!(matches!(err, Error::BadMessage(_)), "{err}");
+    assert!(matches!(err, Error::TypeMismatch { .. }), "{err}");
     // The server goes on serving well-typed callers.
     let good = Client::builder(&name).connect::<String, u32>().unwrap();
     assert_eq!(*good.request(&"abc".to_string()).unwrap(), 3);
@@ -483,7 +484,7 @@ impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::Deserialize<Slow, D> for rkyv::re
 fn the_timeout_counts_from_the_call_not_from_its_publication() {
     let name = unique_name("slowser");
     let _server = Server::builder(&name)
-        .serve(|_: Request<'_, u32>| {
+        .serve(|_: Request<'_, Slow>| {
             std::thread::sleep(Duration::from_millis(400));
             7u32
         })
@@ -520,4 +521,115 @@ fn a_reply_held_across_a_restart_stays_valid_while_the_handle_reconnects() {
     }
     assert_eq!((held.n.to_native(), held.text.as_str()), (1, "re:old"));
     assert_eq!(&held.id, held.id().as_bytes());
+}
+
+/// Every call carries its request type and expected reply type; a server of other types
+/// answers `TypeMismatch` naming both sides' types, before validating anything, even where
+/// the bytes would validate (a `u64` read as two `u32`s, a `String` as a `u64`). The server
+/// goes on serving well-typed calls.
+#[test]
+fn wrong_types_are_a_type_mismatch_naming_both_sides() {
+    let name = unique_name("types");
+    let _server = Server::builder(&name)
+        .serve(|req: Request<'_, (u32, u32)>| (req.0.to_native(), req.1.to_native()))
+        .unwrap();
+    let expect_mismatch = |r: Result<(), Error>, what: &str| match r {
+        Err(e @ Error::TypeMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("(u32, u32)"), "{what}: {text}");
+            println!("{what}: {text}");
+        }
+        other => panic!("{what}: expected TypeMismatch, got {other:?}"),
+    };
+    let wide = Client::builder(&name).connect::<u64, u64>().unwrap();
+    expect_mismatch(wide.request(&12).map(drop), "u64 request");
+    let text = Client::builder(&name)
+        .connect::<String, (u32, u32)>()
+        .unwrap();
+    expect_mismatch(text.request(&"x".to_string()).map(drop), "String request");
+    // The right request type with the wrong reply type is refused too.
+    let reply_as_string = Client::builder(&name)
+        .connect::<(u32, u32), String>()
+        .unwrap();
+    expect_mismatch(
+        reply_as_string.request(&(1, 2)).map(drop),
+        "String reply expected",
+    );
+    expect_mismatch(
+        futures_lite_block_on(wide.request_async(&12)).map(drop),
+        "async u64 request",
+    );
+    let right = Client::builder(&name)
+        .connect::<(u32, u32), (u32, u32)>()
+        .unwrap();
+    let reply = right.request(&(3, 4)).unwrap();
+    assert_eq!((reply.0.to_native(), reply.1.to_native()), (3, 4));
+}
+
+/// A one-way message of the wrong type is refused the same way, and never runs.
+#[test]
+fn a_one_way_message_of_the_wrong_type_is_a_type_mismatch() {
+    let name = unique_name("types-oneway");
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&ran);
+    let _server = Server::builder(&name)
+        .serve_oneway(move |_req: Request<'_, u64>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap();
+    let wrong = Client::<String>::connect(&name).unwrap();
+    match wrong.send(&"not a number".to_string()) {
+        Err(Error::TypeMismatch { .. }) => {}
+        other => panic!("expected TypeMismatch, got {other:?}"),
+    }
+    let right = Client::<u64>::connect(&name).unwrap();
+    right.send(&7).unwrap();
+    let t0 = Instant::now();
+    while ran.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::yield_now();
+    }
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Polls a future to completion on this thread (the root package has no async runtime).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
+
+/// A message of a recursive type nested 20,000 deep (a chain of boxes; validating it
+/// unbounded needs ~20 MB of stack in a debug build, ten times a worker's) is `BadMessage`,
+/// and the server keeps serving. Fails with an aborted test process if validation is not
+/// bounded.
+#[test]
+fn a_message_nested_too_deep_is_a_bad_message_not_a_crash() {
+    use shmrpc::fuzzing::Chain;
+    let name = unique_name("deep");
+    let _server = Server::builder(&name)
+        .capacity(4 << 20)
+        .slots(2)
+        .serve(|req: Request<'_, Chain>| Chain {
+            value: req.value.to_native(),
+            next: None,
+        })
+        .unwrap();
+    let client = Client::<Chain>::connect(&name).unwrap();
+    // rkyv's serializer recurses too: serialize on a thread with room for it.
+    let outcome = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn_scoped(s, || {
+                let deep = Chain::of_depth(20_000);
+                client.request(&deep).map(|r| r.value.to_native())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    match outcome {
+        Err(Error::BadMessage(why)) => println!("refused: {why}"),
+        other => panic!("expected BadMessage, got {other:?}"),
+    }
+    let shallow = Chain::of_depth(10);
+    assert_eq!(client.request(&shallow).unwrap().value, 9);
 }

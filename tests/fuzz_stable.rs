@@ -94,6 +94,10 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
         image[base..base + 4].copy_from_slice(&((gen << 14) | 2).to_le_bytes());
         image[base + 4..base + 8].copy_from_slice(&(rng.below(2) as u32).to_le_bytes()); // kind
         image[base + 8..base + 12].copy_from_slice(&(text.len() as u32).to_le_bytes());
+        // The request and reply types the serving code checks first.
+        let string = shmrpc::fuzzing::fingerprint::<String>().to_le_bytes();
+        image[base + 20..base + 24].copy_from_slice(&string);
+        image[base + 24..base + 28].copy_from_slice(&string);
         let payload = base + SLOT_HEADER_SIZE;
         image[payload..payload + text.len()].copy_from_slice(&text);
     }
