@@ -90,7 +90,12 @@ pub enum Error {
     /// The handler panicked while serving this call; the server goes on serving.
     HandlerPanicked,
     /// An operating-system call failed.
-    Io(std::io::Error),
+    Io {
+        /// What was being done, and to which object.
+        context: String,
+        /// The error the system reported.
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -135,7 +140,7 @@ impl fmt::Display for Error {
                 "type mismatch with server {name:?}: this client {client}; the server {server}"
             ),
             Error::HandlerPanicked => write!(f, "the server's handler panicked on this call"),
-            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
 }
@@ -143,7 +148,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(e) => Some(e),
+            Error::Io { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -151,13 +156,35 @@ impl std::error::Error for Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Io(e)
+        Error::io("an operating-system call", e)
     }
 }
 
 impl From<rustix::io::Errno> for Error {
     fn from(e: rustix::io::Errno) -> Self {
-        Error::Io(e.into())
+        Error::io("an operating-system call", e)
+    }
+}
+
+impl Error {
+    /// An `Io` error: `source` happened while doing `context` (what, to which object).
+    pub(crate) fn io(context: impl Into<String>, source: impl Into<std::io::Error>) -> Error {
+        Error::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Adds what was being done, and to which object, to a failed system call.
+pub(crate) trait Context<T> {
+    /// `Err(e)` becomes `Error::Io { context: what(), source: e }`.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<std::io::Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
     }
 }
 

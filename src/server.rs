@@ -170,7 +170,7 @@ impl ServerBuilder {
                 Err(e) => {
                     let server = Server { shared, workers };
                     drop(server);
-                    return Err(Error::Io(e));
+                    return Err(Error::io("starting a worker thread", e));
                 }
             }
         }

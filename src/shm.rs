@@ -6,7 +6,7 @@
 //! mode, hides the descriptor we need for `fstat`, and its stale-object cleanup relies on a
 //! flink file. DESIGN.md explains the choice.
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::layout::{
     self, Header, Layout, ProcEntry, SlotHeader, HEADER_SIZE, PROCS_OFFSET, PROC_ENTRIES,
     PROC_ENTRY_SIZE, SLOT_HEADER_SIZE,
@@ -87,22 +87,23 @@ fn open_object(object: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Objec
                 "is a symbolic link".to_owned(),
             )))
         }
-        Err(e) => return Err(ObjectError::Os(e)),
+        Err(e) => return Err(ObjectError::Os(e, format!("opening {path}"))),
     };
     check_object(&fd, &path)?;
     Ok(fd)
 }
 
-/// Why an object could not be opened: the OS said no, or it is not ours.
+/// Why an object could not be opened: the OS said no (and what was being done), or it is
+/// not ours.
 enum ObjectError {
-    Os(Errno),
+    Os(Errno, String),
     Foreign(Error),
 }
 
 impl From<ObjectError> for Error {
     fn from(e: ObjectError) -> Error {
         match e {
-            ObjectError::Os(e) => e.into(),
+            ObjectError::Os(e, context) => Error::io(context, e),
             ObjectError::Foreign(e) => e,
         }
     }
@@ -117,7 +118,7 @@ fn foreign(path: &str, detail: String) -> Error {
 
 /// The checks of [`open_object`] on an open descriptor of `path`.
 fn check_object(fd: &OwnedFd, path: &str) -> Result<(), ObjectError> {
-    let st = rustix::fs::fstat(fd).map_err(ObjectError::Os)?;
+    let st = rustix::fs::fstat(fd).map_err(|e| ObjectError::Os(e, format!("inspecting {path}")))?;
     let euid = rustix::process::geteuid().as_raw();
     let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
     let perm = st.st_mode & 0o7777;
@@ -274,9 +275,14 @@ fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
 fn map_fd_prot(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<NonNull<u8>> {
     // SAFETY: a fresh shared mapping of `len` bytes of `fd`; nothing else refers to that
     // address range yet. The file is at least `len` bytes long (checked by every caller).
-    let ptr =
-        unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
-    NonNull::new(ptr.cast()).ok_or_else(|| Error::Io(std::io::Error::other("mmap returned null")))
+    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+        .context(|| format!("mapping {len} bytes of a server's file"))?;
+    NonNull::new(ptr.cast()).ok_or_else(|| {
+        Error::io(
+            "mapping a server's file",
+            std::io::Error::other("mmap returned null"),
+        )
+    })
 }
 
 /// The exclusive claim of a server on its name: an `flock`ed lock object held for the
@@ -300,18 +306,19 @@ impl NameLock {
                 Mode::RUSR | Mode::WUSR,
             ) {
                 Ok(fd) => {
-                    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+                    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)
+                        .context(|| format!("setting mode 0600 on {}", shm_path(&object)))?;
                     fd
                 }
                 Err(Errno::EXIST) => {
                     match open_object(&object, OFlags::RDWR, Mode::empty()) {
                         Ok(fd) => fd,
                         // Unlinked meanwhile by a stopping server: try again.
-                        Err(ObjectError::Os(Errno::NOENT)) => continue,
+                        Err(ObjectError::Os(Errno::NOENT, _)) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::io(format!("creating {}", shm_path(&object)), e)),
             };
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
@@ -320,7 +327,7 @@ impl NameLock {
                         name: name.to_owned(),
                     })
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::io(format!("locking {}", shm_path(&object)), e)),
             }
             // A stopping server unlinks the lock object before it closes it: if we locked an
             // unlinked object, try again with the current one.
@@ -364,32 +371,39 @@ impl Mapping {
         // is refused, naming it, rather than failing to unlink it with a bare EPERM.
         let epoch = match open_object(&object, OFlags::RDONLY, Mode::empty()) {
             Ok(fd) => Self::stale_epoch(&fd).map_or(1, |e| e.wrapping_add(1)),
-            Err(ObjectError::Os(Errno::NOENT)) => 1,
+            Err(ObjectError::Os(Errno::NOENT, _)) => 1,
             Err(e) => return Err(e.into()),
         };
+        let path = shm_path(&object);
         match shm::unlink(object.as_str()) {
             Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::io(format!("removing the dead server's {path}"), e)),
         }
         // O_EXCL: fails on anything created under the name meanwhile, a link included.
         let fd = rustix::fs::open(
-            shm_path(&object).as_str(),
+            path.as_str(),
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
-        )?;
+        )
+        .context(|| format!("creating {path}"))?;
         // The umask may have narrowed the mode; the contract is exactly 0600.
-        rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
-        rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
+        rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)
+            .context(|| format!("setting mode 0600 on {path}"))?;
+        rustix::fs::ftruncate(&fd, layout.capacity as u64)
+            .context(|| format!("sizing {path} to {} bytes", layout.capacity))?;
         // The server's liveness: held as long as this file description is open, that is,
         // until this mapping drops or the process ends, however it ends.
         match try_lock_byte(&fd, SERVER_LOCK_BYTE) {
             LockTry::Got => {}
             LockTry::Held => {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "the new mapping {object} is already locked by another process"
-                ))))
+                return Err(Error::io(
+                    format!("locking byte 0 of the new {path}"),
+                    std::io::Error::other("already locked by another process"),
+                ))
             }
-            LockTry::Failed(e) => return Err(e.into()),
+            LockTry::Failed(e) => {
+                return Err(Error::io(format!("locking byte 0 of the new {path}"), e))
+            }
         }
         let base = map_fd(&fd, layout.capacity)?;
         let map = Mapping::new(base, layout, fd);
@@ -413,8 +427,10 @@ impl Mapping {
     /// A private mapping with `layout` (an anonymous memfd) holding `image` (repeated or cut to
     /// size): what the fuzz targets feed to the server's code in place of a shared mapping.
     pub fn from_image(layout: Layout, image: &[u8]) -> Result<Mapping> {
-        let fd = rustix::fs::memfd_create("shmrpc-image", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&fd, layout.capacity as u64)?;
+        let fd = rustix::fs::memfd_create("shmrpc-image", rustix::fs::MemfdFlags::CLOEXEC)
+            .context(|| "creating a memfd for a mapping image".into())?;
+        rustix::fs::ftruncate(&fd, layout.capacity as u64)
+            .context(|| "sizing a mapping image".into())?;
         let base = map_fd(&fd, layout.capacity)?;
         if !image.is_empty() {
             for (i, b) in image.iter().cycle().take(layout.capacity).enumerate() {
@@ -459,10 +475,11 @@ impl Mapping {
         };
         let fd = match open_object(&object_name(name), flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(ObjectError::Os(Errno::NOENT)) => return Err(not_found()),
+            Err(ObjectError::Os(Errno::NOENT, _)) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
-        let st = rustix::fs::fstat(&fd)?;
+        let st = rustix::fs::fstat(&fd)
+            .context(|| format!("inspecting {}", shm_path(&object_name(name))))?;
         let size = usize::try_from(st.st_size).unwrap_or(0);
         if size < HEADER_SIZE {
             // Created but not yet sized: a server that is starting (or died starting).
@@ -526,10 +543,10 @@ impl Mapping {
                 LockTry::Got => {}
                 LockTry::Held => continue,
                 LockTry::Failed(e) => {
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::Error::from(e).kind(),
-                        format!("cannot lock process entry {entry} of server {name:?}: {e}"),
-                    )))
+                    return Err(Error::io(
+                        format!("locking process entry {entry} of server {name:?}"),
+                        e,
+                    ))
                 }
             }
             let left = self.clean_entry(entry);
@@ -741,7 +758,7 @@ pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
 pub fn list_names() -> Result<Vec<String>> {
     let prefix = format!("shmrpc.{}.", rustix::process::geteuid().as_raw());
     let mut names = Vec::new();
-    for entry in std::fs::read_dir("/dev/shm")? {
+    for entry in std::fs::read_dir("/dev/shm").context(|| "listing /dev/shm".into())? {
         let file = entry?.file_name();
         let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
             continue;
@@ -763,7 +780,7 @@ pub fn remove_stale(name: &str) -> Result<bool> {
     let removed = match shm::unlink(object.as_str()) {
         Ok(()) => true,
         Err(Errno::NOENT) => had_lock,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::io(format!("removing {}", shm_path(&object)), e)),
     };
     // Dropping the lock unlinks the lock object.
     drop(lock);

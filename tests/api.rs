@@ -409,7 +409,12 @@ fn an_unopenable_name_is_an_io_error() {
     std::fs::create_dir(&path).unwrap();
     let err = Client::<Echo>::connect(&name).unwrap_err();
     std::fs::remove_dir(&path).unwrap();
-    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // It says what was being done, and to which object.
+    assert!(
+        err.to_string().contains(&format!("opening {path}")),
+        "{err}"
+    );
 }
 
 /// A message whose `Serialize` panics.

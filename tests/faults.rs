@@ -396,6 +396,7 @@ fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
                             | Error::ServerGone
                             | Error::HandlerPanicked
                             | Error::CallLost
+                            | Error::TypeMismatch { .. }
                             | Error::PayloadTooLarge { .. },
                         ) => {
                             errors.fetch_add(1, Ordering::Relaxed);

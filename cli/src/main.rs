@@ -81,7 +81,9 @@ struct Fail(String, u8);
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         let code = match &e {
-            Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => EXIT_PERMISSION,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                EXIT_PERMISSION
+            }
             Error::ForeignObject { .. } => EXIT_PERMISSION,
             Error::NotFound { .. }
             | Error::InvalidName { .. }
