@@ -584,8 +584,16 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 Error::ServerGone
             }
         };
-        let (slot, gen) = protocol::claim(map, &Futex, map.entry(), SLOT_HINT.get(), &mut waiting)
-            .map_err(wait_error)?;
+        let within_share = || within_share(map);
+        let (slot, gen) = protocol::claim_if(
+            map,
+            &Futex,
+            map.entry(),
+            SLOT_HINT.get(),
+            &mut waiting,
+            &within_share,
+        )
+        .map_err(wait_error)?;
         SLOT_HINT.set(slot);
         let id = self.write_and_publish(map, slot, gen, msg, kind, deadline_begun)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
@@ -610,6 +618,13 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             id,
         })
     }
+}
+
+/// The per-process share of slots (`Header::client_share`): while callers of other processes
+/// wait for a slot, a process that already holds its share takes no more.
+fn within_share(map: &Mapping) -> bool {
+    let share = map.header().client_share.load(Ordering::Relaxed);
+    share == 0 || !map.others_waiting() || map.held_by(map.entry()) < share
 }
 
 /// What a reply's status and length say, before its bytes are read: `None` if the bytes hold

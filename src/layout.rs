@@ -255,7 +255,10 @@ pub struct Header {
     /// Bit `c` set: a worker last ran on CPU `c` (CPUs 0..64; a hint, written by a worker only
     /// when it finds itself on another CPU).
     pub worker_cpus: AtomicU64,
-    _pad4: [u8; HEADER_SIZE - 904],
+    /// Most slots one client process takes while callers of other processes wait for one
+    /// (`ServerBuilder::slots_per_client`; 0: no limit). A cooperative rule, kept by clients.
+    pub client_share: AtomicU32,
+    _pad4: [u8; HEADER_SIZE - 908],
 }
 
 /// One entry of the process table at [`PROCS_OFFSET`]. Written only by the process that holds
@@ -334,6 +337,7 @@ const _: () = {
     assert!(offset_of!(Header, handler_hist) == 384);
     assert!(offset_of!(Header, queue_hist) == 640);
     assert!(offset_of!(Header, worker_cpus) == 896);
+    assert!(offset_of!(Header, client_share) == 904);
     assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(offset_of!(SlotHeader, req_type) == 20);
     assert!(offset_of!(SlotHeader, reply_type) == 24);

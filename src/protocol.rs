@@ -283,10 +283,33 @@ pub fn claim<W: Words + ?Sized, P: Park + ?Sized>(
     start: u32,
     waiting: &mut dyn Waiting,
 ) -> Result<(u32, u32), WaitError> {
-    if let Some(c) = try_claim(w, owner, start) {
-        return Ok(c);
+    claim_if(w, park, owner, start, waiting, &|| true)
+}
+
+/// [`claim`], taking a slot only while `may_claim()` (the caller's process is within its
+/// share of slots, or nobody else waits: `Client`'s rule). A waiter that is woken for a freed
+/// slot but may not take it passes the wake-up on to the next waiter, so that the slot goes
+/// to a caller that may.
+pub fn claim_if<W: Words + ?Sized, P: Park + ?Sized>(
+    w: &W,
+    park: &P,
+    owner: u32,
+    start: u32,
+    waiting: &mut dyn Waiting,
+    may_claim: &dyn Fn() -> bool,
+) -> Result<(u32, u32), WaitError> {
+    if may_claim() {
+        if let Some(c) = try_claim(w, owner, start) {
+            return Ok(c);
+        }
     }
-    claim_slow(w, park, owner, start, waiting)
+    claim_slow(w, park, owner, start, waiting, may_claim)
+}
+
+/// Whether some slot is FREE.
+fn any_free<W: Words + ?Sized>(w: &W) -> bool {
+    (0..w.slot_count())
+        .any(|i| State(w.slot_state(i).load(Ordering::Relaxed)).kind() == State::FREE)
 }
 
 /// Process entry `owner` announces one more caller waiting for a free slot: its own share
@@ -330,10 +353,15 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
     owner: u32,
     start: u32,
     waiting: &mut dyn Waiting,
+    may_claim: &dyn Fn() -> bool,
 ) -> Result<(u32, u32), WaitError> {
     let mut got = None;
     if waiting.spin(&mut || {
-        got = try_claim(w, owner, start);
+        got = if may_claim() {
+            try_claim(w, owner, start)
+        } else {
+            None
+        };
         if got.is_some() {
             Poll::Ready
         } else {
@@ -357,7 +385,7 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
         // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...). The announcement ends
         // with an RMW on `free_waiters`.
         fence_after_rmw();
-        if let Some(c) = try_claim(w, owner, start) {
+        if let Some(c) = may_claim().then(|| try_claim(w, owner, start)).flatten() {
             retract_free_wait(w, owner);
             return Ok(c);
         }
@@ -367,6 +395,13 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
         }
         park.wait(w.free_seq(), seq, Some(slice));
         retract_free_wait(w, owner);
+        if !may_claim() {
+            // Woken for a slot we may not take: hand the wake-up to the next waiter.
+            if any_free(w) {
+                notify_free(w, park);
+            }
+            continue;
+        }
         // A woken waiter always tries to claim before it looks at its deadline, so a wake for
         // a freed slot is either used here or the slot was taken by another claimer.
         if let Some(c) = try_claim(w, owner, start) {

@@ -10,7 +10,7 @@
 //! cannot be read (a failing system call) is treated as alive. There is no timer rule.
 
 use crate::layout::PROC_ENTRIES;
-use crate::protocol::{self, Liveness, Reaped as SlotReaped};
+use crate::protocol::{self, Liveness, Reaped as SlotReaped, State};
 use crate::shm::{Futex, Mapping};
 use crate::sync::Ordering;
 use std::time::Duration;
@@ -34,12 +34,53 @@ pub(crate) struct Reaped {
 #[derive(Debug)]
 pub(crate) struct Reaper {
     verdict: Vec<Option<Liveness>>,
+    /// Slots each entry holds (counted while others wait), and whether it was reported over
+    /// its share already.
+    held: Vec<u32>,
+    reported: Vec<bool>,
 }
 
 impl Reaper {
     pub(crate) fn new() -> Reaper {
         Reaper {
             verdict: vec![None; PROC_ENTRIES],
+            held: vec![0; PROC_ENTRIES],
+            reported: vec![false; PROC_ENTRIES],
+        }
+    }
+
+    /// While callers wait for a slot, warns (once per episode) about every client process
+    /// that holds more than its share (`Header::client_share`): a process leaking replies, or
+    /// stuck in as many threads, starves the others.
+    fn report_hogs(&mut self, map: &Mapping) {
+        let h = map.header();
+        let share = h.client_share.load(Ordering::Relaxed);
+        let waiting = h.free_waiters.load(Ordering::Relaxed);
+        self.held.iter_mut().for_each(|n| *n = 0);
+        if share > 0 && waiting > 0 {
+            for i in 0..map.layout().slot_count {
+                let s = State(map.slot(i).state.load(Ordering::Relaxed));
+                if matches!(
+                    s.kind(),
+                    State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
+                ) {
+                    self.held[s.owner() as usize] += 1;
+                }
+            }
+        }
+        for k in 1..PROC_ENTRIES {
+            let over = self.held[k] > share && waiting > 0 && share > 0;
+            if over && !self.reported[k] {
+                tracing::warn!(
+                    entry = k,
+                    pid = map.proc_entry(k as u32).pid.load(Ordering::Relaxed),
+                    held = self.held[k],
+                    share,
+                    waiting,
+                    "a client process holds more slots than its share while others wait"
+                );
+            }
+            self.reported[k] = over;
         }
     }
 
@@ -69,6 +110,7 @@ impl Reaper {
                 map.let_go(k);
             }
         }
+        self.report_hogs(map);
         map.header().reaper_scans.fetch_add(1, Ordering::Relaxed);
         out
     }

@@ -66,6 +66,7 @@ pub struct ServerBuilder {
     workers: usize,
     wait: WaitMode,
     trust: Trust,
+    client_share: Option<u32>,
 }
 
 impl ServerBuilder {
@@ -78,6 +79,14 @@ impl ServerBuilder {
     /// size, and so the largest message, follows from the capacity.
     pub fn slots(mut self, n: u32) -> Self {
         self.slots = n;
+        self
+    }
+    /// Most slots one client process takes while callers of other processes wait for one
+    /// (default: three quarters of the slots, at least 1; 0 for no limit). A process that
+    /// leaks replies or blocks a thread per slot then leaves the rest to the others. Kept by
+    /// the clients (a cooperative rule); the server warns about a process over its share.
+    pub fn slots_per_client(mut self, n: u32) -> Self {
+        self.client_share = Some(n);
         self
     }
     /// Number of worker threads running the handler (default 1).
@@ -134,8 +143,18 @@ impl ServerBuilder {
                 self.workers
             )));
         }
+        let share = self
+            .client_share
+            .unwrap_or((layout.slot_count - layout.slot_count / 4).max(1));
+        if share > layout.slot_count {
+            return Err(Error::InvalidConfig(format!(
+                "slots per client {share} exceeds the {} slots",
+                layout.slot_count
+            )));
+        }
         let lock = NameLock::acquire(&self.name)?;
         let map = Mapping::create(&self.name, layout, &lock)?;
+        map.header().client_share.store(share, Ordering::Relaxed);
         map.header()
             .ns_per_tick_q32
             .store(ns_per_tick(), Ordering::Relaxed);
@@ -284,6 +303,7 @@ impl Server {
             workers: 1,
             wait: WaitMode::default(),
             trust: Trust::default(),
+            client_share: None,
         }
     }
 

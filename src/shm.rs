@@ -565,6 +565,35 @@ impl Mapping {
         })
     }
 
+    /// Slots whose call belongs to process entry `k` (claimed and not yet freed or handed to
+    /// a worker for good: CLAIMED, REQUEST, SERVING, REPLY). Reads every slot word: for the
+    /// contended path and the reaper only.
+    pub fn held_by(&self, k: u32) -> u32 {
+        (0..self.layout.slot_count)
+            .filter(|&i| {
+                let s = State(self.slot(i).state.load(Ordering::Relaxed));
+                s.owner() == k
+                    && matches!(
+                        s.kind(),
+                        State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
+                    )
+            })
+            .count() as u32
+    }
+
+    /// Whether callers of other processes than this one wait for a free slot (the total of
+    /// announced waits exceeds this process's own share of it).
+    #[inline]
+    pub fn others_waiting(&self) -> bool {
+        let total = self.header().free_waiters.load(Ordering::Relaxed);
+        total > 0
+            && total
+                > self
+                    .proc_entry(self.entry)
+                    .free_waits
+                    .load(Ordering::Relaxed)
+    }
+
     /// This process's entry (0 for a server's mapping or a view).
     pub fn entry(&self) -> u32 {
         self.entry

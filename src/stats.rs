@@ -210,6 +210,8 @@ pub struct Stats {
     pub in_use: Vec<SlotUse>,
     /// Callers (and async helpers) announced as waiting for a free slot.
     pub free_waiters: u32,
+    /// Most slots one client process takes while others wait (0: no limit).
+    pub client_share: u32,
     /// Scans the server's reaper has completed.
     pub reaper_scans: u64,
     /// The CPUs (bit `c` for CPU `c` < 64) where the server's active workers last ran; a
@@ -267,6 +269,7 @@ impl Stats {
             queue_time: Histogram::read(&h.queue_hist),
             in_use,
             free_waiters: h.free_waiters.load(Ordering::Relaxed),
+            client_share: h.client_share.load(Ordering::Relaxed),
             reaper_scans: h.reaper_scans.load(Ordering::Relaxed),
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
         }

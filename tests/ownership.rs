@@ -119,6 +119,24 @@ fn child_entry() {
             let _ = client.request_timeout(&Echo::new(1, "late"), Duration::from_secs(60));
             wait_for_stdin_eof();
         }
+        // `threads` threads call once each and keep their replies (a leak), until killed.
+        ["leaker", name, threads] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            say("started".into());
+            std::thread::scope(|s| {
+                for t in 0..threads.parse::<u64>().unwrap() {
+                    let client = &client;
+                    s.spawn(move || {
+                        if let Ok(reply) =
+                            client.request_timeout(&Echo::new(t, "leak"), Duration::from_secs(60))
+                        {
+                            std::mem::forget(reply);
+                        }
+                    });
+                }
+            });
+            wait_for_stdin_eof();
+        }
         // A server that then runs out of file descriptors: it can open nothing any more, not
         // even /proc (so no pid lookup could tell it anything), and goes on serving.
         ["emfile-server", name] => {
@@ -339,4 +357,49 @@ fn a_killed_server_is_not_found_although_its_mapping_says_running() {
         Err(shmrpc::Error::NotFound { .. }) => {}
         other => panic!("connect to a killed server: {other:?}"),
     }
+}
+
+/// A process that leaks every reply it gets (4 threads, 4 slots) stops at its share (2) once
+/// another process's caller waits: its two threads still waiting for a slot are ahead of that
+/// caller in the futex's queue, and each slot freed here wakes one of them first; at its share
+/// it may not take the slot and hands the wake-up on, so the slot reaches the other caller.
+/// Without the share (`slots_per_client(0)`) the leaker's threads take both freed slots and
+/// the other caller times out.
+#[test]
+fn a_leaking_process_leaves_slots_to_another_process_once_it_holds_its_share() {
+    let name = unique_name("share");
+    let _server = Server::builder(&name)
+        .slots(4)
+        .slots_per_client(2)
+        .serve(echo)
+        .unwrap();
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let mine: Vec<_> = (0..2)
+        .map(|n| client.request(&Echo::new(n, "held here")).unwrap())
+        .collect();
+    let mut leaker = Proc::spawn(&["leaker", &name, "4"]);
+    assert_eq!(leaker.line(), "started");
+    let pid = leaker.child.id();
+    wait_for_stats(
+        &name,
+        "the leaker holding 2 slots, 2 threads waiting",
+        |s| {
+            s.in_use.iter().filter(|u| u.owner_pid == Some(pid)).count() == 2 && s.free_waiters == 2
+        },
+    );
+    std::thread::scope(|s| {
+        let waiter =
+            s.spawn(|| client.request_timeout(&Echo::new(9, "mine"), Duration::from_secs(2)));
+        wait_for_stats(&name, "this process's caller waiting behind them", |s| {
+            s.free_waiters == 3
+        });
+        drop(mine);
+        let reply = waiter
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the caller beside the leaker: {e}"));
+        assert_eq!(reply.n, 9);
+    });
+    // (Once nobody else waits, the leaker may take the rest: the share binds only then.)
+    assert_eq!(stats(&name).client_share, 2);
 }

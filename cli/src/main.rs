@@ -244,6 +244,23 @@ fn render(name: &str, s: &Stats) -> String {
         o.push_str(&bars(h));
     }
     if !s.in_use.is_empty() {
+        // Slots per client process, against the share each may hold while others wait.
+        let mut per: Vec<(u32, Option<u32>, u32)> = Vec::new();
+        for u in &s.in_use {
+            match per.iter_mut().find(|p| p.0 == u.owner_entry) {
+                Some(p) => p.2 += 1,
+                None => per.push((u.owner_entry, u.owner_pid, 1)),
+            }
+        }
+        let share = match s.client_share {
+            0 => "no limit".to_string(),
+            n => format!("{n} while others wait"),
+        };
+        let _ = writeln!(o, "slots per client process (share: {share}):");
+        for (entry, pid, n) in per {
+            let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
+            let _ = writeln!(o, "  entry {entry:>4}{pid}: {n}");
+        }
         let _ = writeln!(o, "slots in use:");
         for u in &s.in_use {
             let owner = match (u.owner_entry, u.owner_pid) {
