@@ -35,6 +35,19 @@ fn child_entry() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
     };
     match args[..] {
+        ["serve", name] => {
+            let _server = Server::builder(name).serve(echo).unwrap();
+            say("ready".into());
+            wait_for_stdin_eof();
+        }
+        // Connects, then calls once told to (after the parent shrank the mapping's file).
+        ["call-after", name] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            say("connected".into());
+            assert_eq!(common::read_line(), "go");
+            let _ = client.request(&Echo::new(1, "after the shrink"));
+            say("survived".into());
+        }
         ["plant", "file", path] => own_file(path),
         ["plant", "symlink", path] => {
             let target = format!("{path}.target");
@@ -48,8 +61,10 @@ fn child_entry() {
         }
         _ => panic!("unknown child role {role:?}"),
     }
-    say(format!("planted {}", args[1]));
-    wait_for_stdin_eof();
+    if args[0] == "plant" {
+        say(format!("planted {}", args[1]));
+        wait_for_stdin_eof();
+    }
 }
 
 fn is_root() -> bool {
@@ -193,4 +208,29 @@ fn a_truncated_or_oversized_mapping_is_refused() {
         }
         std::fs::remove_file(&path).unwrap();
     }
+}
+
+/// What is not prevented (DESIGN.md, threat model): a process of the same user that shrinks
+/// a mapping's file makes every process that then touches the lost pages die of SIGBUS, as
+/// it could kill them outright. Here a client killed that way; the test documents the limit
+/// (it fails if the behaviour changes, and the documentation must then change with it).
+#[test]
+fn a_same_user_shrink_of_the_mapping_kills_its_users_with_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let name = unique_name("shrink");
+    let mut server = Proc::spawn(&["serve", &name]);
+    assert_eq!(server.line(), "started");
+    assert_eq!(server.line(), "ready");
+    let mut client = Proc::spawn(&["call-after", &name]);
+    assert_eq!(client.line(), "started");
+    assert_eq!(client.line(), "connected");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(object_path(&name))
+        .unwrap();
+    file.set_len(0).unwrap();
+    client.tell("go");
+    let status = client.child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+    drop(server.child.kill());
 }
