@@ -169,13 +169,29 @@ impl Proc {
         }
     }
 
+    /// [`Proc::spawn_under`] of another test binary `exe` (built from the same source, maybe
+    /// for another target: its `child_entry` takes the same roles).
+    pub fn spawn_exe(exe: &std::path::Path, prefix: &[&str], role: &[&str]) -> Proc {
+        Proc::spawn_from(Some(exe), prefix, &[], None, role).unwrap()
+    }
+
     fn spawn_full(
         prefix: &[&str],
         env: &[(&str, &str)],
         uid: Option<u32>,
         role: &[&str],
     ) -> std::io::Result<Proc> {
-        let exe = std::env::current_exe().unwrap();
+        Proc::spawn_from(None, prefix, env, uid, role)
+    }
+
+    fn spawn_from(
+        exe: Option<&std::path::Path>,
+        prefix: &[&str],
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        role: &[&str],
+    ) -> std::io::Result<Proc> {
+        let exe = exe.map_or_else(|| std::env::current_exe().unwrap(), |e| e.to_owned());
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
