@@ -212,7 +212,13 @@ fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
                 let completed = Arc::clone(&completed);
                 // Cancel after 0..3 ms: before the first poll, while queued for one of the
                 // 8 slots, while in flight, or (the reply being fast) never.
-                let cancel_after = Duration::from_micros(rng.below(3000) as u64);
+                // Every tenth is never cancelled (so that some complete however loaded the
+                // machine is: the check below is not vacuous).
+                let cancel_after = if n % 10 == 0 {
+                    Duration::from_secs(30)
+                } else {
+                    Duration::from_micros(rng.below(3000) as u64)
+                };
                 let sleep_ms = rng.below(3) as u32;
                 tokio::spawn(async move {
                     let mut msg = Echo::new(n, format!("m{n}"));
@@ -245,7 +251,7 @@ fn futures_dropped_at_random_points_lose_nothing_and_leak_no_slot() {
         assert!(t0.elapsed() < Duration::from_secs(5), "slots leaked: {s:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(completed.load(Ordering::Relaxed) > 0);
+    assert!(completed.load(Ordering::Relaxed) >= 60);
 }
 
 #[test]
