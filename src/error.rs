@@ -177,11 +177,13 @@ impl Error {
 }
 
 /// Adds what was being done, and to which object, to a failed system call.
+#[cfg(not(loom))]
 pub(crate) trait Context<T> {
     /// `Err(e)` becomes `Error::Io { context: what(), source: e }`.
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 
+#[cfg(not(loom))]
 impl<T, E: Into<std::io::Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(what(), e))

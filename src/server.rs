@@ -418,7 +418,7 @@ impl<'m> WorkerCpu<'m> {
     /// Records the CPU this worker runs on (and sets its bit again if another worker that left
     /// the same CPU, or a peer, cleared it).
     fn note(&mut self) {
-        let now = rustix::thread::sched_getcpu();
+        let now = crate::shm::current_cpu();
         let cpus = &self.map.header().worker_cpus;
         if now == self.cpu {
             if now < 64 && cpus.load(Ordering::Relaxed) & (1 << now) == 0 {

@@ -161,6 +161,15 @@ fn names_file(object: &str, fd: &OwnedFd) -> bool {
     }
 }
 
+/// The CPU this thread runs on (`usize::MAX` if unknown): glibc's `sched_getcpu`, a vDSO
+/// call. (rustix's own vDSO lookup crashes under valgrind, which then cannot run a process
+/// using shmrpc.)
+pub fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu takes no arguments and has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(usize::MAX)
+}
+
 /// The byte of a mapping's file whose lock the server holds while it runs. Byte `k` in
 /// 1..=1023 is process entry `k`'s (`layout::PROC_ENTRIES`).
 const SERVER_LOCK_BYTE: u32 = 0;

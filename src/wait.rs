@@ -264,7 +264,7 @@ impl Waiting for CallWait<'_> {
             if !may_nap() {
                 return false;
             }
-            let me = rustix::thread::sched_getcpu();
+            let me = crate::shm::current_cpu();
             // Relaxed: a hint; a stale value costs one nap or one burst of spinning.
             if me >= 64 || cpus.load(Ordering::Relaxed) != 1 << me {
                 return false;
