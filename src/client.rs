@@ -166,8 +166,10 @@ impl Inner {
     fn current(&self) -> &Mapping {
         // SYNC: Acquire pairs with the Release store in `reconnect`: the mapping is complete.
         let ptr = self.current.load(Ordering::Acquire);
-        // SAFETY: `current` always points to a mapping held by an `Arc` in `retained`, which
-        // is never removed from it while `self` lives; the returned borrow is tied to `self`.
+        // SAFETY: `current` always points to a mapping held by an `Arc` in `retained` (a
+        // reconnect stores the pointer while it holds the `retained` lock and the new `Arc`,
+        // and pushes that `Arc` before letting go of either), and nothing is ever removed from
+        // `retained` while `self` lives; the returned borrow is tied to `self`.
         unsafe { &*ptr }
     }
 }
@@ -692,7 +694,7 @@ struct ArchivedPtr<T: ?Sized>(*const T);
 // written through; sending it to another thread shares `T`, which `T: Sync` allows, as it
 // does for `&T`. The bytes it points to stay valid wherever the `Reply` goes: the slot stays
 // this process's (REPLY at our generation) until `Held` drops, whichever thread drops it (the
-// slot is owned by the process, not by a thread, and `release` is an atomic store), and a
+// slot is owned by the process, not by a thread, and `release` is a compare-and-swap), and a
 // private copy is a heap buffer that does not move.
 unsafe impl<T: ?Sized + Sync> Send for ArchivedPtr<T> {}
 // SAFETY: sharing an `ArchivedPtr` between threads only lets each of them make a `&T`, which

@@ -57,7 +57,8 @@ pub enum Error {
     },
     /// The call's slot was taken away from this caller by another process that broke the
     /// protocol (wrote into the mapping): the call was not published, or its reply is lost.
-    /// Nothing of another caller's was touched.
+    /// No other call's state word was changed (bytes already written into the slot may have
+    /// reached the slot's new owner, as any stray write does).
     CallLost,
     /// An object under the server's name is not one this user's shmrpc created: a symbolic
     /// link, a hard link, another user's file, or a wrong mode. Nothing was mapped or locked.

@@ -168,7 +168,8 @@ pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
 /// The type fingerprint of `T` that travels with every call (`SlotHeader::req_type` and
 /// `reply_type`): FNV-1a over `T`'s type name (`std::any::type_name`, with its module path)
 /// and the size of its archived form, folded to 32 bits, never 0 (0 means "no type": a ping,
-/// or the reply of a one-way message). The same on every target for the same source: rkyv's
+/// or the reply of a one-way message). The same on every target for the same source and
+/// compiler version (`type_name`'s text is not promised across compiler versions): rkyv's
 /// archived layout does not depend on the pointer width (DESIGN.md, section 2). Computed once
 /// per client handle and per server, not per call.
 pub fn fingerprint<T: Message>() -> u32 {

@@ -184,6 +184,8 @@ pub enum Mutant {
     ReapByStore,
     /// `shutdown` does not bump `server_seq` nor wake the workers parked on it.
     ShutdownNoWorkerWake,
+    /// `heal_free_waits` zeroes the whole count instead of taking back the dead entry's share.
+    HealEverything,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -334,7 +336,9 @@ pub fn retract_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
 /// nobody else changes that share meanwhile.
 pub fn heal_free_waits<W: Words + ?Sized>(w: &W, owner: u32) -> u32 {
     let left = w.owner_waiters(owner).swap(0, Ordering::Relaxed);
-    if left > 0 {
+    if mutated(w, Mutant::HealEverything) {
+        w.free_waiters().store(0, Ordering::Relaxed);
+    } else if left > 0 {
         saturating_sub(w.free_waiters(), left);
     }
     left
@@ -375,6 +379,11 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
             return Err(WaitError::Gone);
         }
         let Some(slice) = waiting.next_park() else {
+            // We may have been handed a wake-up for a free slot that we now leave unused:
+            // pass it on, so that no other waiter sleeps a slice beside it.
+            if any_free(w) {
+                notify_free(w, park);
+            }
             return Err(WaitError::Timeout);
         };
         // SYNC: Acquire pairs with the Release bump in `notify_free`/`shutdown`: a waiter that

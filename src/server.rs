@@ -82,7 +82,8 @@ impl ServerBuilder {
         self
     }
     /// Most slots one client process takes while callers of other processes wait for one
-    /// (default: three quarters of the slots, at least 1; 0 for no limit). A process that
+    /// (default: three quarters of the slots, at least 1; 0 for no limit; otherwise more
+    /// than half of the slots, `InvalidConfig` else). A process that
     /// leaks replies or blocks a thread per slot then leaves the rest to the others. Kept by
     /// the clients (a cooperative rule); the server warns about a process over its share.
     pub fn slots_per_client(mut self, n: u32) -> Self {
@@ -143,13 +144,16 @@ impl ServerBuilder {
                 self.workers
             )));
         }
-        let share = self
-            .client_share
-            .unwrap_or((layout.slot_count - layout.slot_count / 4).max(1));
-        if share > layout.slot_count {
+        let n = layout.slot_count;
+        let share = self.client_share.unwrap_or((n - n / 4).max(1));
+        // More than half: then at most one process can be over its share at a time, and the
+        // others may always claim (two processes each over a smaller share, both waiting,
+        // could leave free slots idle).
+        if share != 0 && (share > n || share <= n / 2) {
             return Err(Error::InvalidConfig(format!(
-                "slots per client {share} exceeds the {} slots",
-                layout.slot_count
+                "slots per client {share} must be 0 (no limit) or in {}..={n} \
+                 (more than half of the {n} slots)",
+                n / 2 + 1
             )));
         }
         let lock = NameLock::acquire(&self.name)?;

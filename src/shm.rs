@@ -71,13 +71,16 @@ fn shm_path(object: &str) -> String {
 /// Opens shm object `object` (`/dev/shm/...`) without following a symbolic link (`O_NOFOLLOW`:
 /// a link planted under the name fails instead of leading elsewhere), then checks on the
 /// descriptor, before anything maps or locks it, that it is what shmrpc creates: a regular
-/// file, owned by this process's effective user, mode exactly 0600, one link. `NotFound`-kind
-/// errors are returned as the raw `Errno::NOENT` for the caller to map.
+/// file, owned by this process's effective user, mode exactly 0600, one link. `O_NONBLOCK`
+/// too: opening a FIFO planted under the name would otherwise wait for a writer forever
+/// (it has no effect on a regular file). `NotFound`-kind errors are returned as the raw
+/// `Errno::NOENT` for the caller to map; a refused open (`EACCES`) of an object that is not
+/// ours is reported as what it is.
 fn open_object(object: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, ObjectError> {
     let path = shm_path(object);
     let fd = match rustix::fs::open(
         path.as_str(),
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         mode,
     ) {
         Ok(fd) => fd,
@@ -86,6 +89,20 @@ fn open_object(object: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Objec
                 &path,
                 "is a symbolic link".to_owned(),
             )))
+        }
+        Err(Errno::ACCESS) => {
+            // Another user's object whose mode does not let us open it: say whose it is.
+            let detail = rustix::fs::statat(
+                rustix::fs::CWD,
+                path.as_str(),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .ok()
+            .and_then(|st| object_problem(&st));
+            return Err(match detail {
+                Some(d) => ObjectError::Foreign(foreign(&path, d)),
+                None => ObjectError::Os(Errno::ACCESS, format!("opening {path}")),
+            });
         }
         Err(e) => return Err(ObjectError::Os(e, format!("opening {path}"))),
     };
@@ -119,6 +136,15 @@ fn foreign(path: &str, detail: String) -> Error {
 /// The checks of [`open_object`] on an open descriptor of `path`.
 fn check_object(fd: &OwnedFd, path: &str) -> Result<(), ObjectError> {
     let st = rustix::fs::fstat(fd).map_err(|e| ObjectError::Os(e, format!("inspecting {path}")))?;
+    match object_problem(&st) {
+        Some(d) => Err(ObjectError::Foreign(foreign(path, d))),
+        None => Ok(()),
+    }
+}
+
+/// What makes the file described by `st` not an object this user's shmrpc created, if
+/// anything.
+fn object_problem(st: &rustix::fs::Stat) -> Option<String> {
     let euid = rustix::process::geteuid().as_raw();
     let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
     let perm = st.st_mode & 0o7777;
@@ -139,10 +165,7 @@ fn check_object(fd: &OwnedFd, path: &str) -> Result<(), ObjectError> {
     } else {
         None
     };
-    match detail {
-        Some(d) => Err(ObjectError::Foreign(foreign(path, d))),
-        None => Ok(()),
-    }
+    detail
 }
 
 /// Whether the object now under `object`'s name (not following a link) is the file `fd` is
@@ -248,7 +271,7 @@ pub struct Mapping {
     /// server's mapping and read-only views, which never claim slots.
     entry: u32,
     /// Process-local: set once a caller found this mapping's server dead or stopped, so that
-    /// later calls through any handle fail fast (or reconnect) without re-checking `/proc`.
+    /// later calls through any handle fail fast (or reconnect) without asking the kernel again.
     gone: AtomicU32,
     /// This process's async state for this mapping (`async_call::Hub`), made by the first
     /// async call.
@@ -815,6 +838,11 @@ pub fn remove_stale(name: &str) -> Result<bool> {
     let object = object_name(name);
     let had_lock = std::path::Path::new(&shm_path(&lock_name(name))).exists();
     let lock = NameLock::acquire(name)?;
+    // Only ours is removed: another user's plant is reported (and `clean` leaves it alone).
+    match open_object(&object, OFlags::RDONLY, Mode::empty()) {
+        Ok(_) | Err(ObjectError::Os(Errno::NOENT, _)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let removed = match shm::unlink(object.as_str()) {
         Ok(()) => true,
         Err(Errno::NOENT) => had_lock,

@@ -135,8 +135,8 @@ fn caller_park_slice() -> Duration {
     *SLICE.get_or_init(|| {
         std::env::var("SHMRPC_TEST_PARK_SLICE_MS")
             .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(PARK_SLICE, Duration::from_millis)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(PARK_SLICE, |ms| Duration::from_millis(ms.max(1)))
     })
 }
 
@@ -291,7 +291,7 @@ impl Waiting for CallWait<'_> {
     }
 
     fn peer_alive(&mut self) -> bool {
-        // The first park of a call skips the check (it reads /proc): a live server answers
+        // The first park of a call skips the check (a system call, `F_OFD_GETLK`): a live server answers
         // most calls within one slice, and a dead one is found at the next.
         self.parks += 1;
         self.parks == 1 || (self.alive)()

@@ -49,6 +49,17 @@ fn child_entry() {
             say("survived".into());
         }
         ["plant", "file", path] => own_file(path),
+        // A file of its own that this process's user may not even open (mode 0600).
+        ["plant", "private", path] => {
+            own_file(path);
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        // A FIFO: opening it to read would wait for a writer, for ever.
+        ["plant", "fifo", path] => {
+            let c = std::ffi::CString::new(path).unwrap();
+            // SAFETY: mkfifo reads the NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        }
         ["plant", "symlink", path] => {
             let target = format!("{path}.target");
             own_file(&target);
@@ -112,7 +123,7 @@ fn another_users_plant_under_the_mapping_name_is_refused_by_server_and_client() 
         println!("skipped: planting as a second user needs root");
         return;
     }
-    for kind in ["symlink", "hardlink", "file"] {
+    for kind in ["symlink", "hardlink", "file", "private", "fifo"] {
         let name = unique_name(&format!("plant-map-{kind}"));
         let path = object_path(&name);
         if !plant(kind, &path) {
@@ -126,6 +137,11 @@ fn another_users_plant_under_the_mapping_name_is_refused_by_server_and_client() 
         assert_foreign(
             &format!("server, mapping {kind}"),
             Server::builder(&name).serve(echo),
+            &path,
+        );
+        assert_foreign(
+            &format!("statistics view, mapping {kind}"),
+            shmrpc::StatsView::open(&name),
             &path,
         );
         remove_plant(&path);
@@ -165,10 +181,10 @@ fn another_users_plant_under_the_lock_name_is_refused() {
     }
 }
 
-/// This user's own object with a mode other than 0600 (something widened it) is refused too,
-/// by the client and the server.
+/// This user's own object with a mode other than 0600 (something widened it), or with a
+/// second link to it, is refused too, by the client and the server.
 #[test]
-fn an_object_with_a_wrong_mode_is_refused() {
+fn an_object_with_a_wrong_mode_or_a_second_link_is_refused() {
     let name = unique_name("mode");
     let path = object_path(&name);
     let f = std::fs::File::create_new(&path).unwrap();
@@ -180,6 +196,12 @@ fn an_object_with_a_wrong_mode_is_refused() {
         Server::builder(&name).serve(echo),
         &path,
     );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let other = format!("{path}.second-link");
+    std::fs::hard_link(&path, &other).unwrap();
+    assert_foreign("client, 2 links", Client::<Echo>::connect(&name), &path);
+    assert_foreign("server, 2 links", Server::builder(&name).serve(echo), &path);
+    std::fs::remove_file(&other).unwrap();
     std::fs::remove_file(&path).unwrap();
 }
 
