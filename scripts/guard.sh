@@ -26,8 +26,9 @@ count() {
     (valgrind --tool=callgrind --callgrind-out-file=/dev/null "$EXE" "$1" 2>&1 || true) \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-# Three pairs of runs, each pair's difference per call (repeatable to within about 2 %: both sides
-# park instead of spinning, see benches/examples/instructions.rs); the median is the figure.
+# Three pairs of runs, each pair's difference per call; the median is the figure. Both sides
+# park instead of spinning (benches/examples/instructions.rs), so the pairs agree within a few
+# per cent on one machine; compare figures from the same machine only.
 PER=()
 for _ in 1 2 3 4 5; do
     A=$(count 2000)

@@ -5,9 +5,10 @@
 mod common;
 
 use common::{
-    echo, say, start_server, unique_name, wait_for_stdin_eof, Echo, Gate, Proc, Rng, ROLE,
+    echo, say, start_server, unique_name, wait_for_stats, wait_for_stdin_eof, Echo, Gate, Proc,
+    Rng, ROLE,
 };
-use shmrpc::{Client, Error, Server, SlotState, StatsView, Trust};
+use shmrpc::{Client, Error, Server, SlotState, Trust};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -165,23 +166,6 @@ fn time_until_served(client: &Client<Echo>, limit: Duration) -> Duration {
         .unwrap_or_else(|e| panic!("no slot came back within {limit:?}: {e}"));
     assert_eq!(reply.n, 42);
     t0.elapsed()
-}
-
-/// Polls `name`'s statistics until `cond` holds, at most 10 s (a bounded wait on an observable
-/// condition, not a sleep standing in for it).
-fn wait_for_stats(name: &str, what: &str, cond: impl Fn(&shmrpc::Stats) -> bool) -> shmrpc::Stats {
-    let t0 = Instant::now();
-    loop {
-        let s = StatsView::open(name).unwrap().stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "never saw {what}: {s:?}"
-        );
-        std::thread::yield_now();
-    }
 }
 
 /// A client process killed at each point of a call (mid-write right after its claim, waiting

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{say, unique_name, wait_for_stdin_eof, Proc, ROLE};
+use common::{say, unique_name, wait_for_stats, wait_for_stdin_eof, Proc, ROLE};
 use shmrpc::{Client, Request, Server};
 use std::time::Duration;
 
@@ -166,22 +166,6 @@ fn peer() -> Option<(std::path::PathBuf, Vec<String>)> {
     Some((exe.into(), runner))
 }
 
-/// Waits until the server's statistics satisfy `cond` (at most 30 s).
-fn wait_for(name: &str, what: &str, cond: impl Fn(&shmrpc::Stats) -> bool) -> shmrpc::Stats {
-    let t0 = std::time::Instant::now();
-    loop {
-        let s = shmrpc::StatsView::open(name).unwrap().stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "never saw {what}: {s:?}"
-        );
-        std::thread::yield_now();
-    }
-}
-
 /// Liveness across architectures: a peer of the other architecture holding a reply keeps its
 /// slot through many scans of this architecture's reaper (its byte lock is seen held: the
 /// lock's byte range means the same to both), and loses it once killed.
@@ -193,8 +177,8 @@ fn a_peer_holding_a_reply_is_alive_to_this_reaper_and_reclaimed_when_killed() {
     let runner: Vec<&str> = runner.iter().map(String::as_str).collect();
     let mut child = Proc::spawn_exe(&exe, &runner, &["hold", &name]);
     assert!(child.line().starts_with("holding"));
-    let scans = wait_for(&name, "the held slot", |s| s.slots_in_use == 1).reaper_scans;
-    let s = wait_for(&name, "ten reaper scans", |s| s.reaper_scans >= scans + 10);
+    let scans = wait_for_stats(&name, "the held slot", |s| s.slots_in_use == 1).reaper_scans;
+    let s = wait_for_stats(&name, "ten reaper scans", |s| s.reaper_scans >= scans + 10);
     assert_eq!((s.slots_in_use, s.reclaimed), (1, 0), "{s:?}");
     child.tell("");
     drop(child.child.stdin.take());
@@ -203,7 +187,7 @@ fn a_peer_holding_a_reply_is_alive_to_this_reaper_and_reclaimed_when_killed() {
     assert!(victim.line().starts_with("holding"));
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
-    wait_for(&name, "the killed peer's slot reclaimed", |s| {
+    wait_for_stats(&name, "the killed peer's slot reclaimed", |s| {
         s.slots_in_use == 0 && s.reclaimed == 1
     });
 }
@@ -219,8 +203,8 @@ fn this_architecture_holding_a_reply_is_alive_to_a_peer_reaper() {
     let client = Client::<Mixed>::connect(&name).unwrap();
     let req = Mixed::sample(2);
     let reply = client.request(&req).unwrap();
-    let scans = wait_for(&name, "a scan", |s| s.reaper_scans > 0).reaper_scans;
-    let s = wait_for(&name, "ten reaper scans", |s| s.reaper_scans >= scans + 10);
+    let scans = wait_for_stats(&name, "a scan", |s| s.reaper_scans > 0).reaper_scans;
+    let s = wait_for_stats(&name, "ten reaper scans", |s| s.reaper_scans >= scans + 10);
     assert_eq!((s.slots_in_use, s.reclaimed), (1, 0), "{s:?}");
     assert_eq!(reply.deserialize().unwrap(), req.answer());
     drop(reply);

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    echo, read_line, say, signal, unique_name, wait_for_stdin_eof, wait_stopped, Echo, Gate, Proc,
-    ROLE,
+    echo, read_line, say, signal, unique_name, wait_for_stats, wait_for_stdin_eof, wait_stopped,
+    Echo, Gate, Proc, ROLE,
 };
 use shmrpc::{Client, Server, SlotState, Stats, StatsView};
 use std::time::{Duration, Instant};
@@ -19,22 +19,6 @@ const SCANS_WHILE_PAUSED: u64 = 12;
 
 fn stats(name: &str) -> Stats {
     StatsView::open(name).unwrap().stats()
-}
-
-/// Polls `name`'s statistics until `cond` holds, at most 20 s.
-fn wait_for_stats(name: &str, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
-    let t0 = Instant::now();
-    loop {
-        let s = stats(name);
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "never saw {what}: {s:?}"
-        );
-        std::thread::yield_now();
-    }
 }
 
 /// Makes calls through `client` (each must get its own reply) until the reaper has scanned

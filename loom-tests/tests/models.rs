@@ -1001,12 +1001,19 @@ fn mutant_shutdown_no_worker_wake_breaks_model_14() {
 // bytes it wrote before its failed publish would race the new owner's, which is what a
 // protocol-breaking peer causes, DESIGN.md section 6c; the CAS only keeps the states right.)
 
-fn model_15(mutant: Mutant) {
-    model("15 publish after losing the slot", move || {
+/// Models 15 and 16: client 1 claimed slot 0 (and, for model 16, got its reply there); a
+/// peer's blind write set the slot FREE at the next generation; then client 1's `stale`
+/// transition races client 2's whole call through the slot. The stale transition must fail
+/// (`false`) and client 2's call be served with its own bytes.
+fn stale_transition_model(
+    name: &'static str,
+    mutant: Mutant,
+    stale: impl Fn(&Bus, u32) -> bool + Send + Sync + Copy + 'static,
+) {
+    model(name, move || {
         let bus = Bus::new(1, mutant);
         let (slot, old) = protocol::try_claim(&*bus, 1, 0).unwrap();
-        // The peer's blind write: the slot is FREE again, at the next generation.
-        bus.slots[0].store(
+        bus.slots[slot as usize].store(
             State::new(State::FREE, 1 << State::OWNER_BITS).0,
             Ordering::SeqCst,
         );
@@ -1016,14 +1023,18 @@ fn model_15(mutant: Mutant) {
         };
         let stale = {
             let bus = bus.clone();
-            thread::spawn(move || {
-                // Client 1 resumes and publishes its (stale) call, without writing bytes.
-                protocol::publish_request(&*bus, &*bus, slot, old)
-            })
+            thread::spawn(move || stale(&bus, old))
         };
         assert_eq!(call_as(&bus, 2, 8), 80);
-        assert!(!stale.join().unwrap(), "a stale publish succeeded");
+        assert!(!stale.join().unwrap(), "a stale transition succeeded");
         server.join().unwrap();
+    });
+}
+
+fn model_15(mutant: Mutant) {
+    // Client 1 resumes and publishes its (stale) call, without writing bytes.
+    stale_transition_model("15 publish after losing the slot", mutant, |bus, old| {
+        protocol::publish_request(bus, bus, 0, old)
     });
 }
 
@@ -1043,25 +1054,9 @@ fn mutant_publish_by_store_breaks_model_15() {
 // fail and leave the new owner's call alone.
 
 fn model_16(mutant: Mutant) {
-    model("16 release after losing the slot", move || {
-        let bus = Bus::new(1, mutant);
-        let stale_reply = State::new(State::REPLY, 1);
-        // A peer's blind write took client 1's reply slot away: FREE at the next generation.
-        bus.slots[0].store(
-            State::new(State::FREE, 1 << State::OWNER_BITS).0,
-            Ordering::SeqCst,
-        );
-        let server = {
-            let bus = bus.clone();
-            thread::spawn(move || serve(&bus, 1))
-        };
-        let stale = {
-            let bus = bus.clone();
-            thread::spawn(move || protocol::release(&*bus, &*bus, 0, stale_reply))
-        };
-        assert_eq!(call_as(&bus, 2, 9), 90);
-        assert!(!stale.join().unwrap(), "a stale release succeeded");
-        server.join().unwrap();
+    // Client 1 releases the reply it believes it still holds.
+    stale_transition_model("16 release after losing the slot", mutant, |bus, old| {
+        protocol::release(bus, bus, 0, State::new(State::REPLY, old))
     });
 }
 
@@ -1162,12 +1157,12 @@ fn mutants_are_caught() {
         ("mutant_shutdown_no_worker_wake_breaks_model_14", "deadlock"),
         (
             "mutant_publish_by_store_breaks_model_15",
-            "stale publish succeeded|taken from its live owner|Causality violation|deadlock",
+            "stale transition succeeded|taken from its live owner|Causality violation|deadlock",
         ),
         ("mutant_heal_everything_breaks_model_17", "deadlock|left: 1"),
         (
             "mutant_release_by_store_breaks_model_16",
-            "stale release succeeded|taken from its live owner|Causality violation|deadlock",
+            "stale transition succeeded|taken from its live owner|Causality violation|deadlock",
         ),
     ];
     for (name, expected) in cases {

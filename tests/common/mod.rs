@@ -267,6 +267,27 @@ impl Drop for Proc {
     }
 }
 
+/// Polls server `name`'s statistics until `cond` holds, at most 30 s: a bounded wait on an
+/// observable condition, not a sleep standing in for one.
+pub fn wait_for_stats(
+    name: &str,
+    what: &str,
+    cond: impl Fn(&shmrpc::Stats) -> bool,
+) -> shmrpc::Stats {
+    let t0 = Instant::now();
+    loop {
+        let s = shmrpc::StatsView::open(name).unwrap().stats();
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never saw {what}: {s:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Blocks until stdin closes: the parent's stop signal for server children.
 pub fn wait_for_stdin_eof() {
     let mut sink = Vec::new();
