@@ -1,11 +1,11 @@
 //! The client: a cheap, cloneable handle on a server's mapping.
 
+use crate::clock;
 use crate::error::{Error, Result};
 use crate::layout::{checksum, kind, status};
 use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
 use crate::shm::{validate_name, Futex, Mapping};
-use crate::stats::clock;
 use crate::sync::{AtomicPtr, Ordering};
 use crate::trust::{copy_out, Trust};
 use crate::wait::{CallWait, Deadline, WaitMode};

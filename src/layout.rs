@@ -240,7 +240,7 @@ pub struct Header {
     pub reclaimed: AtomicU64,
     /// Calls whose deadline passed (counted by the client that gave up).
     pub timeouts: AtomicU64,
-    /// Fixed-point nanoseconds per tick of the latency clock, times 2^32 (`stats::Clock`),
+    /// Fixed-point nanoseconds per tick of the latency clock, times 2^32 (`clock.rs`),
     /// measured by the server at start; clients need it only to read the histograms.
     pub ns_per_tick_q32: AtomicU64,
     /// Scans the server's reaper completed (relaxed; lets tests and tools see that it ran).
@@ -303,7 +303,7 @@ pub struct SlotHeader {
     pub req_sum: AtomicU32,
     /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
     pub reply_sum: AtomicU32,
-    /// The latency clock (`stats::clock`) when the call began (before the client claimed this
+    /// The latency clock (`clock.rs`) when the call began (before the client claimed this
     /// slot), in units of 64 ticks, truncated to 32 bits: the worker derives the queueing time
     /// from it. (The field keeps its name from layout version 1, where it was stamped at
     /// publication.)

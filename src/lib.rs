@@ -40,9 +40,6 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "linux"))]
-compile_error!("shmrpc runs on Linux (it uses shared futexes and /dev/shm)");
-
 // The mapping layout, the slot protocol and the atomics facade are public only for the loom
 // models (`loom-tests/`), the fuzzers and the benchmarks: hidden, and outside semver.
 #[doc(hidden)]
@@ -53,12 +50,14 @@ pub mod protocol;
 pub mod sync;
 
 #[cfg(not(loom))]
+mod admin;
+#[cfg(not(loom))]
 mod async_call;
 #[cfg(not(loom))]
 mod client;
-mod error;
 #[cfg(not(loom))]
-mod futex;
+mod clock;
+mod error;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -72,6 +71,8 @@ mod server;
 mod shm;
 #[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
+mod sys;
 #[cfg(not(loom))]
 mod trust;
 #[cfg(not(loom))]
@@ -91,7 +92,9 @@ pub use message::Message;
 pub use server::{Request, Server, ServerBuilder, StopHandle};
 
 #[cfg(not(loom))]
-pub use stats::{clean, list, Histogram, ServerEntry, SlotState, SlotUse, Stats, StatsView};
+pub use admin::{clean, list, ServerEntry};
+#[cfg(not(loom))]
+pub use stats::{Histogram, SlotState, SlotUse, Stats, StatsView};
 #[cfg(not(loom))]
 pub use trust::Trust;
 #[cfg(not(loom))]

@@ -1,12 +1,13 @@
 //! The server: a name, a mapping, worker threads and a handler.
 
+use crate::clock;
 use crate::error::{Error, Result};
 use crate::layout::{self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
 use crate::message::{self, Message};
 use crate::protocol::{self, Begin, Poll, State};
 use crate::reaper::{Reaper, SCAN_EVERY};
 use crate::shm::{validate_name, Futex, Mapping, NameLock};
-use crate::stats::{self, clock, Stats};
+use crate::stats::{self, Stats};
 use crate::sync::{AtomicU32, Ordering};
 use crate::trust::{copy_out, Trust};
 use crate::wait::{spin_until, WaitMode};
@@ -422,7 +423,7 @@ impl<'m> WorkerCpu<'m> {
     /// Records the CPU this worker runs on (and sets its bit again if another worker that left
     /// the same CPU, or a peer, cleared it).
     fn note(&mut self) {
-        let now = crate::shm::current_cpu();
+        let now = crate::sys::current_cpu();
         let cpus = &self.map.header().worker_cpus;
         if now == self.cpu {
             if now < 64 && cpus.load(Ordering::Relaxed) & (1 << now) == 0 {

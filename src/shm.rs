@@ -1,23 +1,18 @@
 //! The shared mapping: names, creation and opening, liveness of processes, and the
-//! production implementations of [`Words`] and [`Park`].
-//!
-//! We use `rustix` (shm_open, ftruncate, fchmod, flock, mmap, futex) rather than the
-//! `shared_memory` crate: the latter has had no release since 2021, cannot set the object's
-//! mode, hides the descriptor we need for `fstat`, and its stale-object cleanup relies on a
-//! flink file. DESIGN.md explains the choice.
+//! production implementations of [`Words`] and [`Park`]. What it asks of the operating system
+//! goes through `crate::sys`.
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::layout::{
     self, Header, Layout, ProcEntry, SlotHeader, HEADER_SIZE, PROCS_OFFSET, PROC_ENTRIES,
     PROC_ENTRY_SIZE, SLOT_HEADER_SIZE,
 };
 use crate::protocol::{self, Liveness, Park, Reaped, State, Words};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use rustix::fd::OwnedFd;
-use rustix::fs::{FlockOperation, Mode, OFlags};
-use rustix::io::Errno;
-use rustix::mm::{MapFlags, ProtFlags};
-use rustix::shm;
+use crate::sys::{
+    self, byte_locked, lock_name, names_file, object_name, open_object, shm_path, try_lock_byte,
+    unlock_byte, LockTry, ObjectError,
+};
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -54,210 +49,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shm object name of a server's mapping: per user, so two users' servers never collide.
-pub fn object_name(name: &str) -> String {
-    format!("/shmrpc.{}.{}", rustix::process::geteuid().as_raw(), name)
-}
-
-fn lock_name(name: &str) -> String {
-    format!("{}.lock", object_name(name))
-}
-
-/// Where Linux shows shm objects in the file system.
-fn shm_path(object: &str) -> String {
-    format!("/dev/shm{object}")
-}
-
-/// Opens shm object `object` (`/dev/shm/...`) without following a symbolic link (`O_NOFOLLOW`:
-/// a link planted under the name fails instead of leading elsewhere), then checks on the
-/// descriptor, before anything maps or locks it, that it is what shmrpc creates: a regular
-/// file, owned by this process's effective user, mode exactly 0600, one link. `O_NONBLOCK`
-/// too: opening a FIFO planted under the name would otherwise wait for a writer forever
-/// (it has no effect on a regular file). `NotFound`-kind errors are returned as the raw
-/// `Errno::NOENT` for the caller to map; a refused open (`EACCES`) of an object that is not
-/// ours is reported as what it is.
-fn open_object(object: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, ObjectError> {
-    let path = shm_path(object);
-    let fd = match rustix::fs::open(
-        path.as_str(),
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        mode,
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::LOOP) => {
-            return Err(ObjectError::Foreign(foreign(
-                &path,
-                "is a symbolic link".to_owned(),
-            )))
-        }
-        Err(Errno::ACCESS) => {
-            // Another user's object whose mode does not let us open it: say whose it is.
-            let detail = rustix::fs::statat(
-                rustix::fs::CWD,
-                path.as_str(),
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .ok()
-            .and_then(|st| object_problem(&st));
-            return Err(match detail {
-                Some(d) => ObjectError::Foreign(foreign(&path, d)),
-                None => ObjectError::Os(Errno::ACCESS, format!("opening {path}")),
-            });
-        }
-        Err(e) => return Err(ObjectError::Os(e, format!("opening {path}"))),
-    };
-    check_object(&fd, &path)?;
-    Ok(fd)
-}
-
-/// Why an object could not be opened: the OS said no (and what was being done), or it is
-/// not ours.
-enum ObjectError {
-    Os(Errno, String),
-    Foreign(Error),
-}
-
-impl From<ObjectError> for Error {
-    fn from(e: ObjectError) -> Error {
-        match e {
-            ObjectError::Os(e, context) => Error::io(context, e),
-            ObjectError::Foreign(e) => e,
-        }
-    }
-}
-
-fn foreign(path: &str, detail: String) -> Error {
-    Error::ForeignObject {
-        object: path.to_owned(),
-        detail,
-    }
-}
-
-/// The checks of [`open_object`] on an open descriptor of `path`.
-fn check_object(fd: &OwnedFd, path: &str) -> Result<(), ObjectError> {
-    let st = rustix::fs::fstat(fd).map_err(|e| ObjectError::Os(e, format!("inspecting {path}")))?;
-    match object_problem(&st) {
-        Some(d) => Err(ObjectError::Foreign(foreign(path, d))),
-        None => Ok(()),
-    }
-}
-
-/// What makes the file described by `st` not an object this user's shmrpc created, if
-/// anything.
-fn object_problem(st: &rustix::fs::Stat) -> Option<String> {
-    let euid = rustix::process::geteuid().as_raw();
-    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-    let perm = st.st_mode & 0o7777;
-    let detail = if kind != rustix::fs::FileType::RegularFile {
-        Some(format!("is not a regular file ({kind:?})"))
-    } else if st.st_uid != euid {
-        Some(format!(
-            "belongs to uid {} (mode {perm:04o}), not to this user (uid {euid})",
-            st.st_uid
-        ))
-    } else if perm != 0o600 {
-        Some(format!("has mode {perm:04o}, not 0600"))
-    } else if st.st_nlink != 1 {
-        Some(format!(
-            "has {} links, not 1 (a hard link to it exists)",
-            st.st_nlink
-        ))
-    } else {
-        None
-    };
-    detail
-}
-
-/// Whether the object now under `object`'s name (not following a link) is the file `fd` is
-/// open on.
-fn names_file(object: &str, fd: &OwnedFd) -> bool {
-    match (
-        rustix::fs::fstat(fd),
-        rustix::fs::statat(
-            rustix::fs::CWD,
-            shm_path(object).as_str(),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        ),
-    ) {
-        (Ok(ours), Ok(now)) => ours.st_ino == now.st_ino && ours.st_dev == now.st_dev,
-        _ => false,
-    }
-}
-
-/// The CPU this thread runs on (`usize::MAX` if unknown): glibc's `sched_getcpu`, a vDSO
-/// call. (rustix's own vDSO lookup crashes under valgrind, which then cannot run a process
-/// using shmrpc.)
-pub fn current_cpu() -> usize {
-    // SAFETY: sched_getcpu takes no arguments and has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).unwrap_or(usize::MAX)
-}
-
 /// The byte of a mapping's file whose lock the server holds while it runs. Byte `k` in
 /// 1..=1023 is process entry `k`'s (`layout::PROC_ENTRIES`).
 const SERVER_LOCK_BYTE: u32 = 0;
-
-/// The outcome of trying to take a byte's lock.
-enum LockTry {
-    /// Taken: this open file description now holds it.
-    Got,
-    /// Another open file description holds it.
-    Held,
-    /// The system call failed otherwise.
-    Failed(Errno),
-}
-
-/// An open-file-description lock on byte `byte` of `fd`'s file (`F_OFD_*`): owned by the open
-/// file description, not by a pid, so it means the same in every pid namespace, and the kernel
-/// drops it when the last descriptor of that description closes, which it does for a process
-/// however the process ends. (`flock` locks the whole file; classic POSIX record locks belong
-/// to a pid and are dropped by any `close` of the file in that process.)
-fn ofd_lock(
-    fd: &OwnedFd,
-    cmd: libc::c_int,
-    kind: libc::c_int,
-    byte: u32,
-) -> Result<libc::flock, Errno> {
-    use rustix::fd::AsRawFd;
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    fl.l_start = byte as _;
-    fl.l_len = 1;
-    // l_pid must be 0 for OFD locks (zeroed above).
-    loop {
-        // SAFETY: `fd` is an open descriptor for the duration of the call and `fl` a valid,
-        // exclusively borrowed `flock` that the kernel reads and (F_OFD_GETLK) writes.
-        let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
-        if r == 0 {
-            return Ok(fl);
-        }
-        let e = Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO);
-        if e != Errno::INTR {
-            return Err(e);
-        }
-    }
-}
-
-fn try_lock_byte(fd: &OwnedFd, byte: u32) -> LockTry {
-    match ofd_lock(fd, libc::F_OFD_SETLK, libc::F_WRLCK, byte) {
-        Ok(_) => LockTry::Got,
-        Err(Errno::AGAIN) | Err(Errno::ACCESS) => LockTry::Held,
-        Err(e) => LockTry::Failed(e),
-    }
-}
-
-fn unlock_byte(fd: &OwnedFd, byte: u32) {
-    let _ = ofd_lock(fd, libc::F_OFD_SETLK, libc::F_UNLCK, byte);
-}
-
-/// Whether some open file description holds byte `byte`'s lock, without taking it (any
-/// descriptor, read-only included): `Some(true)` held, `Some(false)` free, `None` unknown.
-fn byte_locked(fd: &OwnedFd, byte: u32) -> Option<bool> {
-    let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, byte).ok()?;
-    Some(i32::from(fl.l_type) != libc::F_UNLCK)
-}
 
 /// A mapped server mapping. The geometry (`layout`) is this process's own copy, fixed when the
 /// mapping was created or validated; nothing read from the mapping later can change it.
@@ -265,7 +59,7 @@ fn byte_locked(fd: &OwnedFd, byte: u32) -> Option<bool> {
 pub struct Mapping {
     base: NonNull<u8>,
     layout: Layout,
-    _fd: OwnedFd,
+    _fd: sys::Fd,
     /// This process's entry in the process table (`layout::ProcEntry`), whose byte lock the
     /// file description behind `_fd` holds for as long as the mapping lives; 0 for the
     /// server's mapping and read-only views, which never claim slots.
@@ -292,36 +86,17 @@ impl Drop for Mapping {
         if let Some(hub) = self.hub.get() {
             hub.nudge();
         }
-        // SAFETY: `base` came from `mmap` with `layout.capacity` bytes and nothing borrows it:
-        // every borrow of a `Mapping`'s memory is tied to `&self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.base.as_ptr().cast(), self.layout.capacity);
-        }
+        // SAFETY: `base` came from `sys::map` with `layout.capacity` bytes and nothing
+        // borrows it: every borrow of a `Mapping`'s memory is tied to `&self`.
+        unsafe { sys::unmap(self.base, self.layout.capacity) };
     }
-}
-
-fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
-    map_fd_prot(fd, len, ProtFlags::READ | ProtFlags::WRITE)
-}
-
-fn map_fd_prot(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<NonNull<u8>> {
-    // SAFETY: a fresh shared mapping of `len` bytes of `fd`; nothing else refers to that
-    // address range yet. The file is at least `len` bytes long (checked by every caller).
-    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
-        .context(|| format!("mapping {len} bytes of a server's file"))?;
-    NonNull::new(ptr.cast()).ok_or_else(|| {
-        Error::io(
-            "mapping a server's file",
-            std::io::Error::other("mmap returned null"),
-        )
-    })
 }
 
 /// The exclusive claim of a server on its name: an `flock`ed lock object held for the
 /// server's lifetime. The kernel drops the lock when the process dies, however it dies.
 #[derive(Debug)]
 pub struct NameLock {
-    _fd: OwnedFd,
+    _fd: sys::Fd,
     object: String,
 }
 
@@ -330,36 +105,31 @@ impl NameLock {
     pub fn acquire(name: &str) -> Result<NameLock> {
         let object = lock_name(name);
         for _ in 0..100 {
-            // Created exclusively when absent (then given exactly 0600: the umask may have
-            // narrowed it); an existing one must pass every check of `open_object`.
-            let fd = match rustix::fs::open(
-                shm_path(&object).as_str(),
-                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::RUSR | Mode::WUSR,
-            ) {
-                Ok(fd) => {
-                    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)
-                        .context(|| format!("setting mode 0600 on {}", shm_path(&object)))?;
-                    fd
+            // Created exclusively when absent; an existing one must pass every check of
+            // `open_object`.
+            let fd = if sys::object_exists(&object) {
+                match open_object(&object, true) {
+                    Ok(fd) => fd,
+                    // Unlinked meanwhile by a stopping server: try again.
+                    Err(ObjectError::NotFound) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                Err(Errno::EXIST) => {
-                    match open_object(&object, OFlags::RDWR, Mode::empty()) {
-                        Ok(fd) => fd,
-                        // Unlinked meanwhile by a stopping server: try again.
-                        Err(ObjectError::Os(Errno::NOENT, _)) => continue,
-                        Err(e) => return Err(e.into()),
+            } else {
+                match sys::create_object(&object) {
+                    Ok(fd) => fd,
+                    // Created meanwhile (by another starting server): look at it again.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        continue
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(Error::io(format!("creating {}", shm_path(&object)), e)),
             };
-            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => {}
-                Err(Errno::WOULDBLOCK) => {
-                    return Err(Error::AddrInUse {
-                        name: name.to_owned(),
-                    })
-                }
-                Err(e) => return Err(Error::io(format!("locking {}", shm_path(&object)), e)),
+            if !sys::lock_file(&fd, &shm_path(&object))? {
+                return Err(Error::AddrInUse {
+                    name: name.to_owned(),
+                });
             }
             // A stopping server unlinks the lock object before it closes it: if we locked an
             // unlinked object, try again with the current one.
@@ -376,14 +146,14 @@ impl NameLock {
 impl Drop for NameLock {
     fn drop(&mut self) {
         // Unlink while we still hold the lock; closing `fd` then releases it.
-        let _ = shm::unlink(self.object.as_str());
+        let _ = sys::unlink_object(&self.object);
     }
 }
 
 impl Mapping {
     /// Wraps `len = layout.capacity` mapped bytes at `base` of `fd`, with fresh process-local
     /// state (not known gone, no async hub yet).
-    fn new(base: NonNull<u8>, layout: Layout, fd: OwnedFd) -> Mapping {
+    fn new(base: NonNull<u8>, layout: Layout, fd: sys::Fd) -> Mapping {
         Mapping {
             base,
             layout,
@@ -401,28 +171,16 @@ impl Mapping {
         let object = object_name(name);
         // A leftover must be ours (a dead server's) before we replace it: another user's plant
         // is refused, naming it, rather than failing to unlink it with a bare EPERM.
-        let epoch = match open_object(&object, OFlags::RDONLY, Mode::empty()) {
+        let epoch = match open_object(&object, false) {
             Ok(fd) => Self::stale_epoch(&fd).map_or(1, |e| e.wrapping_add(1)),
-            Err(ObjectError::Os(Errno::NOENT, _)) => 1,
+            Err(ObjectError::NotFound) => 1,
             Err(e) => return Err(e.into()),
         };
         let path = shm_path(&object);
-        match shm::unlink(object.as_str()) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(Error::io(format!("removing the dead server's {path}"), e)),
-        }
-        // O_EXCL: fails on anything created under the name meanwhile, a link included.
-        let fd = rustix::fs::open(
-            path.as_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )
-        .context(|| format!("creating {path}"))?;
-        // The umask may have narrowed the mode; the contract is exactly 0600.
-        rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)
-            .context(|| format!("setting mode 0600 on {path}"))?;
-        rustix::fs::ftruncate(&fd, layout.capacity as u64)
-            .context(|| format!("sizing {path} to {} bytes", layout.capacity))?;
+        sys::unlink_object(&object)?;
+        // Exclusive: fails on anything created under the name meanwhile, a link included.
+        let fd = sys::create_object(&object)?;
+        sys::set_len(&fd, layout.capacity as u64, &path)?;
         // The server's liveness: held as long as this file description is open, that is,
         // until this mapping drops or the process ends, however it ends.
         match try_lock_byte(&fd, SERVER_LOCK_BYTE) {
@@ -437,7 +195,7 @@ impl Mapping {
                 return Err(Error::io(format!("locking byte 0 of the new {path}"), e))
             }
         }
-        let base = map_fd(&fd, layout.capacity)?;
+        let base = sys::map(&fd, layout.capacity, true)?;
         let map = Mapping::new(base, layout, fd);
         let h = map.header();
         h.version.store(layout::LAYOUT_VERSION, Ordering::Relaxed);
@@ -459,11 +217,8 @@ impl Mapping {
     /// A private mapping with `layout` (an anonymous memfd) holding `image` (repeated or cut to
     /// size): what the fuzz targets feed to the server's code in place of a shared mapping.
     pub fn from_image(layout: Layout, image: &[u8]) -> Result<Mapping> {
-        let fd = rustix::fs::memfd_create("shmrpc-image", rustix::fs::MemfdFlags::CLOEXEC)
-            .context(|| "creating a memfd for a mapping image".into())?;
-        rustix::fs::ftruncate(&fd, layout.capacity as u64)
-            .context(|| "sizing a mapping image".into())?;
-        let base = map_fd(&fd, layout.capacity)?;
+        let fd = sys::anonymous_file(layout.capacity as u64)?;
+        let base = sys::map(&fd, layout.capacity, true)?;
         if !image.is_empty() {
             for (i, b) in image.iter().cycle().take(layout.capacity).enumerate() {
                 // SAFETY: `i < capacity`; the mapping is new and private to this call.
@@ -474,13 +229,12 @@ impl Mapping {
     }
 
     /// The epoch of a leftover mapping open on `fd`, if it has a readable header.
-    fn stale_epoch(fd: &OwnedFd) -> Option<u64> {
-        let size = rustix::fs::fstat(fd).ok()?.st_size;
-        if size < HEADER_SIZE as i64 {
+    fn stale_epoch(fd: &sys::Fd) -> Option<u64> {
+        if sys::file_len(fd, "a leftover mapping").ok()? < HEADER_SIZE as u64 {
             return None;
         }
         let mut buf = [0u8; 8];
-        rustix::io::pread(fd, &mut buf, 48).ok()?;
+        sys::read_exact_at(fd, &mut buf, 48)?;
         Some(u64::from_le_bytes(buf))
     }
 
@@ -500,19 +254,13 @@ impl Mapping {
         let not_found = || Error::NotFound {
             name: name.to_owned(),
         };
-        let (flags, prot) = if view {
-            (OFlags::RDONLY, ProtFlags::READ)
-        } else {
-            (OFlags::RDWR, ProtFlags::READ | ProtFlags::WRITE)
-        };
-        let fd = match open_object(&object_name(name), flags, Mode::empty()) {
+        let fd = match open_object(&object_name(name), !view) {
             Ok(fd) => fd,
-            Err(ObjectError::Os(Errno::NOENT, _)) => return Err(not_found()),
+            Err(ObjectError::NotFound) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
-        let st = rustix::fs::fstat(&fd)
-            .context(|| format!("inspecting {}", shm_path(&object_name(name))))?;
-        let size = usize::try_from(st.st_size).unwrap_or(0);
+        let size = usize::try_from(sys::file_len(&fd, &shm_path(&object_name(name)))?)
+            .unwrap_or(usize::MAX);
         if size < HEADER_SIZE {
             // Created but not yet sized: a server that is starting (or died starting).
             return Err(not_found());
@@ -522,7 +270,7 @@ impl Mapping {
             slot_count: 0,
             slot_size: 0,
         };
-        let probe = Mapping::new(map_fd_prot(&fd, size, prot)?, header_only, fd);
+        let probe = Mapping::new(sys::map(&fd, size, !view)?, header_only, fd);
         let h = probe.header();
         // SYNC: Acquire pairs with the Release store of `magic` in `Mapping::create`.
         if h.magic.load(Ordering::Acquire) != layout::MAGIC {
@@ -792,7 +540,7 @@ impl Mapping {
     pub fn unlink(&self, name: &str) {
         let object = object_name(name);
         if names_file(&object, &self._fd) {
-            let _ = shm::unlink(object.as_str());
+            let _ = sys::unlink_object(&object);
         }
     }
 }
@@ -801,11 +549,9 @@ impl Mapping {
 /// version): its layout version, pid, and whether it is running. Read with `pread`, without
 /// mapping anything. `None` if there is no readable, complete header.
 pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
-    let fd = open_object(&object_name(name), OFlags::RDONLY, Mode::empty()).ok()?;
+    let fd = open_object(&object_name(name), false).ok()?;
     let mut buf = [0u8; 72];
-    if rustix::io::pread(&fd, &mut buf, 0).ok()? != buf.len() {
-        return None;
-    }
+    sys::read_exact_at(&fd, &mut buf, 0)?;
     let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
     if u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")) != layout::MAGIC {
         return None;
@@ -815,13 +561,12 @@ pub fn peek_header(name: &str) -> Option<(u32, u32, bool)> {
     Some((word(8), word(36), running))
 }
 
-/// The server names of this user that have a mapping or a lock object in `/dev/shm`.
+/// The server names of this user that have a mapping or a lock object.
 pub fn list_names() -> Result<Vec<String>> {
-    let prefix = format!("shmrpc.{}.", rustix::process::geteuid().as_raw());
+    let prefix = format!("shmrpc.{}.", sys::euid());
     let mut names = Vec::new();
-    for entry in std::fs::read_dir("/dev/shm").context(|| "listing /dev/shm".into())? {
-        let file = entry?.file_name();
-        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+    for file in sys::list_objects(&prefix)? {
+        let Some(rest) = file.strip_prefix(&prefix) else {
             continue;
         };
         let name = rest.strip_suffix(".lock").unwrap_or(rest);
@@ -836,18 +581,14 @@ pub fn list_names() -> Result<Vec<String>> {
 /// (its lock is free): `Ok(true)` if something was removed, `AddrInUse` if a server runs.
 pub fn remove_stale(name: &str) -> Result<bool> {
     let object = object_name(name);
-    let had_lock = std::path::Path::new(&shm_path(&lock_name(name))).exists();
+    let had_lock = sys::object_exists(&lock_name(name));
     let lock = NameLock::acquire(name)?;
     // Only ours is removed: another user's plant is reported (and `clean` leaves it alone).
-    match open_object(&object, OFlags::RDONLY, Mode::empty()) {
-        Ok(_) | Err(ObjectError::Os(Errno::NOENT, _)) => {}
+    match open_object(&object, false) {
+        Ok(_) | Err(ObjectError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let removed = match shm::unlink(object.as_str()) {
-        Ok(()) => true,
-        Err(Errno::NOENT) => had_lock,
-        Err(e) => return Err(Error::io(format!("removing {}", shm_path(&object)), e)),
-    };
+    let removed = sys::unlink_existing(&object)? || had_lock;
     // Dropping the lock unlinks the lock object.
     drop(lock);
     Ok(removed)
@@ -892,9 +633,9 @@ pub struct Futex;
 
 impl Park for Futex {
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-        crate::futex::wait(word, expected, timeout);
+        sys::futex_wait(word, expected, timeout);
     }
     fn wake(&self, word: &AtomicU32, n: u32) {
-        crate::futex::wake(word, n);
+        sys::futex_wake(word, n);
     }
 }

@@ -5,82 +5,13 @@
 //! Everything is `Relaxed`: each counter is exact on its own, but a snapshot taken while calls
 //! run is not one instant (a call may be counted as served and still show its slot in use).
 
-use crate::error::{Error, Result};
+use crate::clock;
+use crate::error::Result;
 use crate::layout::{self, Header, HIST_BUCKETS};
 use crate::protocol::State;
 use crate::shm::Mapping;
 use crate::sync::Ordering;
 use std::time::Duration;
-
-/// The latency clock: the time-stamp counter on x86 (about 9 ns to read here, against 22 ns
-/// for `clock_gettime`; three reads per call sit on the round trip's path), `CLOCK_MONOTONIC`
-/// nanoseconds elsewhere. The TSC is one clock for all cores on the machines Linux trusts it
-/// as a clocksource on (`constant_tsc`, `nonstop_tsc`); elsewhere the queueing times between
-/// two processes may be skewed by the TSC offset between cores.
-pub(crate) mod clock {
-    use std::time::{Duration, Instant};
-
-    /// The clock now, in ticks.
-    #[inline]
-    pub(crate) fn ticks() -> u64 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: `rdtsc` has no preconditions; it reads a counter.
-            unsafe { core::arch::x86_64::_rdtsc() }
-        }
-        #[cfg(target_arch = "x86")]
-        {
-            // SAFETY: as above.
-            unsafe { core::arch::x86::_rdtsc() }
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
-        {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-            (t.tv_sec as u64)
-                .wrapping_mul(1_000_000_000)
-                .wrapping_add(t.tv_nsec as u64)
-        }
-    }
-
-    /// The 32-bit stamp a client stores in its slot for a call that began at `ticks`:
-    /// ticks / 64 (wraps after about 100 s at 2.5 GHz; queueing times are measured modulo that).
-    #[inline]
-    pub(crate) fn stamp(ticks: u64) -> u32 {
-        (ticks >> 6) as u32
-    }
-
-    /// Ticks from stamp `then` to `now_ticks`; 0 if `then` is later (a client on a core whose
-    /// counter runs slightly ahead, or a peer's garbage).
-    #[inline]
-    pub(crate) fn since_stamp(then: u32, now_ticks: u64) -> u64 {
-        let d = ((now_ticks >> 6) as u32).wrapping_sub(then);
-        if d > u32::MAX / 2 {
-            0
-        } else {
-            u64::from(d) << 6
-        }
-    }
-
-    /// Nanoseconds per tick times 2^32, measured against `Instant` over `window`.
-    pub(crate) fn calibrate(window: Duration) -> u64 {
-        if cfg!(not(any(target_arch = "x86_64", target_arch = "x86"))) {
-            return 1 << 32;
-        }
-        let (t0, k0) = (Instant::now(), ticks());
-        while t0.elapsed() < window {
-            std::hint::spin_loop();
-        }
-        let (ns, k1) = (t0.elapsed().as_nanos() as u64, ticks());
-        let dk = k1.wrapping_sub(k0).max(1);
-        (((ns as u128) << 32) / dk as u128).min(u64::MAX as u128) as u64
-    }
-
-    /// `ticks` in nanoseconds, with the factor from [`calibrate`].
-    #[inline]
-    pub(crate) fn to_ns(ticks: u64, ns_per_tick_q32: u64) -> u64 {
-        ((ticks as u128 * ns_per_tick_q32 as u128) >> 32).min(u64::MAX as u128) as u64
-    }
-}
 
 /// Records one served call in the header's histograms: `queued` and `handled` in ticks.
 #[inline]
@@ -315,81 +246,4 @@ impl StatsView {
         let alive = self.map.server_alive();
         Stats::read(&self.map, alive)
     }
-}
-
-/// A server mapping of this user, as [`list`] finds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerEntry {
-    /// The server name.
-    pub name: String,
-    /// Its process, if its header is readable.
-    pub pid: Option<u32>,
-    /// Whether it is running (else the mapping is stale: its server died or is starting).
-    pub alive: bool,
-    /// The mapping's layout version, if its header is readable; a server built with another
-    /// layout version than this library's ([`crate::LAYOUT_VERSION`]) cannot be
-    /// called or inspected by it.
-    pub layout_version: Option<u32>,
-}
-
-/// The server mappings of this user on this machine, sorted by name, each marked alive or
-/// stale. Reads headers only (read-only), like [`StatsView`].
-///
-/// ```
-/// for server in shmrpc::list()? {
-///     let state = if server.alive { "alive" } else { "stale" };
-///     println!("{} (pid {:?}): {state}", server.name, server.pid);
-/// }
-/// # Ok::<(), shmrpc::Error>(())
-/// ```
-pub fn list() -> Result<Vec<ServerEntry>> {
-    let mut out = Vec::new();
-    for name in crate::shm::list_names()? {
-        let entry = match crate::shm::peek_header(&name) {
-            Some((version, pid, alive)) => ServerEntry {
-                name,
-                pid: Some(pid),
-                alive,
-                layout_version: Some(version),
-            },
-            None => ServerEntry {
-                name,
-                pid: None,
-                alive: false,
-                layout_version: None,
-            },
-        };
-        out.push(entry);
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// Removes the mappings of dead servers of this user, never a live one: a name is removed
-/// only while its lock can be taken, which no running server allows. Returns the names
-/// removed. Objects that are not this user's own (`Error::ForeignObject`) are left alone.
-///
-/// ```no_run
-/// // (Not run by the doctests: it would remove stale servers that other tests on the machine
-/// // create on purpose.)
-/// for name in shmrpc::clean()? {
-///     println!("removed the leftovers of {name}");
-/// }
-/// # Ok::<(), shmrpc::Error>(())
-/// ```
-pub fn clean() -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for name in crate::shm::list_names()? {
-        match crate::shm::remove_stale(&name) {
-            Ok(true) => removed.push(name),
-            Ok(false) | Err(Error::AddrInUse { .. }) => {}
-            // Not ours to remove (another user's plant, a wrong mode): left alone.
-            Err(e @ Error::ForeignObject { .. }) => {
-                tracing::warn!(server = %name, "clean left an object alone: {e}");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    removed.sort();
-    Ok(removed)
 }

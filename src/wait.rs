@@ -5,8 +5,8 @@
 //! cost of one wake-up: spinning longer than a wake costs cannot save more than it burns), and
 //! after 5 µs it yields between bursts, so that a peer sharing our core can run.
 
+use crate::clock;
 use crate::protocol::{Poll, Waiting};
-use crate::stats::clock;
 use crate::sync::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -264,7 +264,7 @@ impl Waiting for CallWait<'_> {
             if !may_nap() {
                 return false;
             }
-            let me = crate::shm::current_cpu();
+            let me = crate::sys::current_cpu();
             // Relaxed: a hint; a stale value costs one nap or one burst of spinning.
             if me >= 64 || cpus.load(Ordering::Relaxed) != 1 << me {
                 return false;
