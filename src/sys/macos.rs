@@ -1,0 +1,157 @@
+//! macOS (compiled in CI, not yet run: no Apple machine or SDK here). Named objects are plain
+//! files in a private directory of this user's, `/tmp/shmrpc-UID` (mode 0700, checked before
+//! every open; POSIX shm objects on macOS take no byte locks and no `pread`), mapped shared;
+//! parking on a word is `os_sync_wait_on_address` with its shared flag (macOS 14.4 and later,
+//! looked up at run time); on older systems a parked caller polls every 200 µs instead.
+//!
+//! The mapping being a file of a disk file system, the kernel may write its dirty pages back
+//! from time to time; that costs I/O, not correctness.
+
+use crate::error::{Error, Result};
+use crate::sync::AtomicU32;
+use rustix::fd::OwnedFd;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Where named objects live: `/tmp/shmrpc-UID`.
+pub(crate) fn objects_dir() -> &'static str {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| format!("/tmp/shmrpc-{}", super::euid()))
+}
+
+/// Makes the objects' directory (mode 0700) if it is not there, then checks it.
+pub(crate) fn make_objects_dir() -> Result<()> {
+    let dir = objects_dir();
+    match rustix::fs::mkdir(dir, rustix::fs::Mode::RWXU) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(Error::io(format!("creating {dir}"), e)),
+    }
+    check_objects_dir()
+}
+
+/// The objects' directory, if it exists, must be this user's own directory, closed to
+/// others (another user could have made it first, in the world-writable `/tmp`).
+pub(crate) fn check_objects_dir() -> Result<(), Error> {
+    let dir = objects_dir();
+    let st = match rustix::fs::statat(rustix::fs::CWD, dir, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        // Nothing there yet: every object open then finds nothing.
+        Err(_) => return Ok(()),
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let perm = st.st_mode & 0o7777;
+    let detail = if kind != rustix::fs::FileType::Directory {
+        Some(format!("is not a directory ({kind:?})"))
+    } else if st.st_uid != super::euid() {
+        Some(format!("belongs to uid {}, not to this user", st.st_uid))
+    } else if perm & 0o077 != 0 {
+        Some(format!("has mode {perm:04o}: others may enter it"))
+    } else {
+        None
+    };
+    match detail {
+        Some(detail) => Err(Error::ForeignObject {
+            object: dir.to_owned(),
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The CPU this thread runs on (`pthread_cpu_number_np`), or `usize::MAX`.
+pub(crate) fn current_cpu() -> usize {
+    let mut cpu: libc::size_t = 0;
+    // SAFETY: the call writes one `size_t` into our local.
+    if unsafe { libc::pthread_cpu_number_np(&mut cpu) } == 0 {
+        cpu
+    } else {
+        usize::MAX
+    }
+}
+
+/// A private file of `len` zero bytes: created in the objects' directory and unlinked at once.
+pub(crate) fn anonymous_file(len: u64) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    make_objects_dir()?;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = format!("{}/image.{}.{n}", objects_dir(), std::process::id());
+    let fd = rustix::fs::open(
+        path.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(|e| Error::io(format!("creating {path}"), e))?;
+    let _ = rustix::fs::unlink(path.as_str());
+    super::set_len(&fd, len, "a mapping image")?;
+    Ok(fd)
+}
+
+type WaitFn = unsafe extern "C" fn(*mut libc::c_void, u64, libc::size_t, u32, u32, u64) -> i32;
+type WakeFn = unsafe extern "C" fn(*mut libc::c_void, libc::size_t, u32) -> i32;
+
+/// `os_sync_wait_on_address_with_timeout`, `os_sync_wake_by_address_any` and `_all`, if this
+/// system has them (macOS 14.4 and later).
+fn os_sync() -> Option<(WaitFn, WakeFn, WakeFn)> {
+    static FNS: OnceLock<Option<(WaitFn, WakeFn, WakeFn)>> = OnceLock::new();
+    *FNS.get_or_init(|| {
+        let find = |name: &std::ffi::CStr| {
+            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other
+            // preconditions; a null result means the symbol is absent.
+            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            (!p.is_null()).then_some(p)
+        };
+        let wait = find(c"os_sync_wait_on_address_with_timeout")?;
+        let any = find(c"os_sync_wake_by_address_any")?;
+        let all = find(c"os_sync_wake_by_address_all")?;
+        // SAFETY: the symbols have these C signatures (`<os/os_sync_wait_on_address.h>`).
+        unsafe {
+            Some((
+                std::mem::transmute::<*mut libc::c_void, WaitFn>(wait),
+                std::mem::transmute::<*mut libc::c_void, WakeFn>(any),
+                std::mem::transmute::<*mut libc::c_void, WakeFn>(all),
+            ))
+        }
+    })
+}
+
+/// Longest poll of a parked caller on a system without `os_sync_wait_on_address`.
+const POLL: Duration = Duration::from_micros(200);
+
+/// Sleeps while `*word == expected`, at most `timeout`; may return spuriously (the caller
+/// re-checks its condition). Shared between processes (`OS_SYNC_WAIT_ON_ADDRESS_SHARED`).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let Some((wait, _, _)) = os_sync() else {
+        std::thread::sleep(timeout.map_or(POLL, |t| t.min(POLL)));
+        return;
+    };
+    let ns = timeout.map_or(u64::MAX, |t| t.as_nanos().min(u64::MAX as u128) as u64);
+    // SAFETY: `word` is a live, aligned 4-byte atomic for the duration of the call; the kernel
+    // only compares it with `expected` and sleeps.
+    unsafe {
+        wait(
+            word.as_ptr().cast(),
+            u64::from(expected),
+            4,
+            libc::OS_SYNC_WAIT_ON_ADDRESS_SHARED,
+            libc::OS_CLOCK_MACH_ABSOLUTE_TIME,
+            ns,
+        );
+    }
+}
+
+/// Wakes at most `n` waiters parked on `word` (one, or all); returns 0 (the count is unknown).
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    if let Some((_, any, all)) = os_sync() {
+        let wake = if n == 1 { any } else { all };
+        // SAFETY: as in `futex_wait`; waking has no effect on the word.
+        unsafe {
+            wake(
+                word.as_ptr().cast(),
+                4,
+                libc::OS_SYNC_WAKE_BY_ADDRESS_SHARED,
+            )
+        };
+    }
+    0
+}
