@@ -8,7 +8,7 @@
 //! from time to time; that costs I/O, not correctness.
 
 use crate::error::{Error, Result};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use rustix::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -73,8 +73,8 @@ pub(crate) fn current_cpu() -> usize {
 pub(crate) fn anonymous_file(len: u64) -> Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     make_objects_dir()?;
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
     let path = format!("{}/image.{}.{n}", objects_dir(), std::process::id());
     let fd = rustix::fs::open(
         path.as_str(),
