@@ -87,13 +87,23 @@ pub(crate) fn anonymous_file(len: u64) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-type WaitFn = unsafe extern "C" fn(*mut libc::c_void, u64, libc::size_t, u32, u32, u64) -> i32;
+type WaitFn = unsafe extern "C" fn(*mut libc::c_void, u64, libc::size_t, u32) -> i32;
+type WaitTimeoutFn =
+    unsafe extern "C" fn(*mut libc::c_void, u64, libc::size_t, u32, u32, u64) -> i32;
 type WakeFn = unsafe extern "C" fn(*mut libc::c_void, libc::size_t, u32) -> i32;
 
-/// `os_sync_wait_on_address_with_timeout`, `os_sync_wake_by_address_any` and `_all`, if this
-/// system has them (macOS 14.4 and later).
-fn os_sync() -> Option<(WaitFn, WakeFn, WakeFn)> {
-    static FNS: OnceLock<Option<(WaitFn, WakeFn, WakeFn)>> = OnceLock::new();
+/// The functions of `<os/os_sync_wait_on_address.h>`, if this system has them (macOS 14.4 and
+/// later): wait, wait with a timeout in nanoseconds, wake one, wake all.
+#[derive(Clone, Copy)]
+struct OsSync {
+    wait: WaitFn,
+    wait_timeout: WaitTimeoutFn,
+    wake_any: WakeFn,
+    wake_all: WakeFn,
+}
+
+fn os_sync() -> Option<OsSync> {
+    static FNS: OnceLock<Option<OsSync>> = OnceLock::new();
     *FNS.get_or_init(|| {
         let find = |name: &std::ffi::CStr| {
             // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other
@@ -101,16 +111,19 @@ fn os_sync() -> Option<(WaitFn, WakeFn, WakeFn)> {
             let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
             (!p.is_null()).then_some(p)
         };
-        let wait = find(c"os_sync_wait_on_address_with_timeout")?;
+        let wait = find(c"os_sync_wait_on_address")?;
+        let wait_timeout = find(c"os_sync_wait_on_address_with_timeout")?;
         let any = find(c"os_sync_wake_by_address_any")?;
         let all = find(c"os_sync_wake_by_address_all")?;
-        // SAFETY: the symbols have these C signatures (`<os/os_sync_wait_on_address.h>`).
+        // SAFETY: each symbol is the function of that name, whose C signature is the one its
+        // type spells (`<os/os_sync_wait_on_address.h>`; the same as libc's declarations).
         unsafe {
-            Some((
-                std::mem::transmute::<*mut libc::c_void, WaitFn>(wait),
-                std::mem::transmute::<*mut libc::c_void, WakeFn>(any),
-                std::mem::transmute::<*mut libc::c_void, WakeFn>(all),
-            ))
+            Some(OsSync {
+                wait: std::mem::transmute::<*mut libc::c_void, WaitFn>(wait),
+                wait_timeout: std::mem::transmute::<*mut libc::c_void, WaitTimeoutFn>(wait_timeout),
+                wake_any: std::mem::transmute::<*mut libc::c_void, WakeFn>(any),
+                wake_all: std::mem::transmute::<*mut libc::c_void, WakeFn>(all),
+            })
         }
     })
 }
@@ -121,29 +134,42 @@ const POLL: Duration = Duration::from_micros(200);
 /// Sleeps while `*word == expected`, at most `timeout`; may return spuriously (the caller
 /// re-checks its condition). Shared between processes (`OS_SYNC_WAIT_ON_ADDRESS_SHARED`).
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let Some((wait, _, _)) = os_sync() else {
+    let Some(f) = os_sync() else {
         std::thread::sleep(timeout.map_or(POLL, |t| t.min(POLL)));
         return;
     };
-    let ns = timeout.map_or(u64::MAX, |t| t.as_nanos().min(u64::MAX as u128) as u64);
-    // SAFETY: `word` is a live, aligned 4-byte atomic for the duration of the call; the kernel
-    // only compares it with `expected` and sleeps.
-    unsafe {
-        wait(
-            word.as_ptr().cast(),
-            u64::from(expected),
-            4,
-            libc::OS_SYNC_WAIT_ON_ADDRESS_SHARED,
-            libc::OS_CLOCK_MACH_ABSOLUTE_TIME,
-            ns,
-        );
+    let addr = word.as_ptr().cast();
+    let flags = libc::OS_SYNC_WAIT_ON_ADDRESS_SHARED;
+    match timeout {
+        Some(t) => {
+            // A zero timeout is refused (EINVAL): one nanosecond returns as soon.
+            let ns = t.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
+            // SAFETY: `word` is a live, aligned 4-byte atomic for the duration of the call;
+            // the kernel only compares it with `expected` and sleeps.
+            unsafe {
+                (f.wait_timeout)(
+                    addr,
+                    u64::from(expected),
+                    4,
+                    flags,
+                    libc::OS_CLOCK_MACH_ABSOLUTE_TIME,
+                    ns,
+                );
+            }
+        }
+        None => {
+            // SAFETY: as above.
+            unsafe {
+                (f.wait)(addr, u64::from(expected), 4, flags);
+            }
+        }
     }
 }
 
 /// Wakes at most `n` waiters parked on `word` (one, or all); returns 0 (the count is unknown).
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
-    if let Some((_, any, all)) = os_sync() {
-        let wake = if n == 1 { any } else { all };
+    if let Some(f) = os_sync() {
+        let wake = if n == 1 { f.wake_any } else { f.wake_all };
         // SAFETY: as in `futex_wait`; waking has no effect on the word.
         unsafe {
             wake(
