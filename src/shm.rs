@@ -145,8 +145,12 @@ impl NameLock {
 
 impl Drop for NameLock {
     fn drop(&mut self) {
-        // Unlink while we still hold the lock; closing `fd` then releases it.
-        let _ = sys::unlink_object(&self.object);
+        // Unlink while we still hold the lock (and only if the name is still ours: another
+        // server may have taken a name that something else removed); closing `fd` then
+        // releases it.
+        if names_file(&self.object, &self._fd) {
+            let _ = sys::unlink_object(&self.object);
+        }
     }
 }
 

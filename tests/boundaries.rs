@@ -49,7 +49,8 @@ fn child_entry() {
             say("survived".into());
         }
         ["plant", "file", path] => own_file(path),
-        // A file of its own that this process's user may not even open (mode 0600).
+        // A file of its own, mode 0600 (a non-root victim could not even open it: the EACCES
+        // path; as root, which these tests need, the owner check refuses it).
         ["plant", "private", path] => {
             own_file(path);
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -12,6 +12,9 @@ pub(crate) fn objects_dir() -> &'static str {
     "/dev/shm"
 }
 
+/// `/dev/shm` is always there: its absence is an error worth reporting.
+pub(crate) const OBJECTS_DIR_MAY_BE_ABSENT: bool = false;
+
 /// `/dev/shm` exists and is the system's: nothing to make.
 pub(crate) fn make_objects_dir() -> Result<()> {
     Ok(())

@@ -5,7 +5,10 @@
 //! looked up at run time); on older systems a parked caller polls every 200 µs instead.
 //!
 //! The mapping being a file of a disk file system, the kernel may write its dirty pages back
-//! from time to time; that costs I/O, not correctness.
+//! from time to time; that costs I/O, not correctness. Unverified on a Mac: macOS's periodic
+//! clean-up of `/tmp` may delete files untouched for days (a long-running server's lock
+//! object, which nothing writes); a server whose lock object vanished could then be joined
+//! by a second one under its name.
 
 use crate::error::{Error, Result};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -58,16 +61,27 @@ pub(crate) fn check_objects_dir() -> Result<(), Error> {
     }
 }
 
-/// The CPU this thread runs on (`pthread_cpu_number_np`), or `usize::MAX`.
+/// The CPU this thread runs on (`pthread_cpu_number_np`, macOS 11 and later, looked up at
+/// run time), or `usize::MAX`.
 pub(crate) fn current_cpu() -> usize {
+    type CpuFn = unsafe extern "C" fn(*mut libc::size_t) -> libc::c_int;
+    static CPU_FN: OnceLock<Option<CpuFn>> = OnceLock::new();
+    let f = CPU_FN.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name; null means absent.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_cpu_number_np".as_ptr()) };
+        // SAFETY: the symbol is `int pthread_cpu_number_np(size_t *)`.
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, CpuFn>(p) })
+    });
     let mut cpu: libc::size_t = 0;
-    // SAFETY: the call writes one `size_t` into our local.
-    if unsafe { libc::pthread_cpu_number_np(&mut cpu) } == 0 {
-        cpu
-    } else {
-        usize::MAX
+    match f {
+        // SAFETY: the call writes one `size_t` into our local.
+        Some(f) if unsafe { f(&mut cpu) } == 0 => cpu,
+        _ => usize::MAX,
     }
 }
+
+/// `/tmp/shmrpc-UID` appears only when a first server starts: before, there are no objects.
+pub(crate) const OBJECTS_DIR_MAY_BE_ABSENT: bool = true;
 
 /// A private file of `len` zero bytes: created in the objects' directory and unlinked at once.
 pub(crate) fn anonymous_file(len: u64) -> Result<OwnedFd> {

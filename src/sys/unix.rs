@@ -29,7 +29,7 @@ pub(crate) fn lock_name(name: &str) -> String {
     format!("{}.lock", object_name(name))
 }
 
-/// Where Linux shows shm objects in the file system.
+/// The path of object `object` (`/NAME`) in the objects' directory (`/dev/shm` on Linux).
 pub(crate) fn shm_path(object: &str) -> String {
     format!("{}{object}", os::objects_dir())
 }
@@ -172,11 +172,6 @@ pub(crate) enum LockTry {
     Failed(Errno),
 }
 
-/// An open-file-description lock on byte `byte` of `fd`'s file (`F_OFD_*`): owned by the open
-/// file description, not by a pid, so it means the same in every pid namespace, and the kernel
-/// drops it when the last descriptor of that description closes, which it does for a process
-/// however the process ends. (`flock` locks the whole file; classic POSIX record locks belong
-/// to a pid and are dropped by any `close` of the file in that process.)
 /// The lock types `ofd_lock` uses (`F_WRLCK`, `F_UNLCK`; their C type differs by OS).
 #[derive(Clone, Copy)]
 pub(crate) enum LockKind {
@@ -193,6 +188,11 @@ impl LockKind {
     }
 }
 
+/// An open-file-description lock on byte `byte` of `fd`'s file (`F_OFD_*`): owned by the open
+/// file description, not by a pid, so it means the same in every pid namespace, and the kernel
+/// drops it when the last descriptor of that description closes, which it does for a process
+/// however the process ends. (`flock` locks the whole file; classic POSIX record locks belong
+/// to a pid and are dropped by any `close` of the file in that process.)
 pub(crate) fn ofd_lock(
     fd: &OwnedFd,
     cmd: libc::c_int,
@@ -361,7 +361,9 @@ pub(crate) fn list_objects(prefix: &str) -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // No directory yet (macOS: no server ever ran): no objects.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && os::OBJECTS_DIR_MAY_BE_ABSENT => {
+            return Ok(Vec::new())
+        }
         Err(e) => return Err(Error::io(format!("listing {dir}"), e)),
     };
     for entry in entries {
