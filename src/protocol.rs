@@ -403,8 +403,8 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
             return Err(WaitError::Gone);
         }
         park.wait(w.free_seq(), seq, Some(slice));
-        retract_free_wait(w, owner);
         if !may_claim() {
+            retract_free_wait(w, owner);
             // Woken for a slot we may not take: hand the wake-up to the next waiter.
             if any_free(w) {
                 notify_free(w, park);
@@ -412,8 +412,12 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
             continue;
         }
         // A woken waiter always tries to claim before it looks at its deadline, so a wake for
-        // a freed slot is either used here or the slot was taken by another claimer.
-        if let Some(c) = try_claim(w, owner, start) {
+        // a freed slot is either used here or the slot was taken by another claimer. It tries
+        // while still announced: a process over its share that looks meanwhile must still see
+        // someone waiting, or it could take the slot this wake-up was for.
+        let got = try_claim(w, owner, start);
+        retract_free_wait(w, owner);
+        if let Some(c) = got {
             return Ok(c);
         }
     }
