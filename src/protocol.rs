@@ -103,6 +103,15 @@ impl State {
     pub fn owner(self) -> u32 {
         self.gen() & Self::OWNER_MASK
     }
+    /// Whether the slot holds a call of its owner's (CLAIMED, REQUEST, SERVING, REPLY): what
+    /// the reaper takes back from a dead owner and what counts toward a process's share.
+    #[inline]
+    pub fn held_by_owner(self) -> bool {
+        matches!(
+            self.kind(),
+            Self::CLAIMED | Self::REQUEST | Self::SERVING | Self::REPLY
+        )
+    }
     /// Whether a client announced that it parks on this word.
     #[inline]
     pub fn has_waiter(self) -> bool {
@@ -662,11 +671,7 @@ pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
     // SYNC: Acquire: if we free the slot, the dead owner's last writes are ordered before the
     // next claimer's (kept for symmetry; a dead owner writes nothing more).
     let s = State(w.slot_state(slot).load(Ordering::Acquire));
-    if !matches!(
-        s.kind(),
-        State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
-    ) || s.owner() == 0
-    {
+    if !s.held_by_owner() || s.owner() == 0 {
         return Reaped::Nothing;
     }
     match liveness(s.owner()) {

@@ -60,10 +60,7 @@ impl Reaper {
         if share > 0 && waiting > 0 {
             for i in 0..map.layout().slot_count {
                 let s = State(map.slot(i).state.load(Ordering::Relaxed));
-                if matches!(
-                    s.kind(),
-                    State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
-                ) {
+                if s.held_by_owner() {
                     self.held[s.owner() as usize] += 1;
                 }
             }

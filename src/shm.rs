@@ -356,11 +356,7 @@ impl Mapping {
         (0..self.layout.slot_count)
             .filter(|&i| {
                 let s = State(self.slot(i).state.load(Ordering::Relaxed));
-                s.owner() == k
-                    && matches!(
-                        s.kind(),
-                        State::CLAIMED | State::REQUEST | State::SERVING | State::REPLY
-                    )
+                s.owner() == k && s.held_by_owner()
             })
             .count() as u32
     }
