@@ -161,6 +161,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
+#[cfg(unix)]
 impl From<rustix::io::Errno> for Error {
     fn from(e: rustix::io::Errno) -> Self {
         Error::io("an operating-system call", e)

@@ -178,6 +178,12 @@ pub mod status {
     pub const TYPE_MISMATCH: u32 = 5;
 }
 
+/// Where a parked-on word's park counter is: this many bytes after the word (the four words
+/// threads park on, `Header::{server_seq, free_seq, async_bell}` and `SlotHeader::state`, each
+/// have one). Platforms that park in a kernel object keyed by the word count their sleepers
+/// there (`sys/windows.rs`); the others leave it zero.
+pub const PARKED_DELTA: usize = 28;
+
 /// The header at offset 0 of the mapping. Written once by the server before it publishes
 /// `magic`; after that only the atomics change.
 #[repr(C)]
@@ -213,7 +219,11 @@ pub struct Header {
     pub server_seq: AtomicU32,
     /// Workers parked (or about to park) on `server_seq`.
     pub server_sleepers: AtomicU32,
-    _pad1: [u8; 52],
+    _pad1: [u8; 20],
+    /// [`PARKED_DELTA`] bytes after `server_seq`: the park counter of `server_seq` (see
+    /// [`SlotHeader::parked`]).
+    pub server_seq_parked: AtomicU32,
+    _pad1b: [u8; 28],
     // ---- line 2 (128): free-slot waiters.
     /// Futex word of callers waiting for a free slot; bumped by whoever frees one.
     pub free_seq: AtomicU32,
@@ -223,7 +233,13 @@ pub struct Header {
     /// (`protocol::bell_arm`); rung (`protocol::ring`) after an async call completes, after a
     /// slot is freed while someone waits for one, and at shutdown.
     pub async_bell: AtomicU32,
-    _pad2: [u8; 52],
+    _pad2: [u8; 16],
+    /// The park counter of `free_seq` ([`PARKED_DELTA`] bytes after it).
+    pub free_seq_parked: AtomicU32,
+    _pad2b: [u8; 4],
+    /// The park counter of `async_bell` ([`PARKED_DELTA`] bytes after it).
+    pub async_bell_parked: AtomicU32,
+    _pad2c: [u8; 24],
     // ---- lines 3-4 (192): the ready bitmap, one bit per slot holding a published request.
     /// Bit `i % 64` of word `i / 64` is set by the client that publishes slot `i`.
     pub ready: [AtomicU64; READY_WORDS],
@@ -295,7 +311,11 @@ pub struct SlotHeader {
     pub req_type: AtomicU32,
     /// Type fingerprint of the reply the client expects; 0 for a one-way message or a ping.
     pub reply_type: AtomicU32,
-    _reserved0: [u8; 4],
+    /// The park counter of `state`, [`PARKED_DELTA`] bytes after it: on platforms whose
+    /// kernel cannot wait on an address across processes (Windows: `sys/windows.rs`), the
+    /// threads sleeping on `state` in a kernel semaphore or about to, so that a waker posts
+    /// the semaphore only for sleepers that are there. Unused (zero) on Linux and macOS.
+    pub parked: AtomicU32,
     /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
     pub call_id: [AtomicU64; 2],
     _reserved1: [u8; 4],
@@ -328,6 +348,11 @@ const _: () = {
     assert!(offset_of!(Header, free_waiters) == 132);
     assert!(offset_of!(Header, async_bell) == 136);
     assert!(offset_of!(Header, ready) == 192);
+    // Every word a thread parks on has its park counter PARKED_DELTA bytes further.
+    assert!(offset_of!(Header, server_seq_parked) == offset_of!(Header, server_seq) + PARKED_DELTA);
+    assert!(offset_of!(Header, free_seq_parked) == offset_of!(Header, free_seq) + PARKED_DELTA);
+    assert!(offset_of!(Header, async_bell_parked) == offset_of!(Header, async_bell) + PARKED_DELTA);
+    assert!(offset_of!(SlotHeader, parked) == offset_of!(SlotHeader, state) + PARKED_DELTA);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);
