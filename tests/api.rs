@@ -399,6 +399,7 @@ fn stopping_the_server_wakes_a_parked_caller_with_server_gone() {
 }
 
 #[test]
+#[cfg(unix)]
 fn an_unopenable_name_is_an_io_error() {
     // A directory where the shm object should be: shm_open fails with EISDIR, even as root.
     let name = unique_name("io");

@@ -4,6 +4,7 @@
 //! `Error::ForeignObject` naming the object. The plants are made by a real second user (a
 //! child process run as uid 4242, which needs no account); those cases are skipped, with a
 //! printed reason, when the tests do not run as root.
+#![cfg(unix)]
 
 mod common;
 

@@ -9,11 +9,14 @@ use common::{
     Rng, ROLE,
 };
 use shmrpc::{Client, Error, Server, SlotState, Trust};
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
+#[cfg(unix)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The path of a server's mapping, for the raw-access children.
+#[cfg(unix)]
 fn object_path(name: &str) -> String {
     format!(
         "/dev/shm/shmrpc.{}.{name}",
@@ -23,6 +26,7 @@ fn object_path(name: &str) -> String {
 
 /// Maps a server's mapping read-write, outside the library: what a buggy or hostile peer of
 /// the same user can do.
+#[cfg(unix)]
 fn raw_map(name: &str) -> (*mut u8, usize) {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -46,6 +50,7 @@ fn raw_map(name: &str) -> (*mut u8, usize) {
     (ptr.cast(), len)
 }
 
+#[cfg(unix)]
 fn word64(base: *mut u8, offset: usize) -> &'static AtomicU64 {
     // SAFETY: `offset` is 8-aligned and inside the mapping, which stays mapped until exit.
     unsafe { &*base.add(offset).cast::<AtomicU64>() }
@@ -133,6 +138,7 @@ fn child_entry() {
             say(format!("result calls={calls} bad={bad} errors={errors}"));
         }
         // Writes random bytes, state words, lengths and bitmap bits all over the mapping.
+        #[cfg(unix)]
         ["rogue", name, millis, seed] => {
             let (base, len) = raw_map(name);
             let mut rng = Rng(seed.parse().unwrap());
@@ -348,6 +354,7 @@ fn connect_after_a_restart_reaches_the_new_server_while_old_handles_live() {
 /// server never panics or hangs (it answers afterwards and stops cleanly); callers get their
 /// own reply or a clear error, never someone else's reply.
 #[test]
+#[cfg(unix)] // the rogue maps the file with mmap
 fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
     let name = unique_name("rogue");
     let mut server = start_server(&["echo-server", &name, "2", "8", "untrusted"]);
@@ -418,6 +425,7 @@ fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
 
 /// The mapping and the name lock are created with mode 0600, whatever the umask.
 #[test]
+#[cfg(unix)] // Windows' owner-only access lists: tests/windows.rs
 fn mapping_is_created_owner_read_write_only() {
     let name = unique_name("perm");
     // umask is process-wide: other tests creating files meanwhile get wider modes, harmless.

@@ -5,6 +5,7 @@
 //! `SHMRPC_INTEROP_PEER=<its test binary>` and, for a binary that needs an emulator,
 //! `SHMRPC_INTEROP_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"` (`.ci/run` sets
 //! both). Without them the tests print that they were skipped.
+#![cfg(unix)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! stopped, paused, in another pid namespace, or whose liveness the server cannot read.
 //! Every peer here is a real process; every wait is bounded and waits for something it can
 //! observe (a line from a child, a stopped child, the server's statistics).
+#![cfg(unix)]
 
 mod common;
 

@@ -71,7 +71,16 @@ impl<S: shmrpc::rkyv::rancor::Fallible + ?Sized> shmrpc::rkyv::with::SerializeWi
         if *field == Gate::STOP {
             say("writing".into());
             // SAFETY: raise has no memory-safety preconditions.
-            unsafe { libc::raise(libc::SIGSTOP) };
+            #[cfg(unix)]
+            unsafe {
+                libc::raise(libc::SIGSTOP)
+            };
+            // No signals to stop a process with: the writing thread stops for good instead
+            // (the tests that use the gate on Windows kill the process there).
+            #[cfg(windows)]
+            loop {
+                std::thread::park();
+            }
         }
         Ok(())
     }
@@ -86,6 +95,7 @@ impl<D: shmrpc::rkyv::rancor::Fallible + ?Sized>
 }
 
 /// Waits (`waitpid` with `WUNTRACED`) until child `pid` has stopped; panics if it exits.
+#[cfg(unix)]
 pub fn wait_stopped(pid: u32) {
     let mut status = 0;
     // SAFETY: waitpid writes the status into our local; `pid` is our child.
@@ -98,6 +108,7 @@ pub fn wait_stopped(pid: u32) {
 }
 
 /// Sends `sig` to process `pid`.
+#[cfg(unix)]
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(
@@ -201,8 +212,15 @@ impl Proc {
             None => Command::new(&exe),
         };
         if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            command.uid(uid).gid(uid);
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::CommandExt;
+                command.uid(uid).gid(uid);
+            }
+            #[cfg(not(unix))]
+            return Err(std::io::Error::other(format!(
+                "running a child as uid {uid} is a Unix test"
+            )));
         }
         let mut child = command
             .args([
