@@ -470,10 +470,18 @@ pub(crate) fn open_object(object: &str, writable: bool) -> Result<Fd, ObjectErro
             return Err(ObjectError::NotFound)
         }
         Err(e) if is_raw(&e, ERROR_ACCESS_DENIED) => {
-            return Err(ObjectError::Foreign(foreign(
-                &path,
-                "cannot be opened by this user (access denied): not this user's object".into(),
-            )))
+            // A directory cannot be opened as a file (nor can another user's closed file).
+            let w = wide(&path);
+            // SAFETY: NUL-terminated.
+            let attributes = unsafe { GetFileAttributesW(w.as_ptr()) };
+            let detail = if attributes != INVALID_FILE_ATTRIBUTES
+                && attributes & FILE_ATTRIBUTE_DIRECTORY != 0
+            {
+                "is a directory"
+            } else {
+                "cannot be opened by this user (access denied): not this user's object"
+            };
+            return Err(ObjectError::Foreign(foreign(&path, detail.into())));
         }
         Err(e) => return Err(ObjectError::Os(e, format!("opening {path}"))),
     };
