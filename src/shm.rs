@@ -10,8 +10,8 @@ use crate::layout::{
 use crate::protocol::{self, Liveness, Park, Reaped, State, Words};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::sys::{
-    self, byte_locked, lock_name, names_file, object_name, open_object, shm_path, try_lock_byte,
-    unlock_byte, LockTry, ObjectError,
+    self, byte_locked, names_file, open_object, shm_path, try_lock_byte, unlock_byte, LockTry,
+    ObjectError,
 };
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -19,8 +19,11 @@ use std::time::Duration;
 /// Longest accepted server name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
-/// Checks a server name: 1..=200 bytes of ASCII letters, digits, `_`, `-` and `.`, not
-/// starting with `.`.
+/// Checks a server name: 1..=200 bytes of ASCII letters, digits, `_`, `-` and `.`, an
+/// uppercase letter counting as two; not starting or ending with `.`, not ending with `.lock`.
+/// The same rules on every platform, so that a name valid on one is valid on all: names are
+/// case-sensitive everywhere (where file names are not, an uppercase letter is stored escaped,
+/// in two bytes: see [`file_stem`]), and Windows drops a final dot from file names.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::InvalidName {
@@ -31,11 +34,15 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return bad("the name is empty");
     }
-    if name.len() > MAX_NAME_LEN {
-        return bad("the name is longer than 200 bytes");
+    let uppercase = name.bytes().filter(u8::is_ascii_uppercase).count();
+    if name.len() + uppercase > MAX_NAME_LEN {
+        return bad("the name is longer than 200 bytes (an uppercase letter counts as two)");
     }
     if name.starts_with('.') {
         return bad("the name starts with '.'");
+    }
+    if name.ends_with('.') {
+        return bad("the name ends with '.' (Windows drops a final dot from file names)");
     }
     if name.ends_with(".lock") {
         return bad("the name ends with '.lock' (reserved for the lock object)");
@@ -47,6 +54,60 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad("only ASCII letters, digits, '_', '-' and '.' are allowed");
     }
     Ok(())
+}
+
+/// Marks an escaped uppercase letter in a [`file_stem`].
+const UPPER_MARK: char = '^';
+
+/// The part of a server's object names that comes from its name: the name itself where file
+/// names are case-sensitive (Linux), and elsewhere (Windows, macOS) the name with each
+/// uppercase letter escaped as `^` and its lowercase (`Foo` -> `^foo`), so that `Foo` and `foo`
+/// stay two names there too.
+fn file_stem(name: &str) -> String {
+    if !sys::CASE_INSENSITIVE_NAMES {
+        return name.to_owned();
+    }
+    let mut stem = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            stem.push(UPPER_MARK);
+            stem.push(c.to_ascii_lowercase());
+        } else {
+            stem.push(c);
+        }
+    }
+    stem
+}
+
+/// The server name whose [`file_stem`] is `stem`, if it is one.
+fn name_of_stem(stem: &str) -> Option<String> {
+    if !sys::CASE_INSENSITIVE_NAMES {
+        return Some(stem.to_owned());
+    }
+    let mut name = String::with_capacity(stem.len());
+    let mut chars = stem.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            UPPER_MARK => match chars.next() {
+                Some(l) if l.is_ascii_lowercase() => name.push(l.to_ascii_uppercase()),
+                _ => return None,
+            },
+            // Where names are stored escaped, a plain uppercase letter is no name of ours.
+            c if c.is_ascii_uppercase() => return None,
+            c => name.push(c),
+        }
+    }
+    Some(name)
+}
+
+/// The object name of server `name`'s mapping.
+fn object_name(name: &str) -> String {
+    sys::object_name(&file_stem(name))
+}
+
+/// The object name of server `name`'s lock.
+fn lock_name(name: &str) -> String {
+    sys::lock_name(&file_stem(name))
 }
 
 /// The byte of a mapping's file whose lock the server holds while it runs. Byte `k` in
@@ -569,9 +630,12 @@ pub fn list_names() -> Result<Vec<String>> {
         let Some(rest) = file.strip_prefix(&prefix) else {
             continue;
         };
-        let name = rest.strip_suffix(".lock").unwrap_or(rest);
-        if validate_name(name).is_ok() && !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
+        let stem = rest.strip_suffix(".lock").unwrap_or(rest);
+        let Some(name) = name_of_stem(stem) else {
+            continue;
+        };
+        if validate_name(&name).is_ok() && !names.contains(&name) {
+            names.push(name);
         }
     }
     Ok(names)

@@ -161,14 +161,63 @@ fn request_to_a_oneway_server_is_a_bad_message() {
     c.send(&1).unwrap();
 }
 
+/// The same name rules on every platform: what one cannot hold is invalid on all.
 #[test]
 fn invalid_names_are_rejected() {
-    for name in ["", "a/b", ".hidden", "sp ace", &"x".repeat(201)] {
+    let long_with_capitals = format!("{}{}", "x".repeat(150), "X".repeat(26));
+    for name in [
+        "",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "trailing.",
+        "sp ace",
+        "name.lock",
+        "caf\u{e9}",
+        &"x".repeat(201),
+        // 176 bytes, but 202 once its capitals are counted twice.
+        &long_with_capitals,
+    ] {
         let err = Server::builder(name).serve(echo).unwrap_err();
         assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
         let err = Client::<Echo>::connect(name).unwrap_err();
         assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
     }
+}
+
+/// Names are case-sensitive everywhere, also where file names are not (Windows, macOS): `Foo`
+/// and `foo` are two servers, each reached by its own name and listed under it; and the longest
+/// valid name (200 bytes, capitals counted twice) works.
+#[test]
+fn names_differing_only_in_case_are_two_servers() {
+    let lower = unique_name("case");
+    let upper = lower.to_ascii_uppercase();
+    let _a = Server::builder(&lower)
+        .serve(|_: Request<'_, String>| "lower".to_owned())
+        .unwrap();
+    let _b = Server::builder(&upper)
+        .serve(|_: Request<'_, String>| "upper".to_owned())
+        .unwrap();
+    let ask = |name: &str| {
+        let c = Client::<String>::connect(name).unwrap();
+        let r = c.request(&"?".to_owned()).unwrap();
+        r.as_str().to_owned()
+    };
+    assert_eq!(ask(&lower), "lower");
+    assert_eq!(ask(&upper), "upper");
+    let listed: Vec<String> = shmrpc::list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(
+        listed.contains(&lower) && listed.contains(&upper),
+        "{listed:?}"
+    );
+    let longest = format!("{}{}", "x".repeat(150 - lower.len()), "X".repeat(25)) + &lower;
+    assert_eq!(longest.len() + 25, 200);
+    let _c = Server::builder(&longest).serve(echo).unwrap();
+    Client::<Echo>::connect(&longest).unwrap();
 }
 
 #[test]

@@ -177,7 +177,10 @@ fn a_servers_objects_and_their_directory_are_this_users_alone() {
     for p in [path.clone(), format!("{path}.lock"), objects_dir()] {
         let (owner, allowed) = security_of(&p);
         assert_eq!(owner, me, "owner of {p}");
-        assert!(allowed.contains(&me), "{p} does not let its owner in: {allowed:?}");
+        assert!(
+            allowed.contains(&me),
+            "{p} does not let its owner in: {allowed:?}"
+        );
         // Nobody else, except the system and the administrators, who can take any file
         // anyway (wine lists the system in every file's access list).
         let others: Vec<_> = allowed

@@ -7,6 +7,10 @@ use rustix::fd::OwnedFd;
 use rustix::thread::futex;
 use std::time::Duration;
 
+/// Whether two file names differing only in case name one file: Linux file names are case-sensitive (tmpfs). Object names
+/// then carry uppercase letters escaped (`shm::file_stem`).
+pub(crate) const CASE_INSENSITIVE_NAMES: bool = false;
+
 /// Where named objects live: POSIX shm objects are files of `/dev/shm` on Linux.
 pub(crate) fn objects_dir() -> &'static str {
     "/dev/shm"

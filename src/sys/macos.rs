@@ -16,6 +16,10 @@ use rustix::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// Whether two file names differing only in case name one file: APFS and HFS+ are case-insensitive by default. Object names
+/// then carry uppercase letters escaped (`shm::file_stem`).
+pub(crate) const CASE_INSENSITIVE_NAMES: bool = true;
+
 /// Where named objects live: `/tmp/shmrpc-UID`.
 pub(crate) fn objects_dir() -> &'static str {
     static DIR: OnceLock<String> = OnceLock::new();

@@ -76,6 +76,16 @@ fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
+/// Path `p` as a NUL-terminated UTF-16 string, in its verbatim form (`\\?\C:\...`), which
+/// has no `MAX_PATH` limit: a profile directory and a 200-byte name can exceed 260 characters.
+fn wide_path(p: &str) -> Vec<u16> {
+    if p.starts_with("\\\\") {
+        wide(p)
+    } else {
+        wide(&format!("\\\\?\\{p}"))
+    }
+}
+
 /// The last error of this thread as an `io::Error`.
 fn last_error() -> std::io::Error {
     std::io::Error::last_os_error()
@@ -323,7 +333,7 @@ fn make_objects_dir() -> Result<()> {
     let dir = objects_dir();
     let sd = OwnerOnly::new(true)?;
     let sa = sd.attributes();
-    let w = wide(dir);
+    let w = wide_path(dir);
     // SAFETY: `w` is NUL-terminated; `sa` points to a descriptor alive for the call.
     if unsafe { CreateDirectoryW(w.as_ptr(), &sa) } == 0 {
         let e = last_error();
@@ -339,7 +349,7 @@ fn make_objects_dir() -> Result<()> {
 /// Opens `path` (not following a reparse point) for `access`, sharing everything (the files
 /// are opened by many processes and renamed while open).
 fn open_handle(path: &str, access: u32, flags: u32) -> Result<Fd, std::io::Error> {
-    let w = wide(path);
+    let w = wide_path(path);
     // SAFETY: `w` is NUL-terminated; no security attributes, no template.
     let h = unsafe {
         CreateFileW(
@@ -411,6 +421,10 @@ fn check_objects_dir() -> Result<(), Error> {
     }
 }
 
+/// Whether two file names differing only in case name one file: NTFS names are case-insensitive. Object names
+/// then carry uppercase letters escaped (`shm::file_stem`).
+pub(crate) const CASE_INSENSITIVE_NAMES: bool = true;
+
 // ---- named objects --------------------------------------------------------------------------
 
 /// The object name of a server's mapping: per user, as on Unix.
@@ -471,7 +485,7 @@ pub(crate) fn open_object(object: &str, writable: bool) -> Result<Fd, ObjectErro
         }
         Err(e) if is_raw(&e, ERROR_ACCESS_DENIED) => {
             // A directory cannot be opened as a file (nor can another user's closed file).
-            let w = wide(&path);
+            let w = wide_path(&path);
             // SAFETY: NUL-terminated.
             let attributes = unsafe { GetFileAttributesW(w.as_ptr()) };
             let detail = if attributes != INVALID_FILE_ATTRIBUTES
@@ -525,7 +539,7 @@ pub(crate) fn create_object(object: &str) -> Result<Fd> {
 fn create_file(path: &str, flags: u32) -> Result<Fd> {
     let sd = OwnerOnly::new(false)?;
     let sa = sd.attributes();
-    let w = wide(path);
+    let w = wide_path(path);
     // SAFETY: `w` is NUL-terminated; `sa` points to a descriptor alive for the call.
     let h = unsafe {
         CreateFileW(
@@ -572,7 +586,7 @@ pub(crate) fn unlink_existing(object: &str) -> Result<bool> {
         N.fetch_add(1, Ordering::Relaxed),
         object.trim_start_matches('\\'),
     );
-    let (from, to) = (wide(&path), wide(&tomb));
+    let (from, to) = (wide_path(&path), wide_path(&tomb));
     // SAFETY: both are NUL-terminated; no flags: fails rather than replace anything.
     if unsafe { MoveFileExW(from.as_ptr(), to.as_ptr(), 0) } == 0 {
         let e = last_error();
@@ -605,7 +619,7 @@ fn sweep_tombs() {
 
 /// Whether something has the name of object `object`.
 pub(crate) fn object_exists(object: &str) -> bool {
-    let w = wide(&shm_path(object));
+    let w = wide_path(&shm_path(object));
     // SAFETY: NUL-terminated.
     unsafe { GetFileAttributesW(w.as_ptr()) != INVALID_FILE_ATTRIBUTES }
 }
