@@ -19,6 +19,7 @@
 //! slot's next call.
 
 use crate::client::{Client, Done, MapRef, Reply};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::layout::kind;
 use crate::message::Message;
@@ -86,7 +87,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// The hub of `map`, created (with its helper thread) by the first async call.
-    pub(crate) fn of(map: &Arc<Mapping>) -> Result<Arc<Hub>> {
+    pub(crate) fn of(map: &Arc<Connection>) -> Result<Arc<Hub>> {
         if let Some(hub) = map.hub.get() {
             return Ok(Arc::clone(hub));
         }
@@ -309,7 +310,7 @@ impl Hub {
 
 /// The helper thread: sleeps on the doorbell while async calls of this process wait, and
 /// wakes their tasks. Exits once the mapping is no longer used in this process.
-fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
+fn helper_loop(hub: &Hub, weak: &Weak<Connection>) {
     let mut last_check = Instant::now();
     loop {
         let Some(map) = weak.upgrade() else {
@@ -332,12 +333,12 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
         if queued > 0 {
             // Be a free-slot waiter, so that every freed slot rings the doorbell (announced
             // in this process's entry too, so that it heals if the process dies counted).
-            protocol::announce_free_wait(&*map, map.entry());
+            protocol::announce_free_wait(map.map(), map.entry());
             // SYNC: announce, fence, then look for free slots (after `bell_arm`); pairs with the
             // fence in `protocol::notify_free` (free the slot, fence, read `free_waiters`).
             fence(Ordering::SeqCst);
         }
-        let armed = protocol::bell_arm(&*map);
+        let armed = protocol::bell_arm(map.map());
         let now = Instant::now();
         // The latest we sleep until, published before we look at the entries: a call that
         // registers after our look (under the entry lock, so it sees this store) with an
@@ -345,7 +346,7 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
         let latest = (now + PARK_SLICE).saturating_duration_since(hub.epoch);
         hub.sleep_until_ns
             .store(latest.as_nanos() as u64, Ordering::Relaxed);
-        let mut gone = !protocol::running(&*map) || map.known_gone();
+        let mut gone = !protocol::running(map.map()) || map.known_gone();
         if !gone && now.duration_since(last_check) >= PARK_SLICE {
             last_check = now;
             gone = !map.server_alive();
@@ -361,10 +362,10 @@ fn helper_loop(hub: &Hub, weak: &Weak<Mapping>) {
             .map_or(PARK_SLICE, |d| d.saturating_duration_since(now))
             .min(PARK_SLICE);
         if !sleep.is_zero() && !gone {
-            protocol::bell_wait(&*map, &Futex, armed, Some(sleep));
+            protocol::bell_wait(map.map(), &Futex, armed, Some(sleep));
         }
         if queued > 0 {
-            protocol::retract_free_wait(&*map, map.entry());
+            protocol::retract_free_wait(map.map(), map.entry());
         }
         if gone {
             // Every waiting task has been woken and will fail with `ServerGone`; do not spin
@@ -427,7 +428,7 @@ enum Step {
     Claim { queued: Option<(Arc<Hub>, u64)> },
     /// Published in `slot` at `gen`.
     InFlight {
-        map: Arc<Mapping>,
+        map: Arc<Connection>,
         hub: Arc<Hub>,
         slot: u32,
         gen: u32,
@@ -592,14 +593,14 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             Some((_, t)) => Some(t),
             None => None,
         };
-        if !protocol::running(&*map) {
+        if !protocol::running(map.map()) {
             if let Some(t) = ticket {
                 hub.dequeue(t);
             }
             return Poll::Ready(Err(Error::ServerGone));
         }
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
-        let mut claimed = protocol::try_claim(&*map, map.entry(), hint);
+        let mut claimed = protocol::try_claim(map.map(), map.entry(), hint);
         if claimed.is_none() {
             let deadline = self.deadline_at(&map);
             if Instant::now() >= deadline {
@@ -612,7 +613,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             ticket = Some(t);
             // A slot freed between the failed claim and the enqueue found no one to wake:
             // look once more now that we are queued.
-            claimed = protocol::try_claim(&*map, map.entry(), hint);
+            claimed = protocol::try_claim(map.map(), map.entry(), hint);
         }
         let Some((slot, gen)) = claimed else {
             self.step = Step::Claim {
@@ -695,14 +696,14 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
         let state = match spun.or_else(|| hub.register(map, slot, gen, cx.waker(), deadline())) {
             Some(state) => state,
             None => {
-                let gone = !protocol::running(&**map) || map.known_gone();
-                let broken = !protocol::in_flight(&**map, slot, gen)
-                    && protocol::poll_done(&**map, slot, gen).is_none();
+                let gone = !protocol::running(map.map()) || map.known_gone();
+                let broken = !protocol::in_flight(map.map(), slot, gen)
+                    && protocol::poll_done(map.map(), slot, gen).is_none();
                 if !gone && !broken && Instant::now() < deadline() {
                     return Poll::Pending;
                 }
                 hub.unregister(slot, gen);
-                match protocol::abandon(&**map, slot, gen) {
+                match protocol::abandon(map.map(), slot, gen) {
                     Ok(()) => {
                         map.header().abandoned.fetch_add(1, Ordering::Relaxed);
                         let err = if gone || broken {
@@ -753,13 +754,13 @@ impl<Req: Message, Resp: Message, T> Drop for CallFuture<'_, '_, Req, Resp, T> {
                 ..
             } => {
                 hub.unregister(slot, gen);
-                match protocol::abandon(&*map, slot, gen) {
+                match protocol::abandon(map.map(), slot, gen) {
                     Ok(()) => {
                         map.header().abandoned.fetch_add(1, Ordering::Relaxed);
                     }
                     // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
                     Err(s) if s.kind() == State::REPLY => {
-                        let _ = protocol::release(&*map, &Futex, slot, s);
+                        let _ = protocol::release(map.map(), &Futex, slot, s);
                     }
                     Err(_) => {}
                 }

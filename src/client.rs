@@ -1,6 +1,7 @@
 //! The client: a cheap, cloneable handle on a server's mapping.
 
 use crate::clock;
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::layout::{checksum, kind, status};
 use crate::message::{self, Message};
@@ -24,7 +25,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One mapping per server name per process, shared by every client handle of that name.
 /// Locked only by `connect`, never on the call path.
-static MAPPINGS: Mutex<Option<HashMap<String, Weak<Mapping>>>> = Mutex::new(None);
+static MAPPINGS: Mutex<Option<HashMap<String, Weak<Connection>>>> = Mutex::new(None);
 
 thread_local! {
     /// The slot this thread used last: claims start there, so a thread usually finds its own
@@ -32,7 +33,7 @@ thread_local! {
     static SLOT_HINT: Cell<u32> = const { Cell::new(0) };
 }
 
-fn shared_mapping(name: &str) -> Result<Arc<Mapping>> {
+fn shared_mapping(name: &str) -> Result<Arc<Connection>> {
     let mut guard = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
     let maps = guard.get_or_insert_with(HashMap::new);
     if let Some(map) = maps.get(name).and_then(Weak::upgrade) {
@@ -44,7 +45,7 @@ fn shared_mapping(name: &str) -> Result<Arc<Mapping>> {
             return Ok(map);
         }
     }
-    let map = Arc::new(Mapping::open(name)?);
+    let map = Arc::new(Connection::open(name)?);
     maps.retain(|_, w| w.strong_count() > 0);
     maps.insert(name.to_owned(), Arc::downgrade(&map));
     Ok(map)
@@ -104,16 +105,16 @@ struct Inner {
     name: String,
     /// The current server's mapping; replaced when that server is gone and a new one runs.
     /// The async path takes its `Arc`s from here.
-    map: ArcSwap<Mapping>,
+    map: ArcSwap<Connection>,
     /// The same mapping as a plain pointer into `retained`, for the blocking path: a call
     /// borrows it with one load, with no reference-count or hazard-slot traffic (an arc-swap
     /// guard costs ~12 ns here, two locked instructions on this thread's debt slot).
-    current: AtomicPtr<Mapping>,
+    current: AtomicPtr<Connection>,
     /// Every mapping `current` has pointed to, kept until the last clone of the handle drops,
     /// so that a mapping a call or a `Reply` borrowed stays mapped after a reconnect swapped
     /// `current`: one per server restart that this handle lived through (each keeps its dead
     /// server's mapping, which the restart unlinked, in memory until then).
-    retained: Mutex<Vec<Arc<Mapping>>>,
+    retained: Mutex<Vec<Arc<Connection>>>,
     timeout: Duration,
     wait: WaitMode,
     trust: Trust,
@@ -163,7 +164,7 @@ pub struct Client<Req, Resp = Req> {
 impl Inner {
     /// The current mapping (see `current`).
     #[inline]
-    fn current(&self) -> &Mapping {
+    fn current(&self) -> &Connection {
         // SYNC: Acquire pairs with the Release store in `reconnect`: the mapping is complete.
         let ptr = self.current.load(Ordering::Acquire);
         // SAFETY: `current` always points to a mapping held by an `Arc` in `retained` (a
@@ -224,13 +225,13 @@ pub(crate) struct Done<'c> {
 /// A reference to the mapping a call used: borrowed from the handle on the blocking path (no
 /// reference-count traffic), an `Arc` on the async path.
 pub(crate) enum MapRef<'c> {
-    Borrowed(&'c Mapping),
-    Arc(Arc<Mapping>),
+    Borrowed(&'c Connection),
+    Arc(Arc<Connection>),
 }
 
 impl Deref for MapRef<'_> {
-    type Target = Mapping;
-    fn deref(&self) -> &Mapping {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
         match self {
             MapRef::Borrowed(m) => m,
             MapRef::Arc(a) => a,
@@ -298,7 +299,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Turns a completed request into its `Reply` (or the error its status reports).
     pub(crate) fn take_reply<'c>(&'c self, done: Done<'c>) -> Result<Reply<'c, Resp>> {
-        let map = &*done.map;
+        let map = done.map.map();
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request, or the slot moved on to another generation: only a peer
             // breaking the protocol does that, and the slot is no longer ours to touch.
@@ -367,7 +368,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             // The server owns the slot until its handler returns.
             return Ok(());
         }
-        let map = &*done.map;
+        let map = done.map.map();
         let sh = map.slot(done.slot);
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
@@ -391,7 +392,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 "the server accepted a ping as a one-way message".into(),
             ));
         }
-        let map = &*done.map;
+        let map = done.map.map();
         let st = map.slot(done.slot).status.load(Ordering::Relaxed);
         let _ = protocol::release(map, &Futex, done.slot, done.state);
         if st == status::OK {
@@ -431,7 +432,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// server under the same name (swapped in for every clone of this handle), or
     /// `ServerGone`.
     /// The async path's form of [`Client::mapping_ref`]: an `Arc` of the current mapping.
-    pub(crate) fn mapping(&self) -> Result<Arc<Mapping>> {
+    pub(crate) fn mapping(&self) -> Result<Arc<Connection>> {
         let map = self.mapping_ref()?;
         let current = self.inner.map.load();
         if std::ptr::eq(&**current, map) {
@@ -454,7 +455,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// The current server's mapping, borrowed for as long as this handle; if its server is
     /// known to be gone, the mapping of a new server under the same name (swapped in for
     /// every clone of this handle), or `ServerGone`.
-    pub(crate) fn mapping_ref(&self) -> Result<&Mapping> {
+    pub(crate) fn mapping_ref(&self) -> Result<&Connection> {
         let map = self.inner.current();
         if !map.known_gone() {
             return Ok(map);
@@ -463,7 +464,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     }
 
     #[cold]
-    fn reconnect(&self, stale: &Mapping) -> Result<&Mapping> {
+    fn reconnect(&self, stale: &Connection) -> Result<&Connection> {
         let inner = &*self.inner;
         let mut retained = inner.retained.lock().unwrap_or_else(|e| e.into_inner());
         if !std::ptr::eq(inner.current(), stale) {
@@ -568,10 +569,11 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// accepts it. On error the slot has been released or abandoned.
     fn call(&self, msg: Option<&Req>, kind: u32, timeout: Duration) -> Result<Done<'_>> {
         let inner = &*self.inner;
-        let map = self.mapping_ref()?;
+        let conn = self.mapping_ref()?;
+        let map = conn.map();
         let deadline = Deadline::after(timeout);
         let deadline_begun = deadline.begun();
-        let alive = || map.server_alive();
+        let alive = || conn.server_alive();
         let q32 = &map.header().ns_per_tick_q32;
         let cpus = &map.header().worker_cpus;
         let mut waiting = CallWait::new(inner.wait, deadline, q32, cpus, &alive);
@@ -582,7 +584,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             }
             WaitError::Gone => {
                 // Remember it (for every handle in this process) if the server is really gone.
-                let _ = map.server_alive();
+                let _ = conn.server_alive();
                 Error::ServerGone
             }
         };
@@ -613,7 +615,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             },
         };
         Ok(Done {
-            map: MapRef::Borrowed(map),
+            map: MapRef::Borrowed(conn),
             slot,
             gen,
             state,
@@ -676,7 +678,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Held::Slot { map, slot, gen } = self {
             let reply = State::new(State::REPLY, *gen);
-            if !protocol::release(&**map, &Futex, *slot, reply) {
+            if !protocol::release(map.map(), &Futex, *slot, reply) {
                 tracing::error!(
                     slot,
                     "a reply's slot was taken by another process while it was held"

@@ -57,6 +57,8 @@ mod async_call;
 mod client;
 #[cfg(not(loom))]
 mod clock;
+#[cfg(not(loom))]
+mod connection;
 mod error;
 #[cfg(not(loom))]
 #[doc(hidden)]

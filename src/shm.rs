@@ -125,13 +125,6 @@ pub struct Mapping {
     /// file description behind `_fd` holds for as long as the mapping lives; 0 for the
     /// server's mapping and read-only views, which never claim slots.
     entry: u32,
-    /// Process-local: set once a caller found this mapping's server dead or stopped, so that
-    /// later calls through any handle fail fast (or reconnect) without asking the kernel again.
-    gone: AtomicU32,
-    /// This process's async state for this mapping (`async_call::Hub`), made by the first
-    /// async call.
-    pub(crate) hub: std::sync::OnceLock<std::sync::Arc<crate::async_call::Hub>>,
-    pub(crate) hub_init: std::sync::Mutex<()>,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics and through raw pointers
@@ -142,11 +135,6 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // The async helper of this mapping (if any) finds it gone and exits now rather than
-        // at the end of its idle park.
-        if let Some(hub) = self.hub.get() {
-            hub.nudge();
-        }
         // SAFETY: `base` came from `sys::map` with `layout.capacity` bytes and nothing
         // borrows it: every borrow of a `Mapping`'s memory is tied to `&self`.
         unsafe { sys::unmap(self.base, self.layout.capacity) };
@@ -216,17 +204,13 @@ impl Drop for NameLock {
 }
 
 impl Mapping {
-    /// Wraps `len = layout.capacity` mapped bytes at `base` of `fd`, with fresh process-local
-    /// state (not known gone, no async hub yet).
+    /// Wraps `len = layout.capacity` mapped bytes at `base` of `fd` (no process entry yet).
     fn new(base: NonNull<u8>, layout: Layout, fd: sys::Fd) -> Mapping {
         Mapping {
             base,
             layout,
             _fd: fd,
             entry: 0,
-            gone: AtomicU32::new(0),
-            hub: Default::default(),
-            hub_init: Default::default(),
         }
     }
 
@@ -568,27 +552,17 @@ impl Mapping {
     }
 
     /// Whether the server that created this mapping is running: not stopped, and its lock on
-    /// byte 0 of the file is held (one `fcntl`; a negative answer is remembered, see
-    /// [`Mapping::known_gone`]).
-    pub fn server_alive(&self) -> bool {
-        if self.known_gone() {
-            return false;
-        }
-        let h = self.header();
-        // An unknown answer (the system call failed) counts as alive: the call's own timeout
-        // still bounds the wait.
-        let alive = h.server_state.load(Ordering::Acquire) == layout::server_state::RUNNING
-            && byte_locked(&self._fd, SERVER_LOCK_BYTE) != Some(false);
-        if !alive {
-            self.gone.store(1, Ordering::Relaxed);
-        }
-        alive
+    /// byte 0 of the file is held (one system call). An unknown answer (the call failed)
+    /// counts as running: a call's own timeout still bounds its wait. (A client's
+    /// `connection::Connection` remembers a negative answer.)
+    pub fn server_running(&self) -> bool {
+        self.running_state() && byte_locked(&self._fd, SERVER_LOCK_BYTE) != Some(false)
     }
 
-    /// Whether this mapping's server is known to have stopped or died: cheap, no system call.
-    pub fn known_gone(&self) -> bool {
-        self.gone.load(Ordering::Relaxed) != 0
-            || self.header().server_state.load(Ordering::Acquire) != layout::server_state::RUNNING
+    /// Whether the server's lifecycle word says RUNNING: cheap, no system call.
+    #[inline]
+    pub fn running_state(&self) -> bool {
+        self.header().server_state.load(Ordering::Acquire) == layout::server_state::RUNNING
     }
 
     /// Whether `name` still names this mapping: a server that restarted under the name has

@@ -252,7 +252,7 @@ impl StatsView {
 
     /// A snapshot of the statistics now.
     pub fn stats(&self) -> Stats {
-        let alive = self.map.server_alive();
+        let alive = self.map.server_running();
         Stats::read(&self.map, alive)
     }
 }
