@@ -62,8 +62,9 @@ fn run_server() -> Result<(), Box<dyn std::error::Error>> {
         text: format!("hi, {}", req.text),
     })?;
     println!(
-        "serving {NAME:?}: 1 worker, {} bytes max per message",
-        server.max_payload()
+        "serving {NAME:?}: 1 worker, {} bytes per message in a slot, {} MiB at most",
+        server.max_payload(),
+        server.max_message() >> 20
     );
     let mut sink = Vec::new();
     std::io::stdin().read_to_end(&mut sink)?;

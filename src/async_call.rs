@@ -631,7 +631,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             gen,
             self.msg,
             self.kind | kind::ASYNC,
-            begun,
+            (begun, self.timeout),
         )?;
         self.step = Step::InFlight {
             map,

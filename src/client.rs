@@ -3,6 +3,7 @@
 use crate::clock;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::large;
 use crate::layout::{checksum, kind, status};
 use crate::message::{self, Message};
 use crate::protocol::{self, State, WaitError};
@@ -255,9 +256,17 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         self.inner.timeout
     }
 
-    /// The largest message (request or reply) one slot carries, in bytes.
+    /// The largest message (request or reply) one slot carries, in bytes: larger ones go
+    /// through the server's large-message memory.
     pub fn max_payload(&self) -> usize {
         self.inner.current().layout().max_payload()
+    }
+
+    /// The largest message (request or reply) the server takes, in bytes
+    /// ([`Server::max_message`](crate::Server::max_message)); a larger one is
+    /// `PayloadTooLarge`.
+    pub fn max_message(&self) -> usize {
+        self.inner.current().layout().max_message()
     }
 
     /// Sends `msg` and waits for the reply, at most the default timeout.
@@ -309,12 +318,19 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
         let reply_sum = sh.reply_sum.load(Ordering::Relaxed);
-        let max = map.layout().max_payload();
+        // The payload area, or the arena run the slot records (inside the arena: checked).
+        let (area, max) = map.message_area(done.slot);
         let same_call = Uuid::from_u64_pair(
             sh.call_id[0].load(Ordering::Relaxed),
             sh.call_id[1].load(Ordering::Relaxed),
         ) == done.id;
-        if let Some(e) = reply_error::<Req>(st, len, max, same_call) {
+        if let Some(e) = reply_error::<Req>(st, len, max, same_call).map(|e| match e {
+            Error::PayloadTooLarge { len, .. } => Error::PayloadTooLarge {
+                len,
+                max: map.layout().max_message(),
+            },
+            e => e,
+        }) {
             let e = self.mismatch_or(e, map, done.slot, len);
             let _ = protocol::release(map, &Futex, done.slot, done.state);
             return Err(e);
@@ -327,8 +343,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             },
             Trust::Untrusted => {
                 let mut copy = AlignedVec::with_capacity(len);
-                // SAFETY: `len <= max`: the range is inside our slot's payload, 64-byte aligned.
-                unsafe { copy_out(map.payload(done.slot), len, &mut copy) };
+                // SAFETY: `len <= max`: the range is inside our slot's payload area or run,
+                // 64-byte aligned.
+                unsafe { copy_out(area, len, &mut copy) };
                 // The reply is ours now: give the slot back at once.
                 let _ = protocol::release(map, &Futex, done.slot, done.state);
                 Held::Copy(copy)
@@ -337,10 +354,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let bytes: &[u8] = match &held {
             // SAFETY: the slot is in REPLY at our generation: it is ours until `release`; the
             // server wrote these bytes before its Release publication, acquired in
-            // `wait_done` / `poll_done`; `len <= max` keeps the slice inside the payload area.
-            Held::Slot { map, slot, .. } => unsafe {
-                std::slice::from_raw_parts(map.payload(*slot), len)
-            },
+            // `wait_done` / `poll_done`; `len <= max` keeps the slice inside the payload area or
+            // the run, which stays ours (the slot's) until `release`.
+            Held::Slot { .. } => unsafe { std::slice::from_raw_parts(area, len) },
             Held::Copy(copy) => {
                 if checksum(copy) != reply_sum {
                     return Err(Error::BadMessage(
@@ -491,7 +507,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Writes the call into `slot` (CLAIMED by this caller at `gen`) and publishes it: the
     /// owner fields, the archive of `msg` (none for a ping), the call id, kind, length and
-    /// stamp of `begun`, when the call began. On error the slot has been released, or (for
+    /// stamp of `begun`, when the call began (whose `timeout` bounds a wait for large-message
+    /// room). On error the slot has been released, or (for
     /// `CallLost`) is no longer this call's and was not touched.
     pub(crate) fn write_and_publish(
         &self,
@@ -500,26 +517,28 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         gen: u32,
         msg: Option<&Req>,
         kind: u32,
-        begun: u64,
+        (begun, timeout): (u64, Duration),
     ) -> Result<Uuid> {
         let inner = &*self.inner;
         let sh = map.slot(slot);
         // (Who owns the slot is already in its state word: `gen` names this process's entry.)
         let claimed = State::new(State::CLAIMED, gen);
         let id = message::new_call_id();
-        let max = map.layout().max_payload();
         let checked = inner.trust == Trust::Untrusted;
         let (len, sum) = match msg {
             None => (0, checksum(&[])),
             Some(msg) => {
-                let dst = map.payload(slot);
                 // A panicking `Serialize` impl must not leave the slot CLAIMED for good (the
-                // reaper frees slots of dead processes only): give it back, then unwind on.
+                // reaper frees slots of dead processes only): give it back (and its arena
+                // run, if it had one), then unwind on.
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    // SAFETY: the slot is CLAIMED by this call: no other process reads or
-                    // writes its payload until we publish it; the area is `max` bytes,
-                    // 64-byte aligned.
-                    unsafe { message::serialize_into(msg, dst, max, checked) }
+                    let deadline = large::Deadline::Call { begun, timeout };
+                    // SAFETY: the slot is CLAIMED by this call (it records no run: a slot
+                    // goes FREE without one): no other process reads or writes its payload
+                    // or runs until we publish it.
+                    unsafe {
+                        large::serialize_large(map, slot, map.entry(), msg, checked, deadline)
+                    }
                 }));
                 match written {
                     Ok(Ok(written)) => written,
@@ -599,7 +618,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         )
         .map_err(wait_error)?;
         SLOT_HINT.set(slot);
-        let id = self.write_and_publish(map, slot, gen, msg, kind, deadline_begun)?;
+        let id = self.write_and_publish(map, slot, gen, msg, kind, (deadline_begun, timeout))?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
             Ok(state) => {
                 map.prefetch_slot(slot);
@@ -639,9 +658,9 @@ pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool)
             Error::BadMessage("the slot no longer holds this call (a peer wrote into it)".into())
         }
         status::OK if len <= max => return None,
-        status::OK => {
-            Error::BadMessage(format!("reply length {len} exceeds the slot's {max} bytes"))
-        }
+        status::OK => Error::BadMessage(format!(
+            "reply length {len} exceeds the {max} bytes of its area"
+        )),
         status::HANDLER_PANICKED => Error::HandlerPanicked,
         status::REPLY_TOO_LARGE => Error::PayloadTooLarge { len, max },
         status::WRONG_KIND => {

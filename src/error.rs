@@ -31,11 +31,12 @@ pub enum Error {
     },
     /// The server stopped or died while the call waited (or before it started).
     ServerGone,
-    /// The message does not fit one slot.
+    /// The message is larger than the server takes (its large-message memory, or a slot if
+    /// the server has none), or, for a reply, found no room there in time.
     PayloadTooLarge {
-        /// Bytes of the serialized message.
+        /// Bytes of the serialized message (0 if unknown).
         len: usize,
-        /// The largest message a slot carries.
+        /// The largest message the server takes ([`crate::Client::max_message`]).
         max: usize,
     },
     /// A builder setting is out of range; the message names the bounds.
@@ -107,7 +108,7 @@ impl fmt::Display for Error {
             Error::ServerGone => write!(f, "the server stopped or died"),
             Error::PayloadTooLarge { len, max } => write!(
                 f,
-                "message of {len} bytes is larger than the {max} bytes a slot carries"
+                "message of {len} bytes is larger than the {max} bytes the server takes"
             ),
             Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
             Error::InvalidName { name, reason } => {

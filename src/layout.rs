@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
 /// Process entries in the table that follows the header: entry `k` (1..=1023) belongs to the
@@ -22,8 +22,14 @@ pub const PROC_ENTRIES: usize = 1024;
 pub const PROC_ENTRY_SIZE: usize = 8;
 /// Offset of the process table.
 pub const PROCS_OFFSET: usize = HEADER_SIZE;
-/// Offset of slot 0: after the header and the process table.
-pub const SLOTS_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
+/// Offset of the large-message arena's bitmap (`arena.rs`): after the process table.
+pub const ARENA_BITMAP_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
+/// Offset of slot 0: after the header, the process table and the arena bitmap.
+pub const SLOTS_OFFSET: usize = ARENA_BITMAP_OFFSET + crate::arena::BITMAP_BYTES;
+/// Default size of the large-message arena: 128 MiB of the mapping's file, after the slots,
+/// which cost no memory until a large message uses them (the file is sparse). A message can
+/// take all of it.
+pub const DEFAULT_ARENA: usize = 128 << 20;
 /// Bytes of [`SlotHeader`] at the start of every slot; the payload follows.
 pub const SLOT_HEADER_SIZE: usize = 64;
 /// Slots are a multiple of this many bytes, so every payload starts 64-byte aligned.
@@ -32,7 +38,7 @@ pub const SLOT_ALIGN: usize = 64;
 pub const MAX_SLOTS: u32 = 1024;
 /// Words in the ready bitmap.
 pub const READY_WORDS: usize = (MAX_SLOTS as usize) / 64;
-/// Smallest accepted capacity (bytes of the whole mapping).
+/// Smallest accepted capacity (bytes of the header, tables and slots).
 pub const MIN_CAPACITY: usize = 64 * 1024;
 /// Largest accepted capacity; lengths in the mapping are `u32`.
 pub const MAX_CAPACITY: usize = 256 * 1024 * 1024;
@@ -195,7 +201,8 @@ pub struct Header {
     pub version: AtomicU32,
     /// [`HEADER_SIZE`].
     pub header_size: AtomicU32,
-    /// Bytes of the whole mapping.
+    /// Bytes of the mapping before the arena: header, tables and slots (the arena, of
+    /// `arena_chunks` chunks, follows; the file is `capacity + arena bytes` long).
     pub capacity: AtomicU64,
     /// Number of slots.
     pub slot_count: AtomicU32,
@@ -274,7 +281,22 @@ pub struct Header {
     /// Most slots one client process takes while callers of other processes wait for one
     /// (`ServerBuilder::slots_per_client`; 0: no limit). A cooperative rule, kept by clients.
     pub client_share: AtomicU32,
-    _pad4: [u8; HEADER_SIZE - 908],
+    /// Chunks of the large-message arena (`arena.rs`; 0: none), which starts right after the
+    /// slots (`Layout::arena_offset`).
+    pub arena_chunks: AtomicU32,
+    /// The arena lock: 0, or `arena::LOCKED` | the holder's process entry (0: the server).
+    pub arena_lock: AtomicU32,
+    /// Chunks allocated to messages now (statistics).
+    pub arena_used: AtomicU32,
+    /// Futex word of callers waiting for arena room; bumped by whoever frees a run while
+    /// someone waits.
+    pub arena_seq: AtomicU32,
+    /// Callers parked (or about to park) on `arena_seq`.
+    pub arena_waiters: AtomicU32,
+    _pad5: [u8; 20],
+    /// The park counter of `arena_seq` ([`PARKED_DELTA`] bytes after it).
+    pub arena_seq_parked: AtomicU32,
+    _pad6: [u8; HEADER_SIZE - 952],
 }
 
 /// One entry of the process table at [`PROCS_OFFSET`]. Written only by the process that holds
@@ -318,7 +340,10 @@ pub struct SlotHeader {
     pub parked: AtomicU32,
     /// The call's UUID, big-endian bytes as two little-endian `u64` halves (high, low).
     pub call_id: [AtomicU64; 2],
-    _reserved1: [u8; 4],
+    /// The run of arena chunks that holds this slot's message when it did not fit the payload
+    /// area (`arena::Extent::pack`: first chunk << 16 | count), or 0. It belongs to whoever
+    /// owns the slot and goes back before the slot goes FREE.
+    pub ext: AtomicU32,
     /// Checksum of the request archive, when `kind` has [`kind::CHECKED`].
     pub req_sum: AtomicU32,
     /// Checksum of the reply archive, when the request had [`kind::CHECKED`].
@@ -353,6 +378,14 @@ const _: () = {
     assert!(offset_of!(Header, free_seq_parked) == offset_of!(Header, free_seq) + PARKED_DELTA);
     assert!(offset_of!(Header, async_bell_parked) == offset_of!(Header, async_bell) + PARKED_DELTA);
     assert!(offset_of!(SlotHeader, parked) == offset_of!(SlotHeader, state) + PARKED_DELTA);
+    assert!(offset_of!(Header, arena_seq_parked) == offset_of!(Header, arena_seq) + PARKED_DELTA);
+    assert!(offset_of!(Header, arena_chunks) == 908);
+    assert!(offset_of!(Header, arena_lock) == 912);
+    assert!(offset_of!(Header, arena_used) == 916);
+    assert!(offset_of!(Header, arena_seq) == 920);
+    assert!(offset_of!(Header, arena_waiters) == 924);
+    assert!(offset_of!(SlotHeader, ext) == 48);
+    assert!(SLOTS_OFFSET == 17408);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);
@@ -381,12 +414,14 @@ const _: () = {
 /// mapping itself after it was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Bytes of the whole mapping.
+    /// Bytes of the mapping before the arena: header, tables and slots.
     pub capacity: usize,
     /// Number of slots.
     pub slot_count: u32,
     /// Bytes per slot, header included.
     pub slot_size: usize,
+    /// Chunks of the large-message arena that follows the slots (0: none).
+    pub arena_chunks: u32,
 }
 
 impl Layout {
@@ -414,7 +449,51 @@ impl Layout {
             capacity,
             slot_count: slots,
             slot_size,
+            arena_chunks: 0,
         })
+    }
+
+    /// This geometry with a large-message arena of `bytes` (rounded up to whole chunks; 0 for
+    /// none), or `InvalidConfig` past `arena::MAX_CHUNKS` chunks.
+    pub fn with_arena(self, bytes: usize) -> Result<Layout, Error> {
+        let chunks = crate::arena::chunks_for(bytes);
+        if chunks > u64::from(crate::arena::MAX_CHUNKS) {
+            return Err(Error::InvalidConfig(format!(
+                "large-message memory {bytes} must be at most {} bytes",
+                crate::arena::MAX_CHUNKS as usize * crate::arena::CHUNK
+            )));
+        }
+        let layout = Layout {
+            arena_chunks: chunks as u32,
+            ..self
+        };
+        if u64::try_from(layout.file_len()).is_err() || layout.file_len() > isize::MAX as usize {
+            return Err(Error::InvalidConfig(
+                "the mapping would not fit this process's address space".into(),
+            ));
+        }
+        Ok(layout)
+    }
+
+    /// Offset of the arena: right after the slots (the slots' region ends at `capacity`, a
+    /// multiple of 4096).
+    pub fn arena_offset(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of the arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_chunks as usize * crate::arena::CHUNK
+    }
+
+    /// Bytes of the whole mapping's file: the slots' region and the arena.
+    pub fn file_len(&self) -> usize {
+        self.capacity.saturating_add(self.arena_bytes())
+    }
+
+    /// The largest message: a slot's payload, or the whole arena if that is larger.
+    pub fn max_message(&self) -> usize {
+        self.max_payload().max(self.arena_bytes())
     }
 
     /// Largest message (archive bytes) one slot carries.

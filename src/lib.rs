@@ -43,6 +43,8 @@
 // The mapping layout, the slot protocol and the atomics facade are public only for the loom
 // models (`loom-tests/`), the fuzzers and the benchmarks: hidden, and outside semver.
 #[doc(hidden)]
+pub mod arena;
+#[doc(hidden)]
 pub mod layout;
 #[doc(hidden)]
 pub mod protocol;
@@ -63,6 +65,8 @@ mod error;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(not(loom))]
+mod large;
 #[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]

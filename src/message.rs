@@ -36,10 +36,12 @@ impl<T> Message for T where
 {
 }
 
-/// The rkyv writer that serializes straight into a slot's payload area.
+/// The rkyv writer that serializes straight into a slot's payload area, and on from there into
+/// a run of the large-message arena when the message outgrows it.
 ///
-/// Past the end of the area it keeps counting without writing, so that a message too large
-/// for the slot reports its exact size in `PayloadTooLarge` without a second pass.
+/// When it runs out of room it asks its [`Room`] for more (which moves what was written so far
+/// to the start of a larger area); with no more room it keeps counting without writing, so
+/// that a message too large reports its exact size without a second pass.
 #[derive(Debug)]
 pub struct SlotWriter {
     ptr: *mut u8,
@@ -47,6 +49,33 @@ pub struct SlotWriter {
     pos: usize,
     /// Sums the bytes as they are written (untrusting peers), from our own copy of them.
     sum: Option<Checksum>,
+    /// Where more room comes from (`None`: there is no more).
+    room: Option<RoomPtr>,
+}
+
+/// A `*mut dyn Room` that `Debug` can show.
+struct RoomPtr(*mut (dyn Room + 'static));
+
+impl std::fmt::Debug for RoomPtr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Room")
+    }
+}
+
+/// More room for a message that outgrew its area.
+pub(crate) trait Room {
+    /// An area of at least `need` bytes, 64-byte aligned, owned by the caller, into whose start
+    /// the `written` bytes at `old` have been copied; or `None`: no more room (the writer then
+    /// only counts).
+    ///
+    /// # Safety
+    /// `old..old + written` is readable.
+    unsafe fn grow(
+        &mut self,
+        old: *const u8,
+        written: usize,
+        need: usize,
+    ) -> Option<(*mut u8, usize)>;
 }
 
 impl Positional for SlotWriter {
@@ -61,10 +90,14 @@ impl<E> Writer<E> for SlotWriter {
             sum.update(bytes);
         }
         let end = self.pos.saturating_add(bytes.len());
+        if end > self.cap && self.pos <= self.cap {
+            self.find_room(end);
+        }
         if end <= self.cap {
             // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
             // `serialize_into` owns (its slot is CLAIMED by the client or SERVING by the
-            // worker), and `bytes` is a distinct Rust slice, so the ranges do not overlap.
+            // worker, and so is the run a `Room` hands out), and `bytes` is a distinct Rust
+            // slice, so the ranges do not overlap.
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
             };
@@ -74,8 +107,30 @@ impl<E> Writer<E> for SlotWriter {
     }
 }
 
-/// Serializes `value` into the `cap` bytes at `dst`; returns the archive's length and, if
-/// `checked`, its checksum (0 otherwise), summed from the bytes as they were produced.
+impl SlotWriter {
+    /// Asks the room for an area of `need` bytes; without one, the writer only counts from now
+    /// on (`cap` stays below `pos`).
+    #[cold]
+    fn find_room(&mut self, need: usize) {
+        let Some(room) = &self.room else { return };
+        // SAFETY: `room` points to the `Room` that `serialize_into`'s caller lent for the
+        // duration of the call, which this writer does not outlive; `ptr..ptr + pos` holds the
+        // bytes written so far.
+        match unsafe { (*room.0).grow(self.ptr, self.pos, need) } {
+            Some((ptr, cap)) if cap >= need => {
+                self.ptr = ptr;
+                self.cap = cap;
+            }
+            _ => self.room = None,
+        }
+    }
+}
+
+/// Serializes `value` into the `cap` bytes at `dst` (and on into what `room` gives, when it
+/// does not fit); returns the archive's length and, if `checked`, its checksum (0 otherwise),
+/// summed from the bytes as they were produced, and where the archive is. A message larger
+/// than all the room there is gets `PayloadTooLarge` with its exact length and the room
+/// that was had.
 ///
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
@@ -86,12 +141,20 @@ pub(crate) unsafe fn serialize_into<T: Message>(
     dst: *mut u8,
     cap: usize,
     checked: bool,
+    room: Option<&mut dyn Room>,
 ) -> Result<(usize, u32)> {
     let writer = SlotWriter {
         ptr: dst,
         cap,
         pos: 0,
         sum: checked.then(Checksum::new),
+        room: room.map(|r| {
+            // SAFETY: only the lifetime is erased; the writer, which holds the pointer, lives
+            // inside this call, shorter than the borrow `r`.
+            RoomPtr(unsafe {
+                std::mem::transmute::<*mut (dyn Room + '_), *mut (dyn Room + 'static)>(r)
+            })
+        }),
     };
     let written = with_arena(|arena| {
         let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
@@ -101,10 +164,10 @@ pub(crate) unsafe fn serialize_into<T: Message>(
         }
     });
     match written {
-        Ok(w) if w.pos <= cap => Ok((w.pos, w.sum.map_or(0, |s| s.finish()))),
+        Ok(w) if w.pos <= w.cap => Ok((w.pos, w.sum.map_or(0, |s| s.finish()))),
         Ok(w) => Err(Error::PayloadTooLarge {
             len: w.pos,
-            max: cap,
+            max: w.cap,
         }),
         Err(e) => Err(not_serialized(e)),
     }
@@ -252,7 +315,7 @@ mod tests {
         for checked in [false, true] {
             // SAFETY: the buffer is ours, 64-byte aligned and `cap` bytes long.
             let (len, sum) =
-                unsafe { serialize_into(v, buf.as_mut_ptr(), buf.len(), checked) }.unwrap();
+                unsafe { serialize_into(v, buf.as_mut_ptr(), buf.len(), checked, None) }.unwrap();
             assert_eq!(&buf[..len], expect.as_slice(), "checked {checked}");
             if checked {
                 assert_eq!(sum, crate::layout::checksum(&expect));
@@ -281,7 +344,7 @@ mod tests {
         let mut buf = rkyv::util::AlignedVec::<64>::with_capacity(4096);
         buf.resize(4096, 0);
         // SAFETY: as above.
-        let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), buf.len(), false) };
+        let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), buf.len(), false, None) };
         assert!(
             matches!(
                 r,

@@ -152,6 +152,10 @@ pub trait Words {
     fn owner_waiters(&self, owner: u32) -> &AtomicU32;
     /// The async doorbell (`layout::Header::async_bell`).
     fn async_bell(&self) -> &AtomicU32;
+    /// Gives back the arena run that slot `slot` records, if any (`arena::free`): called by
+    /// whoever is about to move the slot to FREE, before it does. The loom models of the slot
+    /// protocol have no arena (the arena's own models check it).
+    fn drop_extent(&self, _slot: u32) {}
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
     fn mutant(&self) -> Mutant {
@@ -617,6 +621,8 @@ pub fn release<W: Words + ?Sized, P: Park + ?Sized>(
     };
     let free = State::new(State::FREE, next).0;
     let word = w.slot_state(slot);
+    // The slot's arena run (if any) goes back first: once FREE, the slot is another's.
+    w.drop_extent(slot);
     // SYNC: Release publishes that we are done with the slot; pairs with the Acquire CAS in
     // `try_claim`. An RMW either way, so `notify_free` follows an RMW (`fence_after_rmw`).
     if mutated(w, Mutant::ReleaseByStore) {
@@ -686,6 +692,10 @@ pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
         };
     }
     let free = State::new(State::FREE, State::next_gen(s.gen()));
+    // The dead owner's arena run goes back first. (A worker can take a REQUEST between our
+    // load and our CAS: it then serves a request whose run is gone, which reads as a bad
+    // message of a dead client; nobody is left to be told.)
+    w.drop_extent(slot);
     if mutated(w, Mutant::ReapByStore) {
         w.slot_state(slot).swap(free.0, Ordering::AcqRel);
     } else if w

@@ -9,6 +9,7 @@
 //! stopped, paused for any time) keeps its lock and so its slots; an owner whose liveness
 //! cannot be read (a failing system call) is treated as alive. There is no timer rule.
 
+use crate::arena;
 use crate::layout::PROC_ENTRIES;
 use crate::protocol::{self, Liveness, Reaped as SlotReaped, State};
 use crate::shm::{Futex, Mapping};
@@ -27,6 +28,8 @@ pub(crate) struct Reaped {
     pub abandoned: u32,
     /// Free-slot waits that dead processes had announced, taken back.
     pub waits: u32,
+    /// Arena chunks that no slot recorded, cleared.
+    pub swept: u32,
 }
 
 /// The reaper's memory of one scan: what it learnt of each process entry (asked at most once
@@ -88,6 +91,12 @@ impl Reaper {
         let mut out = Reaped::default();
         let verdict = &mut self.verdict;
         verdict.iter_mut().for_each(|v| *v = None);
+        // The holder of the arena lock is asked about, dead or alive, even without slots.
+        let held = map.header().arena_lock.load(Ordering::Acquire);
+        let holder = held & !arena::LOCKED;
+        if held & arena::LOCKED != 0 && holder != 0 && (holder as usize) < PROC_ENTRIES {
+            verdict[holder as usize] = Some(map.owner_liveness(holder));
+        }
         for i in 0..map.layout().slot_count {
             let mut liveness =
                 |k: u32| *verdict[k as usize].get_or_insert_with(|| map.owner_liveness(k));
@@ -104,7 +113,17 @@ impl Reaper {
             }
             if *v == Some(Liveness::Dead) {
                 out.waits = out.waits.saturating_add(protocol::heal_free_waits(map, k));
+                // A dead process's slots were reaped above (and it can take no more): an arena
+                // lock it died holding can go.
+                arena::break_lock(map, k, || {});
                 map.let_go(k);
+            }
+        }
+        // Arena bits that no slot records: a process died between freeing a run's record and
+        // its bits (`arena::sweep`).
+        if map.header().arena_used.load(Ordering::Relaxed) > 0 {
+            if let Some(n) = arena::sweep(map, 0) {
+                out.swept = n;
             }
         }
         self.report_hogs(map);

@@ -2,6 +2,7 @@
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::large;
 use crate::layout::{self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
 use crate::message::{self, Message};
 use crate::protocol::{self, Begin, Poll, State};
@@ -68,12 +69,24 @@ pub struct ServerBuilder {
     wait: WaitMode,
     trust: Trust,
     client_share: Option<u32>,
+    large_memory: usize,
 }
 
 impl ServerBuilder {
-    /// Bytes of the whole mapping (default 1 MiB; a multiple of 4096 in 64 KiB..=256 MiB).
+    /// Bytes of the mapping's header, tables and slots (default 1 MiB; a multiple of 4096 in
+    /// 64 KiB..=256 MiB). Messages that fit a slot travel in it; larger ones in the
+    /// large-message memory ([`ServerBuilder::large_memory`]).
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
+        self
+    }
+    /// Bytes of memory for messages larger than a slot (default 128 MiB, rounded up to
+    /// 64 KiB; 0 for none; at most 4 GiB - 64 KiB). One message may take all of it, so this is
+    /// also the largest message ([`Server::max_message`]); calls whose messages do not fit
+    /// beside the ones in flight wait for room within their timeout. It costs no memory until
+    /// large messages use it: it is a hole in the mapping's file.
+    pub fn large_memory(mut self, bytes: usize) -> Self {
+        self.large_memory = bytes;
         self
     }
     /// Number of slots, i.e. of calls in flight at once (default 32, at most 1024). The slot
@@ -138,7 +151,7 @@ impl ServerBuilder {
 
     fn start(self, service: Arc<dyn Service>) -> Result<Server> {
         validate_name(&self.name)?;
-        let layout = Layout::new(self.capacity, self.slots)?;
+        let layout = Layout::new(self.capacity, self.slots)?.with_arena(self.large_memory)?;
         if !(1..=256).contains(&self.workers) {
             return Err(Error::InvalidConfig(format!(
                 "worker count {} must be in 1..=256",
@@ -309,6 +322,7 @@ impl Server {
             wait: WaitMode::default(),
             trust: Trust::default(),
             client_share: None,
+            large_memory: crate::layout::DEFAULT_ARENA,
         }
     }
 
@@ -317,9 +331,16 @@ impl Server {
         &self.shared.name
     }
 
-    /// The largest message (request or reply) one slot carries, in bytes.
+    /// The largest message (request or reply) one slot carries, in bytes: larger ones go
+    /// through the large-message memory.
     pub fn max_payload(&self) -> usize {
         self.shared.map.layout().max_payload()
+    }
+
+    /// The largest message (request or reply) this server takes, in bytes: its large-message
+    /// memory, or a slot's payload if that is larger.
+    pub fn max_message(&self) -> usize {
+        self.shared.map.layout().max_message()
     }
 
     /// A handle that stops this server from elsewhere.
@@ -644,6 +665,8 @@ impl Types {
             "a call's types do not match the server's (replied TypeMismatch)"
         );
         map.header().bad_messages.fetch_add(1, Ordering::Relaxed);
+        // The words go into the payload area: the request's arena run (if any) goes back.
+        large::drop_run(map, slot);
         let text = self.label.as_bytes();
         let len = text.len().min(map.layout().max_payload());
         // SAFETY: the slot is SERVING, owned by this worker: its payload area (`max_payload`
@@ -683,14 +706,16 @@ fn read_request<'a, T: Message>(
         sh.call_id[1].load(Ordering::Relaxed),
     );
     let len = sh.req_len.load(Ordering::Relaxed) as usize;
-    if len > map.layout().max_payload() {
+    // The payload area, or the arena run the slot records (inside the arena: checked).
+    let (area, room) = map.message_area(slot);
+    if len > room {
         return (kind, id, Err(status::BAD_MESSAGE));
     }
     let bytes: &[u8] = match scratch {
         Some(buf) => {
-            // SAFETY: `len <= max_payload`, so the range is inside this slot's payload area,
+            // SAFETY: `len <= room`, so the range is inside this slot's payload area or run,
             // which starts 64-byte aligned.
-            unsafe { copy_out(map.payload(slot), len, buf) };
+            unsafe { copy_out(area, len, buf) };
             if flags & kind::CHECKED != 0 && checksum(buf) != sh.req_sum.load(Ordering::Relaxed) {
                 return (kind, id, Err(status::BAD_MESSAGE));
             }
@@ -698,8 +723,9 @@ fn read_request<'a, T: Message>(
         }
         // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes
         // before its Release publication (acquired in `begin_serving`) and, following the
-        // protocol, writes nothing until it gets the slot back; `len` is within the payload.
-        None => unsafe { std::slice::from_raw_parts(map.payload(slot), len) },
+        // protocol, writes nothing until it gets the slot back (nor does anyone to its run,
+        // which is the slot's); `len` is within the area.
+        None => unsafe { std::slice::from_raw_parts(area, len) },
     };
     (
         kind,
@@ -710,6 +736,8 @@ fn read_request<'a, T: Message>(
 
 /// Publishes a reply with `status` and no payload.
 fn reply_status(map: &Mapping, slot: u32, gen: u32, st: u32) {
+    // No payload: the request's arena run (if any) goes back now, not with the slot.
+    large::drop_run(map, slot);
     let sh = map.slot(slot);
     sh.status.store(st, Ordering::Relaxed);
     sh.reply_len.store(0, Ordering::Relaxed);
@@ -771,10 +799,8 @@ where
             // reply, then free the slot (the sender is no longer waiting).
             return accept_then_run(map, slot, gen, || drop((self.handler)(request)));
         }
-        let max = map.layout().max_payload();
         let sh = map.slot(slot);
         let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
-        let dst = map.payload(slot);
         // The reply is serialized where the handler made it, inside the unwind guard: no move
         // of a large reply out of the closure, and a panicking `Serialize` impl is reported
         // like a panicking handler instead of taking the worker down.
@@ -782,9 +808,8 @@ where
             let reply = (self.handler)(request);
             // SAFETY: the slot is SERVING, owned by this worker; the request archive is no
             // longer borrowed (the handler took the request by value and returned an owned
-            // reply), so the payload area is free to overwrite; it is `max` bytes, 64-byte
-            // aligned.
-            unsafe { message::serialize_into(&reply, dst, max, checked) }
+            // reply), so its payload area and arena run are free to overwrite.
+            unsafe { large::serialize_reply(map, slot, &reply, checked) }
         }));
         let Ok(written) = outcome else {
             tracing::error!(call = %id, "the handler panicked; the server goes on serving");
@@ -799,6 +824,7 @@ where
                 sh.status.store(status::OK, Ordering::Relaxed);
                 sh.reply_len.store(len as u32, Ordering::Relaxed);
             }
+            // Too large for the arena, or no room in it for `large::WORKER_WAIT`.
             Err(Error::PayloadTooLarge { len, .. }) => {
                 sh.status.store(status::REPLY_TOO_LARGE, Ordering::Relaxed);
                 sh.reply_len

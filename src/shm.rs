@@ -135,9 +135,9 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base` came from `sys::map` with `layout.capacity` bytes and nothing
+        // SAFETY: `base` came from `sys::map` with `layout.file_len()` bytes and nothing
         // borrows it: every borrow of a `Mapping`'s memory is tied to `&self`.
-        unsafe { sys::unmap(self.base, self.layout.capacity) };
+        unsafe { sys::unmap(self.base, self.layout.file_len()) };
     }
 }
 
@@ -229,7 +229,8 @@ impl Mapping {
         sys::unlink_object(&object)?;
         // Exclusive: fails on anything created under the name meanwhile, a link included.
         let fd = sys::create_object(&object)?;
-        sys::set_len(&fd, layout.capacity as u64, &path)?;
+        // The arena's part of the file stays a hole until large messages use it.
+        sys::set_len(&fd, layout.file_len() as u64, &path)?;
         // The server's liveness: held as long as this file description is open, that is,
         // until this mapping drops or the process ends, however it ends.
         match try_lock_byte(&fd, SERVER_LOCK_BYTE) {
@@ -244,9 +245,10 @@ impl Mapping {
                 return Err(Error::io(format!("locking byte 0 of the new {path}"), e))
             }
         }
-        let base = sys::map(&fd, layout.capacity, true)?;
+        let base = sys::map(&fd, layout.file_len(), true)?;
         let map = Mapping::new(base, layout, fd);
         let h = map.header();
+        h.arena_chunks.store(layout.arena_chunks, Ordering::Relaxed);
         h.version.store(layout::LAYOUT_VERSION, Ordering::Relaxed);
         h.header_size.store(HEADER_SIZE as u32, Ordering::Relaxed);
         h.capacity.store(layout.capacity as u64, Ordering::Relaxed);
@@ -266,11 +268,11 @@ impl Mapping {
     /// A private mapping with `layout` (an anonymous memfd) holding `image` (repeated or cut to
     /// size): what the fuzz targets feed to the server's code in place of a shared mapping.
     pub fn from_image(layout: Layout, image: &[u8]) -> Result<Mapping> {
-        let fd = sys::anonymous_file(layout.capacity as u64)?;
-        let base = sys::map(&fd, layout.capacity, true)?;
+        let fd = sys::anonymous_file(layout.file_len() as u64)?;
+        let base = sys::map(&fd, layout.file_len(), true)?;
         if !image.is_empty() {
-            for (i, b) in image.iter().cycle().take(layout.capacity).enumerate() {
-                // SAFETY: `i < capacity`; the mapping is new and private to this call.
+            for (i, b) in image.iter().cycle().take(layout.file_len()).enumerate() {
+                // SAFETY: `i < file_len`; the mapping is new and private to this call.
                 unsafe { base.as_ptr().add(i).write(*b) };
             }
         }
@@ -318,6 +320,7 @@ impl Mapping {
             capacity: size,
             slot_count: 0,
             slot_size: 0,
+            arena_chunks: 0,
         };
         let probe = Mapping::new(sys::map(&fd, size, !view)?, header_only, fd);
         let h = probe.header();
@@ -335,12 +338,16 @@ impl Mapping {
         let capacity = h.capacity.load(Ordering::Relaxed) as usize;
         let slots = h.slot_count.load(Ordering::Relaxed);
         let slot_size = h.slot_size.load(Ordering::Relaxed) as usize;
-        let layout = match Layout::new(capacity, slots) {
-            Ok(l) if l.slot_size == slot_size && capacity == size => l,
+        let chunks = h.arena_chunks.load(Ordering::Relaxed);
+        let layout = match Layout::new(capacity, slots)
+            .and_then(|l| l.with_arena(chunks as usize * crate::arena::CHUNK))
+        {
+            Ok(l) if l.slot_size == slot_size && l.file_len() == size => l,
             _ => {
                 return Err(Error::BadMessage(format!(
                     "the mapping of server {name:?} has an inconsistent header \
-                     (capacity {capacity}, file {size}, {slots} slots of {slot_size})"
+                     (capacity {capacity}, arena {chunks} chunks, file {size}, \
+                     {slots} slots of {slot_size})"
                 )))
             }
         };
@@ -351,7 +358,7 @@ impl Mapping {
             return Err(not_found());
         }
         let mut map = probe;
-        // Same length as the probe (`capacity == size`), so `Drop` still unmaps the right range.
+        // Same length as the probe (`file_len() == size`), so `Drop` still unmaps the right range.
         map.layout = layout;
         if !view {
             map.entry = map.take_entry(name)?;
@@ -485,7 +492,59 @@ impl Mapping {
                 .fetch_add(u64::from(taken), Ordering::Relaxed);
         }
         protocol::heal_free_waits(self, k);
+        // Its slots are reaped (the runs it recorded are back): a lock it died holding can go.
+        crate::arena::break_lock(self, k, || {});
         taken
+    }
+
+    /// Where slot `i`'s message is: its arena run if it records one inside the arena, else
+    /// its payload area; and how many bytes are there. Read by the slot's owner only (the
+    /// record was written before the state word that gave it the slot).
+    pub fn message_area(&self, i: u32) -> (*mut u8, usize) {
+        match crate::arena::Extent::unpack(self.slot(i).ext.load(Ordering::Relaxed)) {
+            Some(run) if run.within(self.layout.arena_chunks) => (self.arena_run(run), run.bytes()),
+            _ => (self.payload(i), self.layout.max_payload()),
+        }
+    }
+
+    /// The first byte of arena run `run` (which lies inside the arena).
+    pub fn arena_run(&self, run: crate::arena::Extent) -> *mut u8 {
+        debug_assert!(run.within(self.layout.arena_chunks));
+        // SAFETY: the run lies inside the arena (checked by every caller against this
+        // process's own layout), which lies inside the mapping (`Layout::file_len`).
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(self.layout.arena_offset() + run.offset())
+        }
+    }
+
+    /// Wakes the callers that wait for arena room, if any (after a run went back).
+    fn notify_arena(&self) {
+        let h = self.header();
+        // SYNC: the run's bits were cleared by an RMW; pairs with the waiter's fence
+        // (announce, fence, retry) in `wait_for_arena`.
+        crate::sync::fence_after_rmw();
+        if h.arena_waiters.load(Ordering::Relaxed) > 0 {
+            h.arena_seq.fetch_add(1, Ordering::Release);
+            Futex.wake(&h.arena_seq, u32::MAX);
+        }
+    }
+
+    /// Sleeps until arena room may have been freed (a free bumped `arena_seq`), at most `slice`.
+    /// The caller retries its allocation after each return.
+    pub fn wait_for_arena(&self, slice: Duration, retry: &mut dyn FnMut() -> bool) -> bool {
+        let h = self.header();
+        let seq = h.arena_seq.load(Ordering::Acquire);
+        h.arena_waiters.fetch_add(1, Ordering::Relaxed);
+        // SYNC: announce, fence, retry: pairs with `notify_arena`'s fence.
+        crate::sync::fence_after_rmw();
+        let got = retry();
+        if !got {
+            Futex.wait(&h.arena_seq, seq, Some(slice));
+        }
+        h.arena_waiters.fetch_sub(1, Ordering::Relaxed);
+        got
     }
 
     /// The geometry of this mapping.
@@ -662,6 +721,44 @@ impl Words for Mapping {
     }
     fn async_bell(&self) -> &AtomicU32 {
         &self.header().async_bell
+    }
+    fn drop_extent(&self, slot: u32) {
+        if crate::arena::free(self, slot) > 0 {
+            self.notify_arena();
+        }
+    }
+}
+
+impl crate::arena::ArenaWords for Mapping {
+    fn arena_chunks(&self) -> u32 {
+        self.layout.arena_chunks
+    }
+    fn arena_lock(&self) -> &AtomicU32 {
+        &self.header().arena_lock
+    }
+    fn arena_bits(&self, w: usize) -> &AtomicU64 {
+        assert!(
+            w < crate::arena::BITMAP_BYTES / 8,
+            "arena word out of range"
+        );
+        // SAFETY: the bitmap lies inside the mapping, between the process table and slot 0
+        // (`layout::ARENA_BITMAP_OFFSET`), 8-byte aligned, and holds only atomics.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(layout::ARENA_BITMAP_OFFSET + w * 8)
+                .cast::<AtomicU64>()
+        }
+    }
+    fn arena_used(&self) -> &AtomicU32 {
+        &self.header().arena_used
+    }
+    fn ext_slots(&self) -> u32 {
+        self.layout.slot_count
+    }
+    fn slot_ext(&self, slot: u32) -> &AtomicU32 {
+        &self.slot(slot).ext
     }
 }
 

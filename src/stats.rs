@@ -101,6 +101,8 @@ pub struct SlotUse {
     pub owner_entry: u32,
     /// That process's pid as it sees itself (in its own pid namespace), if it wrote it.
     pub owner_pid: Option<u32>,
+    /// Bytes of large-message memory the slot's message holds (0 if it fits the slot).
+    pub large_bytes: usize,
 }
 
 /// A snapshot of a server's statistics.
@@ -149,6 +151,10 @@ pub struct Stats {
     /// worker clears its bit while it parks. Callers nap rather than spin on the CPU of a lone
     /// active worker (DESIGN.md, section 5).
     pub worker_cpus: u64,
+    /// Bytes of large-message memory (the largest message: a message may take all of it).
+    pub large_memory: usize,
+    /// Bytes of it that messages hold now (`in_use` says which slot's, and whose).
+    pub large_in_use: usize,
 }
 
 impl Stats {
@@ -175,11 +181,15 @@ impl Stats {
             let owner_entry = s.owner();
             let owner_pid = Some(map.proc_entry(owner_entry).pid.load(Ordering::Relaxed))
                 .filter(|&pid| owner_entry != 0 && pid != 0);
+            let large_bytes = crate::arena::Extent::unpack(sh.ext.load(Ordering::Relaxed))
+                .filter(|run| run.within(lay.arena_chunks))
+                .map_or(0, |run| run.bytes());
             in_use.push(SlotUse {
                 slot: i,
                 state,
                 owner_entry,
                 owner_pid,
+                large_bytes,
             });
         }
         Stats {
@@ -203,6 +213,10 @@ impl Stats {
             client_share: h.client_share.load(Ordering::Relaxed),
             reaper_scans: h.reaper_scans.load(Ordering::Relaxed),
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
+            large_memory: lay.arena_bytes(),
+            large_in_use: (h.arena_used.load(Ordering::Relaxed) as usize)
+                .min(lay.arena_chunks as usize)
+                * crate::arena::CHUNK,
         }
     }
 }

@@ -291,31 +291,50 @@ fn dropping_the_server_removes_the_name() {
     ));
 }
 
+/// A message over the server's bound (its large-message memory; a slot's payload for a server
+/// without one) is `PayloadTooLarge` naming the bound, the request's and the reply's alike.
 #[test]
 fn oversized_request_and_reply_are_payload_too_large_and_change_nothing() {
-    let name = unique_name("toolarge");
-    let server = Server::builder(&name)
-        .capacity(256 << 10)
-        .slots(8)
-        .serve(|req: Request<'_, Vec<u8>>| vec![0u8; req.len() * 4])
-        .unwrap();
-    let max = server.max_payload();
-    let c = Client::connect(&name).unwrap();
-    match c.request(&vec![0u8; max + 1]) {
-        Err(Error::PayloadTooLarge { len, max: m }) => {
-            assert!(len > max);
-            assert_eq!(m, max);
+    for large in [1 << 20, 0] {
+        let name = unique_name("toolarge");
+        let server = Server::builder(&name)
+            .capacity(256 << 10)
+            .slots(8)
+            .large_memory(large)
+            .serve(|req: Request<'_, Vec<u8>>| vec![0u8; req.len() * 4])
+            .unwrap();
+        let max = server.max_message();
+        assert_eq!(
+            max,
+            if large == 0 {
+                server.max_payload()
+            } else {
+                large
+            }
+        );
+        let c = Client::connect(&name).unwrap();
+        assert_eq!(c.max_message(), max);
+        match c.request(&vec![0u8; max + 1]) {
+            Err(Error::PayloadTooLarge { len, max: m }) => {
+                assert!(len > max);
+                assert_eq!(m, max);
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
         }
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
-    // A request that fits but whose reply does not.
-    assert!(matches!(
-        c.request(&vec![0u8; max / 2]),
-        Err(Error::PayloadTooLarge { .. })
-    ));
-    // The slots went back: the server still answers, many times over.
-    for _ in 0..100 {
-        assert_eq!(c.request(&vec![1u8; 10]).unwrap().len(), 40);
+        // A request that fits but whose reply does not.
+        match c.request(&vec![0u8; max / 2]) {
+            Err(Error::PayloadTooLarge { len, max: m }) => {
+                assert!(len > max, "{len}");
+                assert_eq!(m, max);
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        // The slots and the arena went back: the server still answers, many times over.
+        for _ in 0..100 {
+            assert_eq!(c.request(&vec![1u8; 10]).unwrap().len(), 40);
+        }
+        let stats = shmrpc::StatsView::open(&name).unwrap().stats();
+        assert_eq!(stats.large_in_use, 0, "{stats:?}");
     }
 }
 

@@ -445,10 +445,11 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
     let name = unique_name("badinput");
     let _server = Server::builder(&name)
         .capacity(256 << 10)
+        .large_memory(1 << 20)
         .serve(echo)
         .unwrap();
     let client = Client::<Echo>::connect(&name).unwrap();
-    let max = client.max_payload();
+    let max = client.max_message();
     for bad in ["", "a/b", &"n".repeat(300)] {
         assert!(matches!(
             Server::builder(bad).serve(echo),

@@ -216,11 +216,12 @@ fn render(name: &str, s: &Stats) -> String {
     let state = if s.alive { "alive" } else { "stopped" };
     let _ = writeln!(
         o,
-        "server {name}  pid {}  {state}  {} slots of {} B ({} KiB mapping)",
+        "server {name}  pid {}  {state}  {} slots of {} B ({} KiB mapping), messages up to {} KiB",
         s.server_pid,
         s.slots,
         s.max_payload,
-        s.capacity / 1024
+        s.capacity / 1024,
+        s.max_payload.max(s.large_memory) / 1024
     );
     let _ = writeln!(
         o,
@@ -235,6 +236,12 @@ fn render(name: &str, s: &Stats) -> String {
         s.handler_panics,
         s.reclaimed,
         s.free_waiters
+    );
+    let _ = writeln!(
+        o,
+        "large-message memory: {} KiB in use of {} KiB",
+        s.large_in_use / 1024,
+        s.large_memory / 1024
     );
     for (label, h) in [
         ("handler time", &s.handler_time),
@@ -276,7 +283,12 @@ fn render(name: &str, s: &Stats) -> String {
                 SlotState::Abandoned => "abandoned",
                 SlotState::Accepted => "accepted (one-way handler running)",
             };
-            let _ = writeln!(o, "  slot {:>4}  {state:<10}  {owner}", u.slot);
+            let large = if u.large_bytes > 0 {
+                format!("  {} KiB of large-message memory", u.large_bytes / 1024)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "  slot {:>4}  {state:<10}  {owner}{large}", u.slot);
         }
     }
     o

@@ -29,8 +29,8 @@ use windows_sys::Win32::Foundation::{
     INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
 };
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo,
-    SDDL_REVISION_1, SE_FILE_OBJECT, SE_KERNEL_OBJECT,
+    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
+    ConvertStringSidToSidW, GetSecurityInfo, SDDL_REVISION_1, SE_FILE_OBJECT, SE_KERNEL_OBJECT,
 };
 use windows_sys::Win32::Security::{
     EqualSid, GetAce, GetTokenInformation, TokenUser, ACCESS_ALLOWED_ACE, ACE_HEADER, ACL,
@@ -188,6 +188,33 @@ pub(crate) fn euid() -> u32 {
     })
 }
 
+/// A SID allocated once for the life of the process.
+struct StaticSid(PSID);
+
+// SAFETY: the SID is written once (by ConvertStringSidToSidW) and only read after that.
+unsafe impl Send for StaticSid {}
+// SAFETY: as above.
+unsafe impl Sync for StaticSid {}
+
+/// The local system (S-1-5-18) and the administrators (S-1-5-32-544), whose entries in an
+/// access list do not make an object another user's: they can take any object anyway.
+fn trusted_sids() -> &'static [StaticSid] {
+    static SIDS: OnceLock<Vec<StaticSid>> = OnceLock::new();
+    SIDS.get_or_init(|| {
+        ["S-1-5-18", "S-1-5-32-544"]
+            .iter()
+            .filter_map(|text| {
+                let w = wide(text);
+                let mut sid: PSID = std::ptr::null_mut();
+                // SAFETY: `w` is NUL-terminated; `sid` receives a LocalAlloc'd SID, kept for
+                // the life of the process.
+                let ok = unsafe { ConvertStringSidToSidW(w.as_ptr(), &mut sid) };
+                (ok != 0 && !sid.is_null()).then_some(StaticSid(sid))
+            })
+            .collect()
+    })
+}
+
 /// A security descriptor granting this user alone full access (protected: nothing inherited),
 /// for the objects and semaphores we create; `inherit` makes the grant inherited by the
 /// files of a directory too.
@@ -228,6 +255,12 @@ impl OwnerOnly {
         }
     }
 }
+
+// SAFETY: the descriptor is written once (by ConvertStringSecurityDescriptorToSecurityDescriptorW)
+// and only read after that (the system copies it into each object it secures).
+unsafe impl Send for OwnerOnly {}
+// SAFETY: as above.
+unsafe impl Sync for OwnerOnly {}
 
 impl Drop for OwnerOnly {
     fn drop(&mut self) {
@@ -300,11 +333,15 @@ fn security_problem(h: HANDLE, kind: i32) -> Result<Option<String>, std::io::Err
             if unsafe { EqualSid(sid, user.sid) } != 0 {
                 continue;
             }
-            let text = sid_text(sid).unwrap_or_default();
             // SYSTEM, Administrators: they can take any object of this machine anyway.
-            if text == "S-1-5-18" || text == "S-1-5-32-544" {
+            // SAFETY: both are valid SIDs.
+            if trusted_sids()
+                .iter()
+                .any(|t| unsafe { EqualSid(sid, t.0) } != 0)
+            {
                 continue;
             }
+            let text = sid_text(sid).unwrap_or_default();
             return Some(format!("lets {text} open it (only this user may)"));
         }
         None
@@ -826,7 +863,9 @@ pub(crate) fn map(fd: &Fd, len: usize, writable: bool) -> Result<NonNull<u8>> {
             len,
             writable,
             id: fd.id,
-            sems: Vec::new(),
+            // Room for every word a thread can park on (each slot's state and four header
+            // words), so that a first park allocates nothing.
+            sems: Vec::with_capacity(crate::layout::MAX_SLOTS as usize + 8),
         });
     Ok(base)
 }
@@ -905,11 +944,32 @@ fn parking(word: &AtomicU32, open: bool) -> Option<(&AtomicU32, HANDLE)> {
 
 /// The named semaphore `Local\shmrpc.<file id>.<offset>`, created open to this user alone, or
 /// opened if it exists and is this user's.
+///
+/// Allocates nothing (a caller's first park on a word must not break the steady state's
+/// zero allocations): the name is built on the stack, the descriptor once per process.
 fn open_semaphore(id: (u32, u64), offset: usize) -> Option<OwnedHandle> {
-    let name = wide(&format!("Local\\shmrpc.{:08x}{:016x}.{offset}", id.0, id.1));
-    let sd = OwnerOnly::new(false).ok()?;
+    let mut name = [0u16; 64];
+    let mut n = 0;
+    let mut put = |c: u8| {
+        name[n] = u16::from(c);
+        n += 1;
+    };
+    b"Local\\shmrpc.".iter().for_each(|&c| put(c));
+    let hex = |v: u64, digits: u32, put: &mut dyn FnMut(u8)| {
+        for i in (0..digits).rev() {
+            put(b"0123456789abcdef"[((v >> (4 * i)) & 15) as usize]);
+        }
+    };
+    hex(u64::from(id.0), 8, &mut put);
+    hex(id.1, 16, &mut put);
+    put(b'.');
+    hex(offset as u64, 16, &mut put);
+    // `name` keeps a NUL after the 55 characters written.
+    static SD: OnceLock<Option<OwnerOnly>> = OnceLock::new();
+    let sd = SD.get_or_init(|| OwnerOnly::new(false).ok()).as_ref()?;
     let sa = sd.attributes();
-    // SAFETY: `name` is NUL-terminated; `sa` points to a descriptor alive for the call.
+    // SAFETY: `name` is NUL-terminated; `sa` points to a descriptor that lives as long as the
+    // process.
     let h = unsafe { CreateSemaphoreW(&sa, 0, i32::MAX, name.as_ptr()) };
     if h.is_null() {
         return None;

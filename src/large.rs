@@ -1,0 +1,272 @@
+//! Large messages on the sending side: the [`Room`] that moves a message outgrowing its slot
+//! into a run of the arena (`arena.rs`), waiting for room within the caller's time, and the
+//! second pass for a message that outgrew the run it got.
+//!
+//! A sender serializes once, into its slot's payload area; at the first write past its end the
+//! writer asks for room and gets the longest free run of the arena (up to all of it): what was
+//! written so far (less than a slot) is copied to the run's start and writing goes on there; at
+//! the end the run is cut to the message's size. Only when other messages hold so much of the
+//! arena that the run it got is too short does the writer count the rest without writing, wait
+//! for a run of the exact size and serialize again into it.
+
+use crate::arena::{self, chunks_for, Alloc, Extent};
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::message::{self, Message, Room};
+use crate::shm::Mapping;
+use crate::sync::Ordering;
+use crate::wait::ticks_to_duration;
+use std::time::{Duration, Instant};
+
+/// Longest a worker waits for arena room for a reply before it reports the reply too large:
+/// the requests that hold the arena may all be waiting for this very worker.
+pub(crate) const WORKER_WAIT: Duration = Duration::from_secs(2);
+
+/// Longest one wait for arena room lasts before the waiter looks again.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+
+/// Arena room for the message being written into `slot` by process entry `owner`.
+pub(crate) struct ArenaRoom<'m> {
+    map: &'m Mapping,
+    slot: u32,
+    owner: u32,
+    /// When the waiting ends: the caller's deadline (computed on first need).
+    deadline: Deadline,
+    /// The wait for room ran out of time.
+    pub(crate) timed_out: bool,
+    /// The time allowed, for a `Timeout` error.
+    timeout: Duration,
+}
+
+/// When the waiting for room ends.
+pub(crate) enum Deadline {
+    /// `timeout` after the call began (`begun`, in clock ticks): a client's call.
+    Call { begun: u64, timeout: Duration },
+    /// A fixed time from now, or none yet.
+    For(Duration),
+    /// Fixed once first needed.
+    At(Instant),
+}
+
+impl<'m> ArenaRoom<'m> {
+    pub(crate) fn new(map: &'m Mapping, slot: u32, owner: u32, deadline: Deadline) -> Self {
+        let timeout = match deadline {
+            Deadline::Call { timeout, .. } | Deadline::For(timeout) => timeout,
+            Deadline::At(at) => at.saturating_duration_since(Instant::now()),
+        };
+        ArenaRoom {
+            map,
+            slot,
+            owner,
+            deadline,
+            timed_out: false,
+            timeout,
+        }
+    }
+
+    fn until(&mut self) -> Instant {
+        let at = match self.deadline {
+            Deadline::At(at) => return at,
+            Deadline::Call { begun, timeout } => {
+                let q32 = self.map.header().ns_per_tick_q32.load(Ordering::Relaxed);
+                let spent = ticks_to_duration(clock::ticks().wrapping_sub(begun), q32);
+                Instant::now() + timeout.saturating_sub(spent)
+            }
+            Deadline::For(d) => Instant::now() + d,
+        };
+        self.deadline = Deadline::At(at);
+        at
+    }
+
+    /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,
+    /// waiting for frees until the deadline; `None` once it passed (`timed_out`).
+    pub(crate) fn alloc(&mut self, min: u32, max: u32) -> Option<Extent> {
+        let (map, slot, owner) = (self.map, self.slot, self.owner);
+        let mut busy = 0u32;
+        loop {
+            match arena::alloc(map, owner, slot, min, max) {
+                Alloc::Got(run) => return Some(run),
+                Alloc::Busy(_) => {
+                    // Held for a bitmap scan (microseconds), or by a process that died in it
+                    // (the reaper breaks that within its scan period).
+                    busy += 1;
+                    if busy < 64 {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    std::thread::yield_now();
+                    if !busy.is_multiple_of(1024) {
+                        continue;
+                    }
+                }
+                Alloc::Full => {}
+            }
+            let until = self.until();
+            let now = Instant::now();
+            if now >= until {
+                self.timed_out = true;
+                return None;
+            }
+            let mut got = None;
+            map.wait_for_arena((until - now).min(WAIT_SLICE), &mut || match arena::alloc(
+                map, owner, slot, min, max,
+            ) {
+                Alloc::Got(run) => {
+                    got = Some(run);
+                    true
+                }
+                _ => false,
+            });
+            if got.is_some() {
+                return got;
+            }
+        }
+    }
+}
+
+impl Room for ArenaRoom<'_> {
+    unsafe fn grow(
+        &mut self,
+        old: *const u8,
+        written: usize,
+        need: usize,
+    ) -> Option<(*mut u8, usize)> {
+        let chunks = self.map.layout().arena_chunks;
+        let min = chunks_for(need);
+        if min > u64::from(chunks) {
+            // Larger than the whole arena: the writer counts on, for the error's size.
+            return None;
+        }
+        let run = self.alloc(min as u32, chunks)?;
+        let dst = self.map.arena_run(run);
+        // SAFETY: `old..old + written` is readable (the caller's contract) and lies in this
+        // slot's payload area; `dst` is the start of a run recorded in our slot, at least
+        // `need > written` bytes long, disjoint from every payload area.
+        unsafe { std::ptr::copy_nonoverlapping(old, dst, written) };
+        Some((dst, run.bytes()))
+    }
+}
+
+/// Serializes `value` for `slot` (owned by the caller, process entry `owner`): into the slot's
+/// payload area when it fits, else into an arena run recorded in the slot (cut to size). On
+/// error nothing stays recorded. Returns the archive's length and checksum.
+///
+/// # Safety
+/// The caller owns `slot` (CLAIMED by this client, or SERVING by this worker), which records
+/// no run, and nothing borrows its payload area.
+pub(crate) unsafe fn serialize_large<T: Message>(
+    map: &Mapping,
+    slot: u32,
+    owner: u32,
+    value: &T,
+    checked: bool,
+    deadline: Deadline,
+) -> Result<(usize, u32)> {
+    let layout = map.layout();
+    let mut room = ArenaRoom::new(map, slot, owner, deadline);
+    let use_room = layout.arena_chunks > 0;
+    // SAFETY: the caller owns the slot and its payload area (`max_payload` bytes, 64-byte
+    // aligned); the room hands out runs recorded in this slot.
+    let first = unsafe {
+        message::serialize_into(
+            value,
+            map.payload(slot),
+            layout.max_payload(),
+            checked,
+            use_room.then_some(&mut room as &mut dyn Room),
+        )
+    };
+    match first {
+        Ok((len, sum)) => {
+            // Cut a run to the message (no-op without one).
+            arena::trim(map, slot, chunks_for(len).max(1) as u32);
+            Ok((len, sum))
+        }
+        Err(Error::PayloadTooLarge { len, .. }) => {
+            drop_run(map, slot);
+            if room.timed_out {
+                return Err(Error::Timeout {
+                    after: room.timeout,
+                });
+            }
+            let max = layout.max_message();
+            if len > max || chunks_for(len) > u64::from(layout.arena_chunks) {
+                return Err(Error::PayloadTooLarge { len, max });
+            }
+            // The run we got was too short (others held the rest): the exact size now.
+            let n = chunks_for(len) as u32;
+            let Some(run) = room.alloc(n, n) else {
+                return Err(Error::Timeout {
+                    after: room.timeout,
+                });
+            };
+            // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.
+            let second = unsafe {
+                message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None)
+            };
+            if second.is_err() {
+                drop_run(map, slot);
+            }
+            second
+        }
+        Err(e) => {
+            drop_run(map, slot);
+            Err(e)
+        }
+    }
+}
+
+/// Gives back the run `slot` records, if any.
+pub(crate) fn drop_run(map: &Mapping, slot: u32) {
+    use crate::protocol::Words;
+    map.drop_extent(slot);
+}
+
+/// Serializes a worker's reply for `slot` (SERVING, ours): into the request's arena run if the
+/// slot records one (the request is dead by now; an echo's reply fits exactly), else like a
+/// client's message (payload area, then a run), waiting at most [`WORKER_WAIT`] for room. A
+/// reply that cannot be placed is `PayloadTooLarge` (its status tells the caller).
+///
+/// # Safety
+/// The worker owns `slot` (SERVING) and nothing borrows its payload area or run.
+pub(crate) unsafe fn serialize_reply<T: Message>(
+    map: &Mapping,
+    slot: u32,
+    value: &T,
+    checked: bool,
+) -> Result<(usize, u32)> {
+    let recorded = Extent::unpack(map.slot(slot).ext.load(Ordering::Relaxed))
+        .filter(|run| run.within(map.layout().arena_chunks));
+    let Some(run) = recorded else {
+        drop_run(map, slot);
+        // SAFETY: the caller's contract; the slot records no run now.
+        return unsafe {
+            serialize_large(map, slot, 0, value, checked, Deadline::For(WORKER_WAIT))
+        }
+        .map_err(|e| match e {
+            Error::Timeout { .. } => Error::PayloadTooLarge {
+                len: 0,
+                max: map.layout().max_message(),
+            },
+            e => e,
+        });
+    };
+    // SAFETY: the run is recorded in our slot (inside the arena), 64-byte aligned.
+    match unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) }
+    {
+        Ok((len, sum)) => {
+            arena::trim(map, slot, chunks_for(len).max(1) as u32);
+            Ok((len, sum))
+        }
+        Err(Error::PayloadTooLarge { .. }) => {
+            // Larger than the request's run: start over like a reply without one.
+            drop_run(map, slot);
+            // SAFETY: as above; the slot records no run now.
+            unsafe { serialize_reply(map, slot, value, checked) }
+        }
+        Err(e) => {
+            drop_run(map, slot);
+            Err(e)
+        }
+    }
+}
