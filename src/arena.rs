@@ -1,31 +1,30 @@
 //! The large-message arena: messages that do not fit their slot are written into a run of
 //! chunks of one region of the mapping (after the slots), recorded in the slot's `ext` word.
-//! DESIGN.md section 4b has the layout, the invariant and the crash cases; this file is the
-//! protocol, generic over [`ArenaWords`] so that the loom models run it on the heap.
+//! DESIGN.md section 4b has the layout and the crash cases; this file is the protocol,
+//! generic over [`ArenaWords`] so that the loom models run it on the heap.
 //!
-//! - **Bitmap**: bit `c` set = chunk `c` belongs to some slot's run.
-//! - **Runs** are recorded in the owning slot's `ext` word ([`Extent`]); a run belongs to
-//!   whoever owns the slot, and goes back when the slot does (whoever moves a slot to FREE
-//!   first calls [`free`]).
-//! - **Allocation** takes the arena lock (a word: `LOCKED | owner entry`), so that two
-//!   allocators never take the same free bits. It records the run in the slot *before* it sets
-//!   the bits. Freeing and trimming take no lock: they un-record first, then clear the bits.
-//! - **Invariant**, outside the lock: every set bit is recorded in some slot (`set ⊆
-//!   recorded`). A process can die at any point: inside the lock (it recorded a run and set
-//!   some of its bits), the bits it set are recorded, so reaping its slots frees them, which
-//!   must happen before its lock is broken ([`break_lock`]); between un-recording and clearing
-//!   (a free), bits stay set that no slot records: the reaper's [`sweep`] (under the lock)
-//!   clears them. Counters change by what a bit operation actually changed (its previous
-//!   value), so two clearers of one bit count it once.
+//! - **The records are the truth.** A chunk is in use exactly when some slot's `ext` word
+//!   records a run that covers it; there is no separate bitmap to keep in step. Freeing a run
+//!   is one atomic swap of the record to 0, cutting it one store: a process that dies at any
+//!   point leaves either its record (which the reaper frees with its slot) or nothing.
+//! - **A run belongs to whoever owns the slot** and goes back when the slot does (whoever
+//!   moves a slot to FREE first calls [`free`]).
+//! - **Allocation** takes the arena lock (a word: `LOCKED | owner entry`) so that two
+//!   allocators never pick the same free chunks: under it, the allocator reads every slot's
+//!   record, finds a free run and records it in its own slot with one store. A free that runs
+//!   meanwhile (outside the lock) only makes the allocator's view more conservative. A process
+//!   that dies holding the lock has recorded its run or not; either way the next allocator's
+//!   reading is right, so the reaper may break the lock ([`break_lock`]) as soon as the kernel
+//!   says the holder died, before or after it reaps the dead process's slots.
+//! - Cost: an allocation reads one word per slot (the slots' header lines; with the default 32
+//!   slots, about a microsecond), which a message of more than a slot's 32 KiB dwarfs.
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, Ordering};
 
 /// Bytes of one chunk of the arena.
 pub const CHUNK: usize = 64 * 1024;
 /// Most chunks an arena has (an [`Extent`] packs a chunk index and a count in 16 bits each).
 pub const MAX_CHUNKS: u32 = 65535;
-/// Bytes of the arena bitmap (one bit per chunk, for up to [`MAX_CHUNKS`]).
-pub const BITMAP_BYTES: usize = 8192;
 /// The lock word's "held" bit; the low bits name the holder's process entry (0: the server).
 pub const LOCKED: u32 = 1 << 31;
 
@@ -35,10 +34,6 @@ pub trait ArenaWords {
     fn arena_chunks(&self) -> u32;
     /// The arena lock: 0, or [`LOCKED`] | the holder's process entry.
     fn arena_lock(&self) -> &AtomicU32;
-    /// Word `w` of the arena bitmap (`w < arena_chunks().div_ceil(64)`).
-    fn arena_bits(&self, w: usize) -> &AtomicU64;
-    /// Chunks allocated (statistics).
-    fn arena_used(&self) -> &AtomicU32;
     /// Slots that can record a run.
     fn ext_slots(&self) -> u32;
     /// The `ext` word of slot `slot`: the run it records ([`Extent::pack`]), or 0.
@@ -48,6 +43,10 @@ pub trait ArenaWords {
     fn arena_mutant(&self) -> ArenaMutant {
         ArenaMutant::None
     }
+    /// Called between the steps of every change (loom models only): a model "kills" the
+    /// calling thread there by panicking, to check every point a process can die at.
+    #[cfg(loom)]
+    fn crash_point(&self) {}
 }
 
 /// A deliberate bug of the arena protocol that the loom models switch on to prove that they
@@ -56,15 +55,21 @@ pub trait ArenaWords {
 pub enum ArenaMutant {
     /// The real protocol.
     None,
-    /// `alloc` sets the bits before it records the run (a death in between leaks them).
-    BitsBeforeRecord,
-    /// `free` clears the bits before it un-records the run (another allocator can take them
-    /// while they are still recorded here).
-    ClearBeforeUnrecord,
-    /// `alloc` scans and sets bits without taking the lock.
+    /// `alloc` reads the records and records its run without taking the lock.
     NoLock,
-    /// `break_lock` breaks a dead holder's lock without reaping its slots first.
-    BreakBeforeReap,
+    /// `alloc` lets go of the lock before it records its run.
+    UnlockBeforeRecord,
+    /// `break_lock` breaks the lock whoever holds it, not only the dead holder's.
+    BreakAnyHolder,
+    /// `break_lock` never breaks a lock (a dead holder's stays held for good).
+    KeepDeadLock,
+}
+
+/// A point where a process may die (a no-op outside the loom models).
+#[inline(always)]
+fn crash<W: ArenaWords + ?Sized>(_w: &W) {
+    #[cfg(loom)]
+    _w.crash_point();
 }
 
 #[inline(always)]
@@ -119,46 +124,6 @@ pub fn chunks_for(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(CHUNK as u64)
 }
 
-/// Runs `f(word index, mask)` for each bitmap word that `run` covers.
-fn for_words(run: Extent, mut f: impl FnMut(usize, u64)) {
-    let (mut c, end) = (run.first, run.first + run.count);
-    while c < end {
-        let w = (c / 64) as usize;
-        let lo = c % 64;
-        let hi = (end - w as u32 * 64).min(64);
-        let mask = if hi - lo == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << (hi - lo)) - 1) << lo
-        };
-        f(w, mask);
-        c = w as u32 * 64 + hi;
-    }
-}
-
-/// Sets `run`'s bits; returns how many were newly set.
-fn set_bits<W: ArenaWords + ?Sized>(w: &W, run: Extent) -> u32 {
-    let mut n = 0;
-    for_words(run, |i, mask| {
-        // SYNC: AcqRel: ordered after the run's record (Release store) in `alloc`.
-        let prev = w.arena_bits(i).fetch_or(mask, Ordering::AcqRel);
-        n += (mask & !prev).count_ones();
-    });
-    n
-}
-
-/// Clears `run`'s bits; returns how many were set.
-fn clear_bits<W: ArenaWords + ?Sized>(w: &W, run: Extent) -> u32 {
-    let mut n = 0;
-    for_words(run, |i, mask| {
-        // SYNC: AcqRel: a later allocator that sees the bit clear (its Acquire scan under the
-        // lock) also sees that we are done with the chunk's bytes.
-        let prev = w.arena_bits(i).fetch_and(!mask, Ordering::AcqRel);
-        n += (mask & prev).count_ones();
-    });
-    n
-}
-
 /// What [`alloc`] found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Alloc {
@@ -172,8 +137,8 @@ pub enum Alloc {
 
 /// Takes the arena lock for process entry `owner` without waiting: `Err(holder)` if held.
 pub fn try_lock<W: ArenaWords + ?Sized>(w: &W, owner: u32) -> Result<(), u32> {
-    // SYNC: Acquire pairs with `unlock`'s Release: the previous holder's bit and record
-    // changes are visible to our scan.
+    // SYNC: Acquire pairs with `unlock`'s Release: the previous holder's record is visible
+    // to our reading.
     w.arena_lock()
         .compare_exchange(0, LOCKED | owner, Ordering::Acquire, Ordering::Relaxed)
         .map(|_| ())
@@ -183,15 +148,18 @@ pub fn try_lock<W: ArenaWords + ?Sized>(w: &W, owner: u32) -> Result<(), u32> {
 /// Lets go of the arena lock held by `owner` (no change if another holds it: a reaper broke a
 /// lock it believed dead, which only a peer breaking the protocol makes wrong).
 pub fn unlock<W: ArenaWords + ?Sized>(w: &W, owner: u32) {
-    // SYNC: Release publishes this holder's changes to the next holder's Acquire.
+    // SYNC: Release publishes this holder's record to the next holder's Acquire.
     let _ =
         w.arena_lock()
             .compare_exchange(LOCKED | owner, 0, Ordering::Release, Ordering::Relaxed);
 }
 
+/// Words of the largest occupancy map [`alloc`] builds (one bit per chunk).
+const MAP_WORDS: usize = (MAX_CHUNKS as usize).div_ceil(64);
+
 /// Allocates for `slot` (owned by the caller, process entry `owner`, recording no run) a free
 /// run of at least `min` chunks: the first one of `max` chunks or more (cut to `max`), else the
-/// longest one. Records the run in the slot, then sets its bits, all under the arena lock.
+/// longest one; records it in the slot, all under the arena lock.
 pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max: u32) -> Alloc {
     let locking = !mutated(w, ArenaMutant::NoLock);
     if locking {
@@ -199,44 +167,50 @@ pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max
             return Alloc::Busy(holder);
         }
     }
-    let found = find_run(w, min.max(1), max.max(min).max(1));
+    crash(w);
+    let chunks = w.arena_chunks().min(MAX_CHUNKS);
+    let words = chunks.div_ceil(64) as usize;
+    let mut used = [0u64; MAP_WORDS];
+    for s in 0..w.ext_slots() {
+        // SYNC: Acquire pairs with the Release store of a record (made under the lock, which
+        // we hold now, or before the lock was last let go).
+        let Some(run) = Extent::unpack(w.slot_ext(s).load(Ordering::Acquire)) else {
+            continue;
+        };
+        if !run.within(chunks) {
+            continue;
+        }
+        for c in run.first..run.first + run.count {
+            used[(c / 64) as usize] |= 1 << (c % 64);
+        }
+    }
+    let found = find_run(&used[..words], chunks, min.max(1), max.max(min).max(1));
+    let early_unlock = locking && mutated(w, ArenaMutant::UnlockBeforeRecord);
+    if early_unlock {
+        unlock(w, owner);
+    }
     let got = match found {
         Some(run) => {
-            if mutated(w, ArenaMutant::BitsBeforeRecord) {
-                let n = set_bits(w, run);
-                w.arena_used().fetch_add(n, Ordering::Relaxed);
-                // SYNC: as below.
-                w.slot_ext(slot).store(run.pack(), Ordering::Release);
-            } else {
-                // SYNC: Release: the record precedes the bits (a dead allocator's set bits
-                // are always recorded: the module's invariant).
-                w.slot_ext(slot).store(run.pack(), Ordering::Release);
-                let n = set_bits(w, run);
-                w.arena_used().fetch_add(n, Ordering::Relaxed);
-            }
+            // SYNC: Release: the next allocator (after our unlock) sees the record.
+            w.slot_ext(slot).store(run.pack(), Ordering::Release);
             Alloc::Got(run)
         }
         None => Alloc::Full,
     };
-    if locking {
+    crash(w);
+    if locking && !early_unlock {
         unlock(w, owner);
     }
     got
 }
 
-/// The first free run of `max` chunks or more (cut to `max`), else the longest free run of at
-/// least `min`; read under the lock.
-fn find_run<W: ArenaWords + ?Sized>(w: &W, min: u32, max: u32) -> Option<Extent> {
-    let chunks = w.arena_chunks();
+/// In the occupancy map `used` of `chunks` chunks: the first free run of `max` chunks or more
+/// (cut to `max`), else the longest free run of at least `min`.
+fn find_run(used: &[u64], chunks: u32, min: u32, max: u32) -> Option<Extent> {
     let mut best: Option<Extent> = None;
     let mut start = 0u32;
-    let mut c = 0u32;
-    while c <= chunks {
-        let free = c < chunks && {
-            // SYNC: Acquire pairs with a free's AcqRel clear: its bytes are done with.
-            let word = w.arena_bits((c / 64) as usize).load(Ordering::Acquire);
-            word & (1 << (c % 64)) == 0
-        };
+    for c in 0..=chunks {
+        let free = c < chunks && used[(c / 64) as usize] & (1 << (c % 64)) == 0;
         if free {
             if c + 1 - start >= max {
                 return Some(Extent {
@@ -254,44 +228,27 @@ fn find_run<W: ArenaWords + ?Sized>(w: &W, min: u32, max: u32) -> Option<Extent>
             }
             start = c + 1;
         }
-        c += 1;
     }
     best
 }
 
 /// Frees the run `slot` records, if any (its owner's step before the slot goes FREE; also the
-/// reaper's for a dead owner's slot): un-records it, then clears its bits. Returns the chunks
-/// freed. A recorded run outside the arena (a peer's garbage) is un-recorded and nothing else.
+/// reaper's for a dead owner's slot): one swap of the record to 0. Returns the run's chunks
+/// (0 if none).
 pub fn free<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> u32 {
     let word = w.slot_ext(slot);
     if word.load(Ordering::Relaxed) == 0 {
         return 0;
     }
-    let run = if mutated(w, ArenaMutant::ClearBeforeUnrecord) {
-        let Some(run) = Extent::unpack(word.load(Ordering::Acquire)) else {
-            return 0;
-        };
-        if run.within(w.arena_chunks()) {
-            let n = clear_bits(w, run);
-            w.arena_used().fetch_sub(n, Ordering::Relaxed);
-        }
-        word.store(0, Ordering::Release);
-        return run.count;
-    } else {
-        // SYNC: AcqRel: whoever swaps the record out frees the run, exactly once.
-        Extent::unpack(word.swap(0, Ordering::AcqRel))
-    };
-    let Some(run) = run else { return 0 };
-    if !run.within(w.arena_chunks()) {
-        return 0;
-    }
-    let n = clear_bits(w, run);
-    w.arena_used().fetch_sub(n, Ordering::Relaxed);
-    n
+    // SYNC: AcqRel: our reads and writes of the run happen before an allocator that reads
+    // the cleared record (Acquire) hands the chunks to someone else.
+    let run = Extent::unpack(word.swap(0, Ordering::AcqRel));
+    crash(w);
+    run.map_or(0, |r| r.count)
 }
 
 /// Gives back all but the first `keep` (>= 1) chunks of the run `slot` records (its owner, after
-/// writing a message shorter than its run): shrinks the record, then clears the tail's bits.
+/// writing a message shorter than its run): one store of the shorter record.
 pub fn trim<W: ArenaWords + ?Sized>(w: &W, slot: u32, keep: u32) {
     let word = w.slot_ext(slot);
     let Some(run) = Extent::unpack(word.load(Ordering::Relaxed)) else {
@@ -305,79 +262,44 @@ pub fn trim<W: ArenaWords + ?Sized>(w: &W, slot: u32, keep: u32) {
         first: run.first,
         count: keep,
     };
-    // SYNC: Release, as in `free`: un-record before clearing.
+    // SYNC: Release, as in `free`: the tail's bytes are done with.
     word.store(kept.pack(), Ordering::Release);
-    let tail = Extent {
-        first: run.first + keep,
-        count: run.count - keep,
-    };
-    let n = clear_bits(w, tail);
-    w.arena_used().fetch_sub(n, Ordering::Relaxed);
+    crash(w);
 }
 
-/// Breaks the arena lock if process entry `dead` holds it. The caller holds `dead`'s liveness
-/// lock (the kernel said it died) and has already reaped every slot of `dead` (so that the
-/// runs it recorded under the lock are freed, which must happen before anyone else allocates:
-/// bits it recorded but had not set yet look free). `reap_dead` is that reaping, run here
-/// first unless a mutant skips it.
-pub fn break_lock<W: ArenaWords + ?Sized>(w: &W, dead: u32, reap_dead: impl FnOnce()) -> bool {
+/// Breaks the arena lock if process entry `dead` holds it (the caller holds `dead`'s liveness
+/// lock: the kernel said it died). Whatever it recorded before it died stays recorded until
+/// its slots are reaped, so the next allocator's reading is right either way.
+pub fn break_lock<W: ArenaWords + ?Sized>(w: &W, dead: u32) -> bool {
     let held = w.arena_lock().load(Ordering::Acquire);
-    if held != LOCKED | dead {
+    if mutated(w, ArenaMutant::KeepDeadLock) {
         return false;
     }
-    if mutated(w, ArenaMutant::BreakBeforeReap) {
-        let broke = w
-            .arena_lock()
-            .compare_exchange(held, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok();
-        reap_dead();
-        return broke;
-    }
-    reap_dead();
-    // SYNC: AcqRel: the frees of the reaping precede the next holder's scan.
+    let target = if mutated(w, ArenaMutant::BreakAnyHolder) {
+        if held & LOCKED == 0 {
+            return false;
+        }
+        held
+    } else if held == LOCKED | dead {
+        held
+    } else {
+        return false;
+    };
+    // SYNC: AcqRel: the dead holder's record (if it made one) is ordered before the next
+    // holder's reading.
     w.arena_lock()
-        .compare_exchange(held, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .compare_exchange(target, 0, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
 }
 
-/// Clears the bits that no slot records (left by a process that died between un-recording a
-/// run and clearing it), under the lock for process entry `owner`. Returns the chunks cleared,
-/// or `None` if the lock was busy. (A free running meanwhile outside the lock may have
-/// un-recorded a run and not yet cleared it: clearing its bits for it is harmless.)
-pub fn sweep<W: ArenaWords + ?Sized>(w: &W, owner: u32) -> Option<u32> {
-    try_lock(w, owner).ok()?;
+/// Chunks recorded by the slots now (statistics; each run counted once per slot recording it).
+pub fn in_use<W: ArenaWords + ?Sized>(w: &W) -> u64 {
     let chunks = w.arena_chunks();
-    let words = chunks.div_ceil(64) as usize;
-    let mut leaked = 0;
-    for i in 0..words {
-        // SYNC: Acquire pairs with `set_bits`/`clear_bits`.
-        let set = w.arena_bits(i).load(Ordering::Acquire);
-        if set == 0 {
-            continue;
-        }
-        let mut recorded = 0u64;
-        for s in 0..w.ext_slots() {
-            // SYNC: Acquire pairs with the records' Release stores.
-            if let Some(run) = Extent::unpack(w.slot_ext(s).load(Ordering::Acquire)) {
-                if run.within(chunks) {
-                    for_words(run, |j, mask| {
-                        if j == i {
-                            recorded |= mask;
-                        }
-                    });
-                }
-            }
-        }
-        let stray = set & !recorded;
-        if stray != 0 {
-            let prev = w.arena_bits(i).fetch_and(!stray, Ordering::AcqRel);
-            let n = (prev & stray).count_ones();
-            w.arena_used().fetch_sub(n, Ordering::Relaxed);
-            leaked += n;
-        }
-    }
-    unlock(w, owner);
-    Some(leaked)
+    (0..w.ext_slots())
+        .filter_map(|s| Extent::unpack(w.slot_ext(s).load(Ordering::Relaxed)))
+        .filter(|run| run.within(chunks))
+        .map(|run| u64::from(run.count))
+        .sum()
 }
 
 #[cfg(all(test, not(loom)))]
@@ -386,8 +308,6 @@ mod tests {
 
     struct Heap {
         lock: AtomicU32,
-        bits: Vec<AtomicU64>,
-        used: AtomicU32,
         ext: Vec<AtomicU32>,
         chunks: u32,
     }
@@ -396,10 +316,6 @@ mod tests {
         fn new(chunks: u32, slots: u32) -> Heap {
             Heap {
                 lock: AtomicU32::new(0),
-                bits: (0..chunks.div_ceil(64))
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
-                used: AtomicU32::new(0),
                 ext: (0..slots).map(|_| AtomicU32::new(0)).collect(),
                 chunks,
             }
@@ -413,12 +329,6 @@ mod tests {
         fn arena_lock(&self) -> &AtomicU32 {
             &self.lock
         }
-        fn arena_bits(&self, w: usize) -> &AtomicU64 {
-            &self.bits[w]
-        }
-        fn arena_used(&self) -> &AtomicU32 {
-            &self.used
-        }
         fn ext_slots(&self) -> u32 {
             self.ext.len() as u32
         }
@@ -427,86 +337,53 @@ mod tests {
         }
     }
 
-    /// Runs across bitmap words are set and cleared exactly, and the best-fit rule takes the
-    /// first run long enough, else the longest. Fails on an off-by-one in the word masks.
+    /// Runs across bitmap words are found exactly, and the rule takes the first run long
+    /// enough, else the longest. Fails on an off-by-one in the occupancy map.
     #[test]
     fn runs_across_words_are_allocated_trimmed_and_freed_exactly() {
         let h = Heap::new(200, 4);
-        assert_eq!(
-            alloc(&h, 1, 0, 1, 70),
-            Alloc::Got(Extent {
-                first: 0,
-                count: 70
-            })
-        );
-        assert_eq!(
-            alloc(&h, 1, 1, 1, 100),
-            Alloc::Got(Extent {
-                first: 70,
-                count: 100
-            })
-        );
-        assert_eq!(h.used.load(Ordering::Relaxed), 170);
+        let got = |first, count| Alloc::Got(Extent { first, count });
+        assert_eq!(alloc(&h, 1, 0, 1, 70), got(0, 70));
+        assert_eq!(alloc(&h, 1, 1, 1, 100), got(70, 100));
+        assert_eq!(in_use(&h), 170);
         // 30 left: asked for 50 at most, at least 10: the longest there is.
-        assert_eq!(
-            alloc(&h, 1, 2, 10, 50),
-            Alloc::Got(Extent {
-                first: 170,
-                count: 30
-            })
-        );
+        assert_eq!(alloc(&h, 1, 2, 10, 50), got(170, 30));
         assert_eq!(alloc(&h, 1, 3, 1, 5), Alloc::Full);
         trim(&h, 1, 1);
-        assert_eq!(h.used.load(Ordering::Relaxed), 101);
-        assert_eq!(
-            alloc(&h, 1, 3, 99, 99),
-            Alloc::Got(Extent {
-                first: 71,
-                count: 99
-            })
-        );
+        assert_eq!(in_use(&h), 101);
+        assert_eq!(alloc(&h, 1, 3, 99, 99), got(71, 99));
         for s in 0..4 {
             free(&h, s);
         }
-        assert_eq!(h.used.load(Ordering::Relaxed), 0);
-        assert!(h.bits.iter().all(|b| b.load(Ordering::Relaxed) == 0));
-        assert_eq!(
-            alloc(&h, 1, 0, 200, 200),
-            Alloc::Got(Extent {
-                first: 0,
-                count: 200
-            })
-        );
-    }
-
-    /// A run whose record was dropped (a death between un-recording and clearing) is cleared by
-    /// the sweep, and only that one.
-    #[test]
-    fn the_sweep_clears_only_unrecorded_bits() {
-        let h = Heap::new(128, 2);
-        alloc(&h, 1, 0, 1, 10);
-        alloc(&h, 1, 1, 1, 10);
-        h.ext[1].store(0, Ordering::Relaxed); // died right after un-recording
-        assert_eq!(sweep(&h, 0), Some(10));
-        assert_eq!(h.used.load(Ordering::Relaxed), 10);
-        assert_eq!(h.bits[0].load(Ordering::Relaxed), (1 << 10) - 1);
-        // A lock held elsewhere: no sweep.
+        assert_eq!(in_use(&h), 0);
+        assert_eq!(alloc(&h, 1, 0, 200, 200), got(0, 200));
+        // A lock held by a dead entry is broken; a live one's is not.
+        free(&h, 0);
         try_lock(&h, 5).unwrap();
-        assert_eq!(sweep(&h, 0), None);
-        assert!(break_lock(&h, 5, || {}));
-        assert_eq!(sweep(&h, 0), Some(0));
+        assert_eq!(alloc(&h, 1, 0, 1, 1), Alloc::Busy(5));
+        assert!(!break_lock(&h, 6));
+        assert!(break_lock(&h, 5));
+        assert_eq!(alloc(&h, 1, 0, 1, 1), got(0, 1));
     }
 
-    /// Garbage in a record never clears bits outside the arena nor panics.
+    /// Garbage in a record never counts chunks outside the arena nor panics, and a record
+    /// outside the arena does not block allocation.
     #[test]
     fn garbage_records_are_ignored() {
-        let h = Heap::new(64, 1);
+        let h = Heap::new(64, 2);
         for garbage in [u32::MAX, 0xffff_0001, 0x0040_0001, 0x0001_ffff] {
             h.ext[0].store(garbage, Ordering::Relaxed);
-            assert_eq!(free(&h, 0), 0);
-            h.ext[0].store(garbage, Ordering::Relaxed);
+            assert_eq!(in_use(&h), 0);
             trim(&h, 0, 1);
-            assert_eq!(sweep(&h, 0), Some(0));
+            assert_eq!(
+                alloc(&h, 1, 1, 64, 64),
+                Alloc::Got(Extent {
+                    first: 0,
+                    count: 64
+                })
+            );
+            free(&h, 1);
+            free(&h, 0);
         }
     }
 }

@@ -22,10 +22,8 @@ pub const PROC_ENTRIES: usize = 1024;
 pub const PROC_ENTRY_SIZE: usize = 8;
 /// Offset of the process table.
 pub const PROCS_OFFSET: usize = HEADER_SIZE;
-/// Offset of the large-message arena's bitmap (`arena.rs`): after the process table.
-pub const ARENA_BITMAP_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
-/// Offset of slot 0: after the header, the process table and the arena bitmap.
-pub const SLOTS_OFFSET: usize = ARENA_BITMAP_OFFSET + crate::arena::BITMAP_BYTES;
+/// Offset of slot 0: after the header and the process table.
+pub const SLOTS_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
 /// Default size of the large-message arena: 128 MiB of the mapping's file, after the slots,
 /// which cost no memory until a large message uses them (the file is sparse). A message can
 /// take all of it.
@@ -286,8 +284,7 @@ pub struct Header {
     pub arena_chunks: AtomicU32,
     /// The arena lock: 0, or `arena::LOCKED` | the holder's process entry (0: the server).
     pub arena_lock: AtomicU32,
-    /// Chunks allocated to messages now (statistics).
-    pub arena_used: AtomicU32,
+    _reserved2: [u8; 4],
     /// Futex word of callers waiting for arena room; bumped by whoever frees a run while
     /// someone waits.
     pub arena_seq: AtomicU32,
@@ -381,11 +378,10 @@ const _: () = {
     assert!(offset_of!(Header, arena_seq_parked) == offset_of!(Header, arena_seq) + PARKED_DELTA);
     assert!(offset_of!(Header, arena_chunks) == 908);
     assert!(offset_of!(Header, arena_lock) == 912);
-    assert!(offset_of!(Header, arena_used) == 916);
     assert!(offset_of!(Header, arena_seq) == 920);
     assert!(offset_of!(Header, arena_waiters) == 924);
     assert!(offset_of!(SlotHeader, ext) == 48);
-    assert!(SLOTS_OFFSET == 17408);
+    assert!(SLOTS_OFFSET == 9216);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);

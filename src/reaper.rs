@@ -28,8 +28,8 @@ pub(crate) struct Reaped {
     pub abandoned: u32,
     /// Free-slot waits that dead processes had announced, taken back.
     pub waits: u32,
-    /// Arena chunks that no slot recorded, cleared.
-    pub swept: u32,
+    /// Arena locks broken (their holder died holding them).
+    pub locks: u32,
 }
 
 /// The reaper's memory of one scan: what it learnt of each process entry (asked at most once
@@ -113,17 +113,12 @@ impl Reaper {
             }
             if *v == Some(Liveness::Dead) {
                 out.waits = out.waits.saturating_add(protocol::heal_free_waits(map, k));
-                // A dead process's slots were reaped above (and it can take no more): an arena
-                // lock it died holding can go.
-                arena::break_lock(map, k, || {});
+                // An arena lock it died holding can go (what it recorded stays recorded until
+                // its slots are reaped, above).
+                if arena::break_lock(map, k) {
+                    out.locks = out.locks.saturating_add(1);
+                }
                 map.let_go(k);
-            }
-        }
-        // Arena bits that no slot records: a process died between freeing a run's record and
-        // its bits (`arena::sweep`).
-        if map.header().arena_used.load(Ordering::Relaxed) > 0 {
-            if let Some(n) = arena::sweep(map, 0) {
-                out.swept = n;
             }
         }
         self.report_hogs(map);

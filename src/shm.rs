@@ -492,8 +492,8 @@ impl Mapping {
                 .fetch_add(u64::from(taken), Ordering::Relaxed);
         }
         protocol::heal_free_waits(self, k);
-        // Its slots are reaped (the runs it recorded are back): a lock it died holding can go.
-        crate::arena::break_lock(self, k, || {});
+        // A lock it died holding can go (what it recorded was reaped with its slots).
+        crate::arena::break_lock(self, k);
         taken
     }
 
@@ -522,7 +522,7 @@ impl Mapping {
     /// Wakes the callers that wait for arena room, if any (after a run went back).
     fn notify_arena(&self) {
         let h = self.header();
-        // SYNC: the run's bits were cleared by an RMW; pairs with the waiter's fence
+        // SYNC: the run's record was cleared by an RMW; pairs with the waiter's fence
         // (announce, fence, retry) in `wait_for_arena`.
         crate::sync::fence_after_rmw();
         if h.arena_waiters.load(Ordering::Relaxed) > 0 {
@@ -735,24 +735,6 @@ impl crate::arena::ArenaWords for Mapping {
     }
     fn arena_lock(&self) -> &AtomicU32 {
         &self.header().arena_lock
-    }
-    fn arena_bits(&self, w: usize) -> &AtomicU64 {
-        assert!(
-            w < crate::arena::BITMAP_BYTES / 8,
-            "arena word out of range"
-        );
-        // SAFETY: the bitmap lies inside the mapping, between the process table and slot 0
-        // (`layout::ARENA_BITMAP_OFFSET`), 8-byte aligned, and holds only atomics.
-        unsafe {
-            &*self
-                .base
-                .as_ptr()
-                .add(layout::ARENA_BITMAP_OFFSET + w * 8)
-                .cast::<AtomicU64>()
-        }
-    }
-    fn arena_used(&self) -> &AtomicU32 {
-        &self.header().arena_used
     }
     fn ext_slots(&self) -> u32 {
         self.layout.slot_count

@@ -192,6 +192,11 @@ impl Stats {
                 large_bytes,
             });
         }
+        let large_in_use = in_use
+            .iter()
+            .map(|u| u.large_bytes)
+            .sum::<usize>()
+            .min(lay.arena_bytes());
         Stats {
             server_pid: h.server_pid.load(Ordering::Relaxed),
             alive,
@@ -214,9 +219,7 @@ impl Stats {
             reaper_scans: h.reaper_scans.load(Ordering::Relaxed),
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
             large_memory: lay.arena_bytes(),
-            large_in_use: (h.arena_used.load(Ordering::Relaxed) as usize)
-                .min(lay.arena_chunks as usize)
-                * crate::arena::CHUNK,
+            large_in_use,
         }
     }
 }

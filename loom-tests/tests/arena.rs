@@ -1,0 +1,326 @@
+//! Loom models of the large-message arena (`shmrpc::arena`), run against the real code: the
+//! arena's words live on the heap ([`Heap`]), each chunk's bytes are a loom `UnsafeCell` (so
+//! loom reports two owners of one chunk touching it), and a process "dies" by panicking at one
+//! of the arena's crash points (`ArenaWords::crash_point`): each model runs once per crash
+//! point of the dying thread's path, and once with no crash.
+//!
+//! Each `mutant_*` test switches on a deliberate bug (`shmrpc::arena::ArenaMutant`) and must
+//! fail; `mutants_are_caught` runs them in child processes (loom aborts on some failures).
+//!
+//! Run: `RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release --test arena`.
+#![cfg(loom)]
+
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+use shmrpc::arena::{self, Alloc, ArenaMutant, ArenaWords, Extent};
+use shmrpc::sync::{AtomicU32, Ordering};
+use std::cell::Cell;
+
+const CHUNKS: u32 = 4;
+
+struct Heap {
+    lock: AtomicU32,
+    ext: Vec<AtomicU32>,
+    /// The bytes of each chunk: written by whoever holds it.
+    chunk: Vec<UnsafeCell<u32>>,
+    mutant: ArenaMutant,
+    /// The dying thread panics at its `crash_at`-th crash point (counted in `passed`).
+    crash_at: usize,
+    passed: AtomicU32,
+    /// Set once the dying thread is gone (its "kernel lock" dropped).
+    dead: AtomicU32,
+}
+
+loom::thread_local! {
+    /// Whether this thread is the one that dies.
+    static DOOMED: Cell<bool> = Cell::new(false);
+}
+
+/// The panic payload of a modelled death.
+struct Died;
+
+impl Heap {
+    fn new(slots: u32, mutant: ArenaMutant, crash_at: usize) -> Arc<Heap> {
+        Arc::new(Heap {
+            lock: AtomicU32::new(0),
+            ext: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            chunk: (0..CHUNKS).map(|_| UnsafeCell::new(0)).collect(),
+            mutant,
+            crash_at,
+            passed: AtomicU32::new(0),
+            dead: AtomicU32::new(0),
+        })
+    }
+
+    /// Writes `tag` into every chunk of `run` and reads it back: two holders of one chunk race
+    /// here, which loom reports.
+    fn use_run(&self, run: Extent, tag: u32) {
+        for c in run.first..run.first + run.count {
+            // SAFETY (model): the arena gives this thread the chunk; loom checks it.
+            self.chunk[c as usize].with_mut(|p| unsafe { *p = tag });
+            let back = self.chunk[c as usize].with(|p| unsafe { *p });
+            assert_eq!(back, tag, "chunk {c} changed under its holder");
+        }
+    }
+
+    /// Whether `slot` still records exactly `run`.
+    fn still_records(&self, slot: u32, run: Extent) -> bool {
+        self.ext[slot as usize].load(Ordering::SeqCst) == run.pack()
+    }
+
+    fn assert_clean(&self) {
+        for (s, e) in self.ext.iter().enumerate() {
+            assert_eq!(e.load(Ordering::SeqCst), 0, "slot {s}'s run leaked");
+        }
+        assert_eq!(self.lock.load(Ordering::SeqCst), 0, "lock left held");
+    }
+}
+
+impl ArenaWords for Heap {
+    fn arena_chunks(&self) -> u32 {
+        CHUNKS
+    }
+    fn arena_lock(&self) -> &AtomicU32 {
+        &self.lock
+    }
+    fn ext_slots(&self) -> u32 {
+        self.ext.len() as u32
+    }
+    fn slot_ext(&self, slot: u32) -> &AtomicU32 {
+        &self.ext[slot as usize]
+    }
+    fn arena_mutant(&self) -> ArenaMutant {
+        self.mutant
+    }
+    fn crash_point(&self) {
+        if DOOMED.with(Cell::get) {
+            let n = self.passed.fetch_add(1, Ordering::Relaxed) as usize;
+            if n == self.crash_at {
+                std::panic::panic_any(Died);
+            }
+        }
+    }
+}
+
+/// Runs `f` under loom with `LOOM_MAX_PREEMPTIONS` if set, else a bound of 3 (as
+/// `models.rs` does), and says how many interleavings it explored.
+fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&runs);
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    let t0 = std::time::Instant::now();
+    builder.check(move || {
+        counter.fetch_add(1, StdOrdering::Relaxed);
+        f();
+    });
+    println!(
+        "model {name}: {} interleavings, {:?}",
+        runs.load(StdOrdering::Relaxed),
+        t0.elapsed()
+    );
+}
+
+/// Modelled deaths are panics: keep them quiet, report every other panic.
+fn quiet_deaths() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<Died>().is_none() {
+            default(info);
+        }
+    }));
+}
+
+/// Allocates for `slot` until it gets a run (yielding while the lock is busy or the arena full).
+fn alloc_until(h: &Heap, owner: u32, slot: u32, min: u32, max: u32) -> Extent {
+    loop {
+        match arena::alloc(h, owner, slot, min, max) {
+            Alloc::Got(run) => return run,
+            Alloc::Busy(_) | Alloc::Full => thread::yield_now(),
+        }
+    }
+}
+
+/// A live process's whole use of a run: allocate, write, check that its record stayed its own,
+/// free.
+fn live_user(h: &Heap, owner: u32, slot: u32, min: u32, max: u32) {
+    let run = alloc_until(h, owner, slot, min, max);
+    use_and_free(h, slot, run, owner);
+}
+
+fn use_and_free(h: &Heap, slot: u32, run: Extent, owner: u32) {
+    h.use_run(run, owner);
+    assert!(
+        h.still_records(slot, run),
+        "a live holder's run was freed under it"
+    );
+    assert_eq!(
+        arena::free(h, slot),
+        run.count,
+        "the run's record changed under its holder"
+    );
+}
+
+/// Model 1: two allocators, no deaths, and a reaper that breaks the lock of a process that
+/// died (entry 9, which holds nothing here). Each allocator's chunks are its own (no chunk
+/// is written by both) and nothing is left allocated or locked at the end.
+fn model_two_allocators(mutant: ArenaMutant) {
+    model("arena 1", move || {
+        let h = Heap::new(2, mutant, usize::MAX);
+        // Each allocator tries a few times (a busy lock or a full arena: yield and retry), so
+        // that loom's schedules stay finite; when both get runs, they must not share a chunk.
+        let threads: Vec<_> = [(1u32, 0u32), (2, 1)]
+            .into_iter()
+            .map(|(owner, slot)| {
+                let h = h.clone();
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        if let Alloc::Got(run) = arena::alloc(&*h, owner, slot, 1, 3) {
+                            use_and_free(&h, slot, run, owner);
+                            return;
+                        }
+                        thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        // A reaper that found entry 9 dead: it must not break a live holder's lock.
+        arena::break_lock(&*h, 9);
+        for t in threads {
+            t.join().unwrap();
+        }
+        h.assert_clean();
+    });
+}
+
+/// Model 2: a process dies at every point of an allocation followed by a free (it panics at
+/// its `crash_at`-th crash point; past the last one it lives); once it is gone, the reaper
+/// (the main thread, after the join that stands for the kernel's report) breaks the lock if the
+/// dead process held it and frees the dead slot's run. Meanwhile another process tries to
+/// allocate, use and free a run. The survivor's chunks stay its own, and at the end nothing is
+/// leaked or locked. (Each allocation is tried a bounded number of times, so that loom's
+/// schedules stay finite: the survivor's tries cover the schedules before and after the
+/// reaper's steps.)
+fn model_a_death_at_every_point(mutant: ArenaMutant) {
+    quiet_deaths();
+    for crash_at in 0..4 {
+        model(
+            &format!("arena 2, death at crash point {crash_at}"),
+            move || {
+                let h = Heap::new(2, mutant, crash_at);
+                let survivor = {
+                    let h = h.clone();
+                    thread::spawn(move || {
+                        for _ in 0..3 {
+                            if let Alloc::Got(run) = arena::alloc(&*h, 2, 1, 1, 2) {
+                                use_and_free(&h, 1, run, 2);
+                                return;
+                            }
+                            thread::yield_now();
+                        }
+                    })
+                };
+                let dying = {
+                    let h = h.clone();
+                    thread::spawn(move || {
+                        DOOMED.with(|d| d.set(true));
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            for _ in 0..2 {
+                                if let Alloc::Got(run) = arena::alloc(&*h, 1, 0, 2, 2) {
+                                    h.use_run(run, 1);
+                                    arena::free(&*h, 0);
+                                    return;
+                                }
+                                thread::yield_now();
+                            }
+                        }));
+                    })
+                };
+                dying.join().unwrap();
+                // The reaper, told by the kernel that entry 1 died.
+                arena::break_lock(&*h, 1);
+                arena::free(&*h, 0);
+                survivor.join().unwrap();
+                h.assert_clean();
+            },
+        );
+    }
+}
+
+#[test]
+fn model_1_two_allocators_never_share_a_chunk() {
+    model_two_allocators(ArenaMutant::None);
+}
+
+#[test]
+fn model_2_a_process_dying_anywhere_leaks_nothing_and_takes_nothing() {
+    model_a_death_at_every_point(ArenaMutant::None);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_no_lock_breaks_model_1() {
+    model_two_allocators(ArenaMutant::NoLock);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_unlock_before_record_breaks_model_1() {
+    model_two_allocators(ArenaMutant::UnlockBeforeRecord);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_break_any_holder_breaks_model_1() {
+    model_two_allocators(ArenaMutant::BreakAnyHolder);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_keep_dead_lock_breaks_model_2() {
+    model_a_death_at_every_point(ArenaMutant::KeepDeadLock);
+}
+
+/// Every mutant fails its model, and for the expected reason.
+#[test]
+fn mutants_are_caught() {
+    let cases = [
+        (
+            "mutant_no_lock_breaks_model_1",
+            "Causality violation|changed under",
+        ),
+        (
+            "mutant_unlock_before_record_breaks_model_1",
+            "Causality violation|changed under",
+        ),
+        (
+            "mutant_break_any_holder_breaks_model_1",
+            "Causality violation|changed under|lock left held",
+        ),
+        ("mutant_keep_dead_lock_breaks_model_2", "lock left held"),
+    ];
+    for (name, expected) in cases {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--ignored", "--test-threads", "1"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "{name}: the bug went unnoticed\n{text}"
+        );
+        assert!(
+            expected.split('|').any(|e| text.contains(e)),
+            "{name}: failed, but not as expected ({expected}):\n{text}"
+        );
+        println!("{name}: caught ({})", out.status);
+    }
+}
