@@ -1,0 +1,314 @@
+//! Messages larger than a slot (DESIGN.md section 4b): through the large-message arena, under
+//! load from thousands of client instances and several processes, each reply equal to its
+//! request byte for byte; and nothing leaked when a client or a server process is killed at
+//! any point of a large transfer. Every peer here is a real process; every wait is bounded.
+
+mod common;
+
+use common::{echo, say, start_server, unique_name, wait_for_stats, Echo, Gate, Proc, Rng, ROLE};
+use shmrpc::{Client, Error, Request, Server, SlotState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The largest message the load tests send.
+const MAX_SIZE: usize = 4 << 20;
+
+/// A message of `len` bytes (at least 16) that names its sender and call: every byte is the
+/// call's tag, except the first and last eight, which hold the call's number. A reply that is
+/// another call's, or cut, or shifted, differs from its request.
+fn message(call: u64, len: usize) -> Vec<u8> {
+    let len = len.max(16);
+    let mut v = vec![(call % 251) as u8; len];
+    v[..8].copy_from_slice(&call.to_le_bytes());
+    v[len - 8..].copy_from_slice(&call.to_le_bytes());
+    v
+}
+
+/// A size from 1 byte to [`MAX_SIZE`]. Log-uniform by default: every size class is drawn
+/// equally often (within a slot, just over one, a few chunks, the 4 MiB end), about 300 KB a
+/// call on average; `SHMRPC_LARGE_UNIFORM=1` draws uniformly instead (2 MiB a call on average:
+/// 10 GB each way over 5000 calls, minutes in a debug build).
+fn random_size(rng: &mut Rng) -> usize {
+    if std::env::var_os("SHMRPC_LARGE_UNIFORM").is_some() {
+        return 1 + rng.below(MAX_SIZE);
+    }
+    let bits = (MAX_SIZE as f64).log2();
+    let x = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+    (2f64.powf(x * bits) as usize).clamp(1, MAX_SIZE)
+}
+
+/// How many client instances the load test runs (5000; fewer under emulation, where
+/// `SHMRPC_LARGE_CLIENTS` says so).
+fn clients() -> u64 {
+    std::env::var("SHMRPC_LARGE_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+fn echo_bytes(req: Request<'_, Vec<u8>>) -> Vec<u8> {
+    req.as_slice().to_vec()
+}
+
+/// Entry point of every child process; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let args: Vec<&str> = role.split(' ').collect();
+    match args[..] {
+        // The default configuration: 1 MiB of slots, 128 MiB of large-message memory.
+        ["bytes-server", name] => {
+            let server = Server::builder(name).workers(2).serve(echo_bytes).unwrap();
+            say("ready".into());
+            common::wait_for_stdin_eof();
+            drop(server);
+        }
+        // Calls `calls` times from `threads` threads, random sizes; reports the bad replies.
+        ["bytes-client", name, tag, calls, threads] => {
+            let calls: u64 = calls.parse().unwrap();
+            let tag: u64 = tag.parse().unwrap();
+            let client = Client::<Vec<u8>>::connect(name).unwrap();
+            let (next, bad) = (AtomicU64::new(0), AtomicU64::new(0));
+            std::thread::scope(|s| {
+                for t in 0..threads.parse::<u64>().unwrap() {
+                    let (client, next, bad) = (&client, &next, &bad);
+                    s.spawn(move || {
+                        let mut rng = Rng(tag * 1000 + t);
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            if i >= calls {
+                                break;
+                            }
+                            let msg = message(tag << 32 | i, random_size(&mut rng));
+                            match client.request(&msg) {
+                                Ok(r) if r.as_slice() == msg.as_slice() => {}
+                                _ => {
+                                    bad.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            say(format!("result bad={}", bad.load(Ordering::SeqCst)));
+        }
+        // Killed while it holds a large reply.
+        ["hold-large", name, size] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            let reply = client
+                .request(&Echo::new(1, "h".repeat(size.parse().unwrap())))
+                .unwrap();
+            say("holding".into());
+            let _keep = reply;
+            sleep_forever();
+        }
+        // Killed while its large request is being served.
+        ["wait-large", name, size] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            let mut slow = Echo::new(1, "w".repeat(size.parse().unwrap()));
+            slow.sleep_ms = 500;
+            say("calling".into());
+            let _ = client.request(&slow);
+            sleep_forever();
+        }
+        // Stops (then is killed) in the middle of writing a large request into the arena: the
+        // text, written before the gate, has already moved the message out of its slot.
+        ["gated-large", name, size] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            let mut gated = Echo::new(1, "g".repeat(size.parse().unwrap()));
+            gated.gate = Gate::STOP;
+            let _ = client.request(&gated);
+            sleep_forever();
+        }
+        ["echo-server", name] => {
+            let server = Server::builder(name)
+                .large_memory(8 << 20)
+                .serve(echo)
+                .unwrap();
+            say("ready".into());
+            common::wait_for_stdin_eof();
+            drop(server);
+        }
+        _ => panic!("unknown child role {role:?}"),
+    }
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// 5000 client instances created in a parallel loop (as in the original's test), each sending
+/// one message of a random size from 1 byte to 4 MiB to a server process with the default
+/// configuration: no failure, every reply equal to its request byte for byte, and afterwards
+/// no large-message memory in use. Fails if a run is shared by two calls, lost, or leaked.
+#[test]
+fn five_thousand_client_instances_send_random_sizes_and_get_them_back_byte_for_byte() {
+    let name = unique_name("large5000");
+    let mut server = start_server(&["bytes-server", &name]);
+    let total = clients();
+    let (failures, next, bytes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..50 {
+            let (failures, next, bytes, name) = (&failures, &next, &bytes, &name);
+            s.spawn(move || {
+                let mut rng = Rng(0x1a12e + t);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        break;
+                    }
+                    let msg = message(i, random_size(&mut rng));
+                    bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
+                    let ok = Client::<Vec<u8>>::connect(name).is_ok_and(|client| {
+                        client
+                            .request(&msg)
+                            .is_ok_and(|r| r.as_slice() == msg.as_slice())
+                    });
+                    if !ok {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    println!(
+        "{total} calls, {} MB each way, in {:?}",
+        bytes.load(Ordering::Relaxed) >> 20,
+        t0.elapsed()
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    let stats = wait_for_stats(&name, "no large memory in use", |s| s.large_in_use == 0);
+    assert_eq!(stats.slots_in_use, 0, "{stats:?}");
+    assert!(server.finish(Duration::from_secs(10)));
+}
+
+/// Several client processes with several threads each, random sizes up to 4 MiB: every reply
+/// is its own request, byte for byte.
+#[test]
+fn client_processes_send_large_messages_and_get_their_own_back() {
+    let name = unique_name("largeprocs");
+    let mut server = start_server(&["bytes-server", &name]);
+    let mut procs: Vec<Proc> = (1..=4)
+        .map(|p| Proc::spawn(&["bytes-client", &name, &p.to_string(), "300", "4"]))
+        .collect();
+    for p in &mut procs {
+        assert_eq!(p.line(), "result bad=0");
+        assert!(p.finish(Duration::from_secs(30)));
+    }
+    let stats = wait_for_stats(&name, "no large memory in use", |s| s.large_in_use == 0);
+    assert_eq!(stats.slots_in_use, 0, "{stats:?}");
+    assert!(server.finish(Duration::from_secs(10)));
+}
+
+/// A client process killed at each point of a large transfer (in the middle of writing its
+/// request into the arena, while its request is served, while it holds its reply) leaves
+/// nothing behind: its slot and its arena run come back within the reclaim time, and the next
+/// large call is served. Fails if the reaper misses the run of any state.
+#[test]
+fn a_client_killed_at_any_point_of_a_large_transfer_leaves_no_memory_behind() {
+    const SIZE: &str = "3000000";
+    for (role, line, state) in [
+        ("gated-large", "writing", SlotState::Claimed),
+        ("wait-large", "calling", SlotState::Serving),
+        ("hold-large", "holding", SlotState::Replied),
+    ] {
+        let name = unique_name(role);
+        let mut server = start_server(&["echo-server", &name]);
+        let client = Client::<Echo>::connect(&name).unwrap();
+        let mut child = Proc::spawn(&[role, &name, SIZE]);
+        assert_eq!(child.line(), line);
+        let before = wait_for_stats(&name, "the child's large call in its slot", |s| {
+            s.in_use.len() == 1 && s.in_use[0].state == state && s.in_use[0].large_bytes > 0
+        });
+        assert!(before.large_in_use >= 3_000_000, "{before:?}");
+        child.child.kill().unwrap();
+        child.child.wait().unwrap();
+        let t0 = Instant::now();
+        let after = wait_for_stats(&name, "the run back", |s| {
+            s.large_in_use == 0 && s.slots_in_use == 0
+        });
+        let took = t0.elapsed();
+        println!(
+            "{role}: slot and {} bytes back {took:?} after the kill",
+            before.large_in_use
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{role}: took {took:?}: {after:?}"
+        );
+        // The memory is usable again: a call as large as the arena allows goes through.
+        let big = Echo::new(7, "b".repeat(3_000_000));
+        assert_eq!(client.request(&big).unwrap().text.len(), 3_000_003);
+        drop(client);
+        assert!(server.finish(Duration::from_secs(10)));
+    }
+}
+
+/// A server process killed while it serves a large request: the caller gets `ServerGone`, and
+/// `shmrpc::clean` removes the dead server's mapping, its large-message memory with it.
+#[test]
+fn a_server_killed_in_a_large_transfer_is_reported_and_cleaned() {
+    let name = unique_name("largeserverkill");
+    let mut server = start_server(&["echo-server", &name]);
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let caller = std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            let mut slow = Echo::new(1, "s".repeat(2_000_000));
+            slow.sleep_ms = 2000;
+            client
+                .request_timeout(&slow, Duration::from_secs(20))
+                .map(|r| r.n)
+        });
+        wait_for_stats(&name, "the large call being served", |s| {
+            s.in_use
+                .iter()
+                .any(|u| u.state == SlotState::Serving && u.large_bytes > 0)
+        });
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        call.join().unwrap()
+    });
+    assert!(matches!(caller, Err(Error::ServerGone)), "{caller:?}");
+    drop(client);
+    let removed = shmrpc::clean().unwrap();
+    assert!(removed.contains(&name), "{removed:?}");
+    assert!(shmrpc::list().unwrap().iter().all(|e| e.name != name));
+}
+
+/// A call that needs more memory than is free while other calls hold it waits for room within
+/// its timeout and then goes through; one that cannot get room in time gets `Timeout`, not a
+/// failure of another kind, and the memory of a held reply is not taken from its holder.
+#[test]
+fn a_call_waits_for_large_memory_within_its_timeout() {
+    let name = unique_name("largewait");
+    let _server = Server::builder(&name)
+        .large_memory(4 << 20)
+        .workers(2)
+        .serve(echo_bytes)
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    let held = client.request(&message(1, 3 << 20)).unwrap();
+    // 1 MiB left: a 2 MiB call cannot get room while `held` lives.
+    let t0 = Instant::now();
+    let short = client.request_timeout(&message(2, 2 << 20), Duration::from_millis(200));
+    assert!(matches!(short, Err(Error::Timeout { .. })), "{short:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    assert_eq!(held.as_slice(), message(1, 3 << 20).as_slice());
+    // With a longer timeout, the room appears when `held` goes.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            client
+                .request_timeout(&message(3, 2 << 20), Duration::from_secs(20))
+                .map(|r| r.as_slice() == message(3, 2 << 20).as_slice())
+        });
+        // Its slot claimed: it writes, or waits for room, which `held` keeps.
+        wait_for_stats(&name, "the waiter's slot claimed", |s| s.slots_in_use == 2);
+        drop(held);
+        assert!(matches!(waiter.join().unwrap(), Ok(true)));
+    });
+}
