@@ -25,6 +25,8 @@ pub(crate) struct Connection {
 impl Connection {
     /// Opens the mapping of the running server `name` and takes this process's entry in it.
     pub(crate) fn open(name: &str) -> Result<Connection> {
+        // Settled now rather than on a call's first park.
+        let _ = crate::wait::caller_park_slice();
         Ok(Connection {
             map: Mapping::open(name)?,
             gone: AtomicU32::new(0),

@@ -129,8 +129,9 @@ pub(crate) const PARK_SLICE: Duration = Duration::from_millis(50);
 
 /// The park slice of blocking callers: [`PARK_SLICE`], unless the environment variable
 /// `SHMRPC_TEST_PARK_SLICE_MS` (read once) sets another, for tests that must tell a wake-up
-/// from the end of a slice. Read only on the way to a park.
-fn caller_park_slice() -> Duration {
+/// from the end of a slice. Read at connect (`connection.rs`), so that a first park
+/// allocates nothing (reading the environment allocates on Windows).
+pub(crate) fn caller_park_slice() -> Duration {
     static SLICE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SLICE.get_or_init(|| {
         std::env::var("SHMRPC_TEST_PARK_SLICE_MS")

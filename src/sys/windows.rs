@@ -334,11 +334,11 @@ fn security_problem(h: HANDLE, kind: i32) -> Result<Option<String>, std::io::Err
                 continue;
             }
             // SYSTEM, Administrators: they can take any object of this machine anyway.
-            // SAFETY: both are valid SIDs.
-            if trusted_sids()
-                .iter()
-                .any(|t| unsafe { EqualSid(sid, t.0) } != 0)
-            {
+            let trusted = |t: &StaticSid| {
+                // SAFETY: both are valid SIDs (one in the ACE, one made at first use).
+                unsafe { EqualSid(sid, t.0) != 0 }
+            };
+            if trusted_sids().iter().any(trusted) {
                 continue;
             }
             let text = sid_text(sid).unwrap_or_default();
@@ -570,7 +570,24 @@ pub(crate) fn names_file(object: &str, fd: &Fd) -> bool {
 /// rather than writing them back while it can.
 pub(crate) fn create_object(object: &str) -> Result<Fd> {
     make_objects_dir()?;
-    create_file(&shm_path(object), 0)
+    let fd = create_file(&shm_path(object), 0)?;
+    // Sparse, so that the large-message memory (most of the file) takes no disk space until
+    // messages use it. Best effort: a file system without sparse files allocates it.
+    let mut returned = 0u32;
+    // SAFETY: the handle is open for writing; no buffers; a synchronous call.
+    unsafe {
+        windows_sys::Win32::System::IO::DeviceIoControl(
+            fd.raw(),
+            windows_sys::Win32::System::Ioctl::FSCTL_SET_SPARSE,
+            std::ptr::null(),
+            0,
+            std::ptr::null_mut(),
+            0,
+            &mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    Ok(fd)
 }
 
 fn create_file(path: &str, flags: u32) -> Result<Fd> {
@@ -855,6 +872,11 @@ pub(crate) fn map(fd: &Fd, len: usize, writable: bool) -> Result<NonNull<u8>> {
     unsafe { CloseHandle(section) };
     let base = NonNull::new(view.Value.cast::<u8>())
         .ok_or_else(|| Error::io(format!("mapping {len} bytes of a server's file"), err))?;
+    if writable {
+        // What a first park or wake needs, made now rather than on the call path.
+        let _ = semaphore_descriptor();
+        let _ = trusted_sids();
+    }
     regions()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -965,9 +987,7 @@ fn open_semaphore(id: (u32, u64), offset: usize) -> Option<OwnedHandle> {
     put(b'.');
     hex(offset as u64, 16, &mut put);
     // `name` keeps a NUL after the 55 characters written.
-    static SD: OnceLock<Option<OwnerOnly>> = OnceLock::new();
-    let sd = SD.get_or_init(|| OwnerOnly::new(false).ok()).as_ref()?;
-    let sa = sd.attributes();
+    let sa = semaphore_descriptor()?.attributes();
     // SAFETY: `name` is NUL-terminated; `sa` points to a descriptor that lives as long as the
     // process.
     let h = unsafe { CreateSemaphoreW(&sa, 0, i32::MAX, name.as_ptr()) };
@@ -986,6 +1006,13 @@ fn open_semaphore(id: (u32, u64), offset: usize) -> Option<OwnedHandle> {
         return None;
     }
     Some(handle)
+}
+
+/// The descriptor of the park semaphores (this user alone), made once per process: by
+/// [`map`], so that a first park allocates nothing.
+fn semaphore_descriptor() -> Option<&'static OwnerOnly> {
+    static SD: OnceLock<Option<OwnerOnly>> = OnceLock::new();
+    SD.get_or_init(|| OwnerOnly::new(false).ok()).as_ref()
 }
 
 /// Milliseconds for `WaitForSingleObject`, rounded up (a wait of less than one millisecond
