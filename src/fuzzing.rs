@@ -158,9 +158,12 @@ pub fn message_bytes(data: &[u8]) -> usize {
     .count()
 }
 
-/// The geometry the mapping-image target uses: 64 KiB, 4 slots.
+/// The geometry the mapping-image target uses: 64 KiB, 4 slots, and a large-message arena of
+/// 4 chunks (256 KiB), so that the slots' `ext` records (garbage included) are exercised.
 pub fn image_layout() -> Layout {
-    Layout::new(64 * 1024, 4).expect("valid layout")
+    Layout::new(64 * 1024, 4)
+        .and_then(|l| l.with_arena(4 * crate::arena::CHUNK))
+        .expect("valid layout")
 }
 
 /// Target (b): runs the server's code (reaper scan, take / begin / serve / finish, in trusted
@@ -177,7 +180,6 @@ pub fn mapping_image(data: &[u8]) -> usize {
         return 0;
     };
     let served = crate::server::serve_image(&map, trust, selector & 2 != 0);
-    let max = map.layout().max_payload();
     let mut copy = AlignedVec::new();
     for slot in 0..map.layout().slot_count {
         let sh = map.slot(slot);
@@ -186,10 +188,12 @@ pub fn mapping_image(data: &[u8]) -> usize {
         }
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
+        // The payload area, or the arena run the slot records (inside the arena: checked).
+        let (area, max) = map.message_area(slot);
         if reply_error::<String>(st, len, max, true).is_none() {
             debug_assert_eq!(st, status::OK);
-            // SAFETY: `len <= max`, inside the slot's payload, 64-byte aligned.
-            unsafe { copy_out(map.payload(slot), len, &mut copy) };
+            // SAFETY: `len <= max`, inside the slot's payload area or run, 64-byte aligned.
+            unsafe { copy_out(area, len, &mut copy) };
             let _ = check::<String>(&copy);
         }
     }

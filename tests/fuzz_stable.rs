@@ -5,6 +5,7 @@
 mod common;
 
 use common::Rng;
+use shmrpc::arena::Extent;
 use shmrpc::fuzzing::{image_layout, mapping_image, message_bytes, Rich};
 use shmrpc::layout::{HEADER_SIZE, SLOTS_OFFSET, SLOT_HEADER_SIZE};
 use std::time::{Duration, Instant};
@@ -82,10 +83,13 @@ fn validating_message_bytes_never_panics() {
     assert!(runs > 1000);
 }
 
-/// A mapping image with every slot holding a published request (a `String` archive).
+/// A mapping image with every slot holding a published request (a `String` archive): slots 0
+/// and 1 in their payload area, slots 2 and 3 in a run of the arena recorded in their `ext`.
 fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
     let layout = image_layout();
-    let mut image = vec![0u8; layout.capacity];
+    let mut image = vec![0u8; layout.file_len()];
+    // The header's arena size, as a server writes it.
+    image[908..912].copy_from_slice(&layout.arena_chunks.to_le_bytes());
     let text = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
     for slot in 0..layout.slot_count {
         let base = SLOTS_OFFSET + slot as usize * layout.slot_size;
@@ -98,7 +102,17 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
         let string = shmrpc::fuzzing::fingerprint::<String>().to_le_bytes();
         image[base + 20..base + 24].copy_from_slice(&string);
         image[base + 24..base + 28].copy_from_slice(&string);
-        let payload = base + SLOT_HEADER_SIZE;
+        let payload = if slot < 2 {
+            base + SLOT_HEADER_SIZE
+        } else {
+            // Chunk `slot - 1` (1 and 2) of the arena, recorded as a one-chunk run.
+            let run = Extent {
+                first: slot - 1,
+                count: 1,
+            };
+            image[base + 48..base + 52].copy_from_slice(&run.pack().to_le_bytes());
+            layout.arena_offset() + run.offset()
+        };
         image[payload..payload + text.len()].copy_from_slice(&text);
     }
     image[192..200].copy_from_slice(&0b1111u64.to_le_bytes()); // ready bits for 4 slots
@@ -133,12 +147,12 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
                 // Mutate the header and slot headers most, the payloads too.
                 for _ in 0..1 + rng.below(16) {
                     let layout = image_layout();
-                    let i = match rng.below(3) {
+                    let slot = rng.below(layout.slot_count as usize);
+                    let i = match rng.below(4) {
                         0 => rng.below(HEADER_SIZE),
-                        1 => {
-                            let slot = rng.below(layout.slot_count as usize);
-                            SLOTS_OFFSET + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE)
-                        }
+                        1 => SLOTS_OFFSET + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE),
+                        // The run record: garbage runs, runs outside the arena, no run.
+                        2 => SLOTS_OFFSET + slot * layout.slot_size + 48 + rng.below(4),
                         _ => rng.below(image.len()),
                     };
                     image[i] = rng.next() as u8;
