@@ -190,6 +190,18 @@ fn serve_raw(path: &str, n: usize, spin: bool) {
     }
 }
 
+/// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 128 MiB
+/// of large-message memory). The handler copies the request into the reply it returns, which
+/// the worker then serializes into shared memory: the application's copy and the library's.
+fn serve_shmrpc_bytes(name: &str) {
+    let server = Server::builder(name)
+        .serve(|req: Request<'_, Vec<u8>>| req.as_slice().to_vec())
+        .unwrap();
+    ready();
+    wait_stdin_eof();
+    drop(server);
+}
+
 fn serve_uds(path: &str, n: usize) {
     let listener = UnixListener::bind(path).unwrap();
     ready();
@@ -242,6 +254,9 @@ fn serve(role: &str) {
         "raw-futex" => serve_raw(args[2], n, false),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
+        "shmrpc-bytes" => serve_shmrpc_bytes(args[2]),
+        #[cfg(feature = "bench-peers")]
+        "iceoryx2-slice" => peers::serve_iceoryx2_slice(args[2], n),
         #[cfg(feature = "bench-peers")]
         "ipc-channel" => peers::serve_ipc_channel(args[2]),
         #[cfg(feature = "bench-peers")]
@@ -664,6 +679,65 @@ mod peers {
         }
     }
 
+    /// iceoryx2 request-response with slice payloads (`[u8]`, sized per service), as its
+    /// documentation shows: the server answers each request with a copy of its bytes.
+    pub fn serve_iceoryx2_slice(service_name: &str, n: usize) {
+        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
+        let service = node
+            .service_builder(&service_name.try_into().unwrap())
+            .request_response::<[u8], [u8]>()
+            .open_or_create()
+            .unwrap();
+        let server = service
+            .server_builder()
+            .initial_max_slice_len(n)
+            .create()
+            .unwrap();
+        ready();
+        let stop = std::thread::spawn(wait_stdin_eof);
+        while !stop.is_finished() {
+            while let Some(active) = server.receive().unwrap() {
+                let response = active.loan_slice_uninit(active.payload().len()).unwrap();
+                response.write_from_slice(active.payload()).send().unwrap();
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The client of [`serve_iceoryx2_slice`]; it reads the whole reply (copies it out).
+    pub fn iceoryx2_slice_session(n: usize) -> Session {
+        let service_name = format!("shmrpc/bench/{}", name("iox2s", n));
+        let server = ServerProc::start(&format!("iceoryx2-slice {n} {service_name}"));
+        let node = NodeBuilder::new().create::<ipc::Service>().unwrap();
+        let service = node
+            .service_builder(&service_name.as_str().try_into().unwrap())
+            .request_response::<[u8], [u8]>()
+            .open_or_create()
+            .unwrap();
+        let client = service
+            .client_builder()
+            .initial_max_slice_len(n)
+            .create()
+            .unwrap();
+        let msg = vec![7u8; n];
+        let mut out = vec![0u8; n];
+        Session {
+            call: Box::new(move || {
+                let request = client.loan_slice_uninit(n).unwrap();
+                let pending = request.write_from_slice(&msg).send().unwrap();
+                loop {
+                    if let Some(response) = pending.receive().unwrap() {
+                        out.copy_from_slice(response.payload());
+                        black_box(out[n - 1]);
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }),
+            _keep: vec![Box::new(server), Box::new(service), Box::new(node)],
+        }
+    }
+
     pub fn iceoryx2_session(n: usize) -> Session {
         match n {
             64 => iceoryx2_session_n::<64>(),
@@ -864,6 +938,113 @@ fn interleaved(rounds: usize) {
     }
 }
 
+/// A `Vec<u8>` round trip of `n` bytes against [`serve_shmrpc_bytes`]; the caller reads the
+/// whole reply (copies it out, as the raw contender does).
+fn shmrpc_bytes_session(n: usize) -> Session {
+    let server_name = name("shmrpc-bytes", n);
+    let server = ServerProc::start(&format!("shmrpc-bytes {n} {server_name}"));
+    let client = Client::<Vec<u8>>::connect(&server_name).unwrap();
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    Session {
+        call: Box::new(move || {
+            let reply = client.request(&msg).unwrap();
+            out.copy_from_slice(reply.as_slice());
+            black_box(out[n - 1]);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
+/// `n` bytes each way over a Unix stream socket (the server echoes them).
+fn uds_session(n: usize) -> Session {
+    let path = format!("/tmp/{}.sock", name("uds", n));
+    let server = ServerProc::start(&format!("uds {n} {path}"));
+    let mut stream = UnixStream::connect(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    Session {
+        call: Box::new(move || {
+            stream.write_all(&msg).unwrap();
+            stream.read_exact(&mut out).unwrap();
+            black_box(out[n - 1]);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
+/// `SHMRPC_BENCH_LARGE=ROUNDS cargo bench -p shmrpc-bench --bench rpc [--features bench-peers]`:
+/// messages larger than a slot (256 KiB, 1 MiB, 16 MiB, 64 MiB, or `SHMRPC_BENCH_SIZES`), the
+/// contenders taking turns as in [`interleaved`]: shmrpc (`Vec<u8>`, the default server),
+/// the raw limit (the same bytes copied into shared memory by the client, from request to
+/// reply by the server, and out by the client: spinning on a word each way), a Unix socket,
+/// and, with the peers, iceoryx2 request-response with slice payloads.
+fn interleaved_large(rounds: usize) {
+    println!("interleaved comparison of large messages, {rounds} rounds (see `interleaved`).\n");
+    let sizes: Vec<usize> = match std::env::var("SHMRPC_BENCH_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().parse().expect("SHMRPC_BENCH_SIZES=262144,..."))
+            .collect(),
+        Err(_) => vec![256 << 10, 1 << 20, 16 << 20, 64 << 20],
+    };
+    for n in sizes {
+        let batch = match n {
+            0..=1_048_576 => 60,
+            1_048_577..=16_777_216 => 8,
+            _ => 3,
+        };
+        #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
+        let mut cs: Vec<(&str, Factory)> = vec![
+            ("shmrpc", Box::new(move || shmrpc_bytes_session(n))),
+            ("raw-spin", Box::new(move || raw_session("raw-spin", n, true))),
+            ("unix-socket", Box::new(move || uds_session(n))),
+        ];
+        #[cfg(feature = "bench-peers")]
+        cs.push(("iceoryx2", Box::new(move || peers::iceoryx2_slice_session(n))));
+        let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
+        for _ in 0..rounds {
+            for (i, (_, factory)) in cs.iter().enumerate() {
+                let mut session = factory();
+                let warm = Instant::now();
+                let mut warmed = 0;
+                while warmed < 2 || warm.elapsed() < Duration::from_millis(50) {
+                    (session.call)();
+                    warmed += 1;
+                }
+                let t0 = Instant::now();
+                for _ in 0..batch {
+                    (session.call)();
+                }
+                per_call[i].push(t0.elapsed().as_nanos() as f64 / f64::from(batch));
+            }
+        }
+        let ratio = |a: usize, b: usize| {
+            let mut r: Vec<f64> = (0..rounds)
+                .map(|k| per_call[a][k] / per_call[b][k])
+                .collect();
+            median(&mut r)
+        };
+        println!("payload {n} B");
+        for (i, (name, _)) in cs.iter().enumerate() {
+            let mut v = per_call[i].clone();
+            let ns = median(&mut v);
+            println!(
+                "  {name:<12} {:>12.0} ns  {:>6.2} GB/s each way",
+                ns,
+                n as f64 / ns
+            );
+        }
+        println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
+        println!("  unix-socket / shmrpc     {:.2}x", ratio(2, 0));
+        if cs.len() > 3 {
+            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(3, 0));
+        }
+        println!();
+    }
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         if let Some(name) = role.strip_prefix("caller 64 ") {
@@ -873,6 +1054,9 @@ fn main() {
     }
     if let Ok(rounds) = std::env::var("SHMRPC_BENCH_THROUGHPUT") {
         return interleaved_throughput(rounds.parse().expect("SHMRPC_BENCH_THROUGHPUT=ROUNDS"));
+    }
+    if let Ok(rounds) = std::env::var("SHMRPC_BENCH_LARGE") {
+        return interleaved_large(rounds.parse().expect("SHMRPC_BENCH_LARGE=ROUNDS"));
     }
     if let Ok(rounds) = std::env::var("SHMRPC_BENCH_INTERLEAVED") {
         return interleaved(rounds.parse().expect("SHMRPC_BENCH_INTERLEAVED=ROUNDS"));
