@@ -998,11 +998,17 @@ fn interleaved_large(rounds: usize) {
         #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
         let mut cs: Vec<(&str, Factory)> = vec![
             ("shmrpc", Box::new(move || shmrpc_bytes_session(n))),
-            ("raw-spin", Box::new(move || raw_session("raw-spin", n, true))),
+            (
+                "raw-spin",
+                Box::new(move || raw_session("raw-spin", n, true)),
+            ),
             ("unix-socket", Box::new(move || uds_session(n))),
         ];
         #[cfg(feature = "bench-peers")]
-        cs.push(("iceoryx2", Box::new(move || peers::iceoryx2_slice_session(n))));
+        cs.push((
+            "iceoryx2",
+            Box::new(move || peers::iceoryx2_slice_session(n)),
+        ));
         let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
         for _ in 0..rounds {
             for (i, (_, factory)) in cs.iter().enumerate() {

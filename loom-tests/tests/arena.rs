@@ -28,8 +28,6 @@ struct Heap {
     /// The dying thread panics at its `crash_at`-th crash point (counted in `passed`).
     crash_at: usize,
     passed: AtomicU32,
-    /// Set once the dying thread is gone (its "kernel lock" dropped).
-    dead: AtomicU32,
 }
 
 loom::thread_local! {
@@ -49,7 +47,6 @@ impl Heap {
             mutant,
             crash_at,
             passed: AtomicU32::new(0),
-            dead: AtomicU32::new(0),
         })
     }
 
@@ -135,23 +132,7 @@ fn quiet_deaths() {
     }));
 }
 
-/// Allocates for `slot` until it gets a run (yielding while the lock is busy or the arena full).
-fn alloc_until(h: &Heap, owner: u32, slot: u32, min: u32, max: u32) -> Extent {
-    loop {
-        match arena::alloc(h, owner, slot, min, max) {
-            Alloc::Got(run) => return run,
-            Alloc::Busy(_) | Alloc::Full => thread::yield_now(),
-        }
-    }
-}
-
-/// A live process's whole use of a run: allocate, write, check that its record stayed its own,
-/// free.
-fn live_user(h: &Heap, owner: u32, slot: u32, min: u32, max: u32) {
-    let run = alloc_until(h, owner, slot, min, max);
-    use_and_free(h, slot, run, owner);
-}
-
+/// A live process's use of its run: write it, check that its record stayed its own, free it.
 fn use_and_free(h: &Heap, slot: u32, run: Extent, owner: u32) {
     h.use_run(run, owner);
     assert!(
