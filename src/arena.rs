@@ -248,15 +248,16 @@ pub fn free<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> u32 {
 }
 
 /// Gives back all but the first `keep` (>= 1) chunks of the run `slot` records (its owner, after
-/// writing a message shorter than its run): one store of the shorter record.
-pub fn trim<W: ArenaWords + ?Sized>(w: &W, slot: u32, keep: u32) {
+/// writing a message shorter than its run): one store of the shorter record. Returns the chunks
+/// given back.
+pub fn trim<W: ArenaWords + ?Sized>(w: &W, slot: u32, keep: u32) -> u32 {
     let word = w.slot_ext(slot);
     let Some(run) = Extent::unpack(word.load(Ordering::Relaxed)) else {
-        return;
+        return 0;
     };
     let keep = keep.max(1);
     if keep >= run.count || !run.within(w.arena_chunks()) {
-        return;
+        return 0;
     }
     let kept = Extent {
         first: run.first,
@@ -265,6 +266,7 @@ pub fn trim<W: ArenaWords + ?Sized>(w: &W, slot: u32, keep: u32) {
     // SYNC: Release, as in `free`: the tail's bytes are done with.
     word.store(kept.pack(), Ordering::Release);
     crash(w);
+    run.count - keep
 }
 
 /// Breaks the arena lock if process entry `dead` holds it (the caller holds `dead`'s liveness

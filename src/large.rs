@@ -137,7 +137,11 @@ impl Room for ArenaRoom<'_> {
             // Larger than the whole arena: the writer counts on, for the error's size.
             return None;
         }
-        let run = self.alloc(min as u32, chunks)?;
+        // A generous run (what is left of the message is unknown): four times what is needed
+        // now, and at least a quarter of the arena, so that up to four writers share it at
+        // once; a message that outgrows it takes the exact-size second pass.
+        let max = (min as u32).saturating_mul(4).max(chunks / 4).min(chunks);
+        let run = self.alloc(min as u32, max)?;
         let dst = self.map.arena_run(run);
         // SAFETY: `old..old + written` is readable (the caller's contract) and lies in this
         // slot's payload area; `dst` is the start of a run recorded in our slot, at least
@@ -179,7 +183,7 @@ pub(crate) unsafe fn serialize_large<T: Message>(
     match first {
         Ok((len, sum)) => {
             // Cut a run to the message (no-op without one).
-            arena::trim(map, slot, chunks_for(len).max(1) as u32);
+            trim(map, slot, len);
             Ok((len, sum))
         }
         Err(Error::PayloadTooLarge { len, .. }) => {
@@ -213,6 +217,14 @@ pub(crate) unsafe fn serialize_large<T: Message>(
             drop_run(map, slot);
             Err(e)
         }
+    }
+}
+
+/// Cuts the run `slot` records (if any) to `len` bytes, waking those who wait for room if that
+/// gave chunks back.
+fn trim(map: &Mapping, slot: u32, len: usize) {
+    if arena::trim(map, slot, chunks_for(len).max(1) as u32) > 0 {
+        map.notify_arena();
     }
 }
 
@@ -255,7 +267,7 @@ pub(crate) unsafe fn serialize_reply<T: Message>(
     match unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) }
     {
         Ok((len, sum)) => {
-            arena::trim(map, slot, chunks_for(len).max(1) as u32);
+            trim(map, slot, len);
             Ok((len, sum))
         }
         Err(Error::PayloadTooLarge { .. }) => {

@@ -519,8 +519,9 @@ impl Mapping {
         }
     }
 
-    /// Wakes the callers that wait for arena room, if any (after a run went back).
-    fn notify_arena(&self) {
+    /// Wakes the callers that wait for arena room, if any (after a run, or part of one, went
+    /// back).
+    pub(crate) fn notify_arena(&self) {
         let h = self.header();
         // SYNC: the run's record was cleared by an RMW; pairs with the waiter's fence
         // (announce, fence, retry) in `wait_for_arena`.
