@@ -159,10 +159,10 @@ pub fn message_bytes(data: &[u8]) -> usize {
 }
 
 /// The geometry the mapping-image target uses: 64 KiB, 4 slots, and a large-message arena of
-/// 4 chunks (256 KiB), so that the slots' `ext` records (garbage included) are exercised.
+/// 3 chunks (192 KiB), so that the slots' `ext` records (garbage included) are exercised.
 pub fn image_layout() -> Layout {
     Layout::new(64 * 1024, 4)
-        .and_then(|l| l.with_arena(4 * crate::arena::CHUNK))
+        .and_then(|l| l.with_arena(3 * crate::arena::CHUNK))
         .expect("valid layout")
 }
 

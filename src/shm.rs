@@ -271,9 +271,14 @@ impl Mapping {
         let fd = sys::anonymous_file(layout.file_len() as u64)?;
         let base = sys::map(&fd, layout.file_len(), true)?;
         if !image.is_empty() {
-            for (i, b) in image.iter().cycle().take(layout.file_len()).enumerate() {
-                // SAFETY: `i < file_len`; the mapping is new and private to this call.
-                unsafe { base.as_ptr().add(i).write(*b) };
+            let len = layout.file_len();
+            let mut at = 0;
+            while at < len {
+                let n = image.len().min(len - at);
+                // SAFETY: `at + n <= file_len`; the mapping is new and private to this call,
+                // and `image` is a distinct Rust slice.
+                unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), base.as_ptr().add(at), n) };
+                at += n;
             }
         }
         Ok(Mapping::new(base, layout, fd))
