@@ -49,6 +49,7 @@ pub(crate) enum Deadline {
 }
 
 impl<'m> ArenaRoom<'m> {
+    #[inline(always)]
     pub(crate) fn new(map: &'m Mapping, slot: u32, owner: u32, deadline: Deadline) -> Self {
         let timeout = match deadline {
             Deadline::Call { timeout, .. } | Deadline::For(timeout) => timeout,
@@ -158,6 +159,7 @@ impl Room for ArenaRoom<'_> {
 /// # Safety
 /// The caller owns `slot` (CLAIMED by this client, or SERVING by this worker), which records
 /// no run, and nothing borrows its payload area.
+#[inline(always)]
 pub(crate) unsafe fn serialize_large<T: Message>(
     map: &Mapping,
     slot: u32,
@@ -182,46 +184,65 @@ pub(crate) unsafe fn serialize_large<T: Message>(
     };
     match first {
         Ok((len, sum)) => {
-            // Cut a run to the message (no-op without one).
-            trim(map, slot, len);
+            // A message that outgrew the slot: cut its run to size.
+            if map.slot(slot).ext.load(Ordering::Relaxed) != 0 {
+                trim(map, slot, len);
+            }
             Ok((len, sum))
         }
-        Err(Error::PayloadTooLarge { len, .. }) => {
-            drop_run(map, slot);
-            if room.timed_out {
-                return Err(Error::Timeout {
-                    after: room.timeout,
-                });
-            }
-            let max = layout.max_message();
-            if len > max || chunks_for(len) > u64::from(layout.arena_chunks) {
-                return Err(Error::PayloadTooLarge { len, max });
-            }
-            // The run we got was too short (others held the rest): the exact size now.
-            let n = chunks_for(len) as u32;
-            let Some(run) = room.alloc(n, n) else {
-                return Err(Error::Timeout {
-                    after: room.timeout,
-                });
-            };
-            // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.
-            let second = unsafe {
-                message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None)
-            };
-            if second.is_err() {
-                drop_run(map, slot);
-            }
-            second
-        }
-        Err(e) => {
-            drop_run(map, slot);
-            Err(e)
-        }
+        // SAFETY: as above.
+        Err(e) => unsafe { after_first_pass(map, slot, value, checked, room, e) },
     }
+}
+
+/// What follows a first pass that did not fit: the error, or (when other messages held the
+/// room the message needed) a second pass into a run of the exact size.
+///
+/// # Safety
+/// As [`serialize_large`].
+#[cold]
+#[inline(never)]
+unsafe fn after_first_pass<T: Message>(
+    map: &Mapping,
+    slot: u32,
+    value: &T,
+    checked: bool,
+    mut room: ArenaRoom<'_>,
+    error: Error,
+) -> Result<(usize, u32)> {
+    let layout = map.layout();
+    drop_run(map, slot);
+    let Error::PayloadTooLarge { len, .. } = error else {
+        return Err(error);
+    };
+    if room.timed_out {
+        return Err(Error::Timeout {
+            after: room.timeout,
+        });
+    }
+    let max = layout.max_message();
+    if len > max || chunks_for(len) > u64::from(layout.arena_chunks) {
+        return Err(Error::PayloadTooLarge { len, max });
+    }
+    // The run we got was too short (others held the rest): the exact size now.
+    let n = chunks_for(len) as u32;
+    let Some(run) = room.alloc(n, n) else {
+        return Err(Error::Timeout {
+            after: room.timeout,
+        });
+    };
+    // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.
+    let second =
+        unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) };
+    if second.is_err() {
+        drop_run(map, slot);
+    }
+    second
 }
 
 /// Cuts the run `slot` records (if any) to `len` bytes, waking those who wait for room if that
 /// gave chunks back.
+#[cold]
 fn trim(map: &Mapping, slot: u32, len: usize) {
     if arena::trim(map, slot, chunks_for(len).max(1) as u32) > 0 {
         map.notify_arena();
@@ -241,7 +262,51 @@ pub(crate) fn drop_run(map: &Mapping, slot: u32) {
 ///
 /// # Safety
 /// The worker owns `slot` (SERVING) and nothing borrows its payload area or run.
+#[inline(always)]
 pub(crate) unsafe fn serialize_reply<T: Message>(
+    map: &Mapping,
+    slot: u32,
+    value: &T,
+    checked: bool,
+) -> Result<(usize, u32)> {
+    if map.slot(slot).ext.load(Ordering::Relaxed) == 0 {
+        // SAFETY: the caller's contract; the slot records no run.
+        return unsafe { reply_without_run(map, slot, value, checked) };
+    }
+    // SAFETY: as above.
+    unsafe { reply_into_run(map, slot, value, checked) }
+}
+
+/// [`serialize_reply`] for a slot that records no run (the common case).
+///
+/// # Safety
+/// As [`serialize_reply`], and the slot records no run.
+#[inline(always)]
+unsafe fn reply_without_run<T: Message>(
+    map: &Mapping,
+    slot: u32,
+    value: &T,
+    checked: bool,
+) -> Result<(usize, u32)> {
+    // SAFETY: the caller's contract.
+    unsafe { serialize_large(map, slot, 0, value, checked, Deadline::For(WORKER_WAIT)) }.map_err(
+        |e| match e {
+            Error::Timeout { .. } => Error::PayloadTooLarge {
+                len: 0,
+                max: map.layout().max_message(),
+            },
+            e => e,
+        },
+    )
+}
+
+/// [`serialize_reply`] for a slot that records a run (the request's).
+///
+/// # Safety
+/// As [`serialize_reply`].
+#[cold]
+#[inline(never)]
+unsafe fn reply_into_run<T: Message>(
     map: &Mapping,
     slot: u32,
     value: &T,
@@ -250,18 +315,10 @@ pub(crate) unsafe fn serialize_reply<T: Message>(
     let recorded = Extent::unpack(map.slot(slot).ext.load(Ordering::Relaxed))
         .filter(|run| run.within(map.layout().arena_chunks));
     let Some(run) = recorded else {
+        // A record outside the arena (a peer's garbage): drop it, serialize as without one.
         drop_run(map, slot);
         // SAFETY: the caller's contract; the slot records no run now.
-        return unsafe {
-            serialize_large(map, slot, 0, value, checked, Deadline::For(WORKER_WAIT))
-        }
-        .map_err(|e| match e {
-            Error::Timeout { .. } => Error::PayloadTooLarge {
-                len: 0,
-                max: map.layout().max_message(),
-            },
-            e => e,
-        });
+        return unsafe { reply_without_run(map, slot, value, checked) };
     };
     // SAFETY: the run is recorded in our slot (inside the arena), 64-byte aligned.
     match unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) }
@@ -274,7 +331,7 @@ pub(crate) unsafe fn serialize_reply<T: Message>(
             // Larger than the request's run: start over like a reply without one.
             drop_run(map, slot);
             // SAFETY: as above; the slot records no run now.
-            unsafe { serialize_reply(map, slot, value, checked) }
+            unsafe { reply_without_run(map, slot, value, checked) }
         }
         Err(e) => {
             drop_run(map, slot);

@@ -135,7 +135,7 @@ impl SlotWriter {
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
 /// client or SERVING by this worker) for the duration of the call, and aligned to 16.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn serialize_into<T: Message>(
     value: &T,
     dst: *mut u8,
@@ -181,7 +181,7 @@ thread_local! {
 
 /// Runs `f` with this thread's arena (a fresh one if a `Serialize` impl serializes a message
 /// itself, re-entering this while the arena is out).
-#[inline]
+#[inline(always)]
 fn with_arena<R>(f: impl FnOnce(&mut Arena) -> R) -> R {
     // `try_with`: during this thread's TLS destruction (a call from another thread-local's
     // destructor) the cell is gone; such a call gets a fresh arena and drops it.

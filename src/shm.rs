@@ -505,6 +505,7 @@ impl Mapping {
     /// Where slot `i`'s message is: its arena run if it records one inside the arena, else
     /// its payload area; and how many bytes are there. Read by the slot's owner only (the
     /// record was written before the state word that gave it the slot).
+    #[inline]
     pub fn message_area(&self, i: u32) -> (*mut u8, usize) {
         match crate::arena::Extent::unpack(self.slot(i).ext.load(Ordering::Relaxed)) {
             Some(run) if run.within(self.layout.arena_chunks) => (self.arena_run(run), run.bytes()),
@@ -566,6 +567,7 @@ impl Mapping {
     }
 
     /// The header of slot `i`.
+    #[inline]
     pub fn slot(&self, i: u32) -> &SlotHeader {
         assert!(i < self.layout.slot_count, "slot index out of range");
         // SAFETY: `i < slot_count`, so the slot lies inside the mapping (`Layout::new`); slot
@@ -606,6 +608,7 @@ impl Mapping {
     ///
     /// Reading or writing through the pointer is sound only for the side that owns the slot
     /// under the protocol in `protocol.rs`.
+    #[inline]
     pub fn payload(&self, i: u32) -> *mut u8 {
         assert!(i < self.layout.slot_count, "slot index out of range");
         // SAFETY: in bounds as in `slot`; the payload follows the slot header.
