@@ -10,6 +10,8 @@
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release --test arena`.
 #![cfg(loom)]
 
+mod runner;
+
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
@@ -100,27 +102,7 @@ impl ArenaWords for Heap {
     }
 }
 
-/// Runs `f` under loom with `LOOM_MAX_PREEMPTIONS` if set, else a bound of 3 (as
-/// `models.rs` does), and says how many interleavings it explored.
-fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
-    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = std::sync::Arc::clone(&runs);
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
-    }
-    let t0 = std::time::Instant::now();
-    builder.check(move || {
-        counter.fetch_add(1, StdOrdering::Relaxed);
-        f();
-    });
-    println!(
-        "model {name}: {} interleavings, {:?}",
-        runs.load(StdOrdering::Relaxed),
-        t0.elapsed()
-    );
-}
+use runner::model;
 
 /// Modelled deaths are panics: keep them quiet, report every other panic.
 fn quiet_deaths() {
@@ -284,24 +266,5 @@ fn mutants_are_caught() {
         ),
         ("mutant_keep_dead_lock_breaks_model_2", "lock left held"),
     ];
-    for (name, expected) in cases {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--ignored", "--test-threads", "1"])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !out.status.success(),
-            "{name}: the bug went unnoticed\n{text}"
-        );
-        assert!(
-            expected.split('|').any(|e| text.contains(e)),
-            "{name}: failed, but not as expected ({expected}):\n{text}"
-        );
-        println!("{name}: caught ({})", out.status);
-    }
+    runner::mutants_fail(&cases);
 }
