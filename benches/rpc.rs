@@ -841,6 +841,45 @@ fn median(v: &mut [f64]) -> f64 {
 
 type Factory = Box<dyn Fn() -> Session>;
 
+/// Runs `rounds` rounds in which every contender `(name, batch, factory)` runs one session in
+/// turn: its server started, a warm-up of at least a quarter batch (two calls at least) and
+/// 50 ms, a timed batch, its server stopped. Returns each contender's time per call, per round.
+///
+/// (The warm-up is the same for every contender: a fresh server process starts on its
+/// parent's vCPU, and until the scheduler moves one of the two, tens of ms here, a spinning
+/// pair shares one core and a call costs 3-4x its steady time; 300-call batches of 128 KiB
+/// would fall inside.)
+fn take_turns(cs: &[(&str, u32, Factory)], rounds: usize) -> Vec<Vec<f64>> {
+    let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
+    for _ in 0..rounds {
+        for (i, (_, batch, factory)) in cs.iter().enumerate() {
+            let mut session = factory();
+            let warm = Instant::now();
+            let mut warmed = 0;
+            while warmed < (batch / 4).max(2) || warm.elapsed() < Duration::from_millis(50) {
+                (session.call)();
+                warmed += 1;
+            }
+            let t0 = Instant::now();
+            for _ in 0..*batch {
+                (session.call)();
+            }
+            per_call[i].push(t0.elapsed().as_nanos() as f64 / f64::from(*batch));
+        }
+    }
+    per_call
+}
+
+/// The median over rounds of contender `a`'s time over contender `b`'s, within each round.
+fn median_ratio(per_call: &[Vec<f64>], a: usize, b: usize) -> f64 {
+    let mut r: Vec<f64> = per_call[a]
+        .iter()
+        .zip(&per_call[b])
+        .map(|(x, y)| x / y)
+        .collect();
+    median(&mut r)
+}
+
 /// `SHMRPC_BENCH_INTERLEAVED=ROUNDS cargo bench -p shmrpc-bench --bench rpc
 /// [--features bench-peers]`
 fn interleaved(rounds: usize) {
@@ -896,33 +935,8 @@ fn interleaved(rounds: usize) {
             spin_batch,
             Box::new(move || peers::iceoryx2_session(n)),
         ));
-        let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
-        for _ in 0..rounds {
-            for (i, (_, batch, factory)) in cs.iter().enumerate() {
-                let mut session = factory();
-                // Warm-up: at least a quarter batch and 50 ms, for every contender alike. A
-                // fresh server process starts on its parent's vCPU; until the scheduler moves
-                // one of the two (tens of ms here), a spinning pair shares one core and a call
-                // costs 3-4x its steady time. 300-call batches of 128 KiB would fall inside.
-                let warm = Instant::now();
-                let mut warmed = 0;
-                while warmed < batch / 4 || warm.elapsed() < Duration::from_millis(50) {
-                    (session.call)();
-                    warmed += 1;
-                }
-                let t0 = Instant::now();
-                for _ in 0..*batch {
-                    (session.call)();
-                }
-                per_call[i].push(t0.elapsed().as_nanos() as f64 / f64::from(*batch));
-            }
-        }
-        let ratio = |a: usize, b: usize| {
-            let mut r: Vec<f64> = (0..rounds)
-                .map(|k| per_call[a][k] / per_call[b][k])
-                .collect();
-            median(&mut r)
-        };
+        let per_call = take_turns(&cs, rounds);
+        let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
         println!("payload {n} B");
         for (i, (name, _, _)) in cs.iter().enumerate() {
             let mut v = per_call[i].clone();
@@ -996,44 +1010,25 @@ fn interleaved_large(rounds: usize) {
             _ => 3,
         };
         #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
-        let mut cs: Vec<(&str, Factory)> = vec![
-            ("shmrpc", Box::new(move || shmrpc_bytes_session(n))),
+        let mut cs: Vec<(&str, u32, Factory)> = vec![
+            ("shmrpc", batch, Box::new(move || shmrpc_bytes_session(n))),
             (
                 "raw-spin",
+                batch,
                 Box::new(move || raw_session("raw-spin", n, true)),
             ),
-            ("unix-socket", Box::new(move || uds_session(n))),
+            ("unix-socket", batch, Box::new(move || uds_session(n))),
         ];
         #[cfg(feature = "bench-peers")]
         cs.push((
             "iceoryx2",
+            batch,
             Box::new(move || peers::iceoryx2_slice_session(n)),
         ));
-        let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
-        for _ in 0..rounds {
-            for (i, (_, factory)) in cs.iter().enumerate() {
-                let mut session = factory();
-                let warm = Instant::now();
-                let mut warmed = 0;
-                while warmed < 2 || warm.elapsed() < Duration::from_millis(50) {
-                    (session.call)();
-                    warmed += 1;
-                }
-                let t0 = Instant::now();
-                for _ in 0..batch {
-                    (session.call)();
-                }
-                per_call[i].push(t0.elapsed().as_nanos() as f64 / f64::from(batch));
-            }
-        }
-        let ratio = |a: usize, b: usize| {
-            let mut r: Vec<f64> = (0..rounds)
-                .map(|k| per_call[a][k] / per_call[b][k])
-                .collect();
-            median(&mut r)
-        };
+        let per_call = take_turns(&cs, rounds);
+        let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
         println!("payload {n} B");
-        for (i, (name, _)) in cs.iter().enumerate() {
+        for (i, (name, _, _)) in cs.iter().enumerate() {
             let mut v = per_call[i].clone();
             let ns = median(&mut v);
             println!(
