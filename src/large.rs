@@ -1,18 +1,18 @@
-//! Large messages on the sending side: the [`Room`] that moves a message outgrowing its slot
-//! into a run of the arena (`arena.rs`), waiting for room within the caller's time, and the
-//! second pass for a message that outgrew the run it got.
+//! Large messages on the sending side: moving a message that outgrows its slot into a run of
+//! the arena (`arena.rs`), waiting for room within the caller's time.
 //!
-//! A sender serializes once, into its slot's payload area; at the first write past its end the
-//! writer asks for room and gets the longest free run of the arena (up to all of it): what was
-//! written so far (less than a slot) is copied to the run's start and writing goes on there; at
-//! the end the run is cut to the message's size. Only when other messages hold so much of the
-//! arena that the run it got is too short does the writer count the rest without writing, wait
-//! for a run of the exact size and serialize again into it.
+//! A sender first serializes into its slot's payload area, with the writer told to stop at the
+//! first write past its end (for a byte buffer, whose bytes are one write, that is at once;
+//! at most a slot's worth of work otherwise). A message that stops there gets a generous run
+//! (four times a slot's worth, at least a quarter of the arena) and is serialized once into
+//! it, then the run is cut to the archive. Only when other messages hold so much of the arena
+//! that the run is too short does the writer count the rest, wait for a run of the exact size
+//! and serialize again into it.
 
 use crate::arena::{self, chunks_for, Alloc, Extent};
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::message::{self, Message, Room};
+use crate::message::{self, Message};
 use crate::shm::Mapping;
 use crate::sync::Ordering;
 use crate::wait::ticks_to_duration;
@@ -125,33 +125,6 @@ impl<'m> ArenaRoom<'m> {
     }
 }
 
-impl Room for ArenaRoom<'_> {
-    unsafe fn grow(
-        &mut self,
-        old: *const u8,
-        written: usize,
-        need: usize,
-    ) -> Option<(*mut u8, usize)> {
-        let chunks = self.map.layout().arena_chunks;
-        let min = chunks_for(need);
-        if min > u64::from(chunks) {
-            // Larger than the whole arena: the writer counts on, for the error's size.
-            return None;
-        }
-        // A generous run (what is left of the message is unknown): four times what is needed
-        // now, and at least a quarter of the arena, so that up to four writers share it at
-        // once; a message that outgrows it takes the exact-size second pass.
-        let max = (min as u32).saturating_mul(4).max(chunks / 4).min(chunks);
-        let run = self.alloc(min as u32, max)?;
-        let dst = self.map.arena_run(run);
-        // SAFETY: `old..old + written` is readable (the caller's contract) and lies in this
-        // slot's payload area; `dst` is the start of a run recorded in our slot, at least
-        // `need > written` bytes long, disjoint from every payload area.
-        unsafe { std::ptr::copy_nonoverlapping(old, dst, written) };
-        Some((dst, run.bytes()))
-    }
-}
-
 /// Serializes `value` for `slot` (owned by the caller, process entry `owner`): into the slot's
 /// payload area when it fits, else into an arena run recorded in the slot (cut to size). On
 /// error nothing stays recorded. Returns the archive's length and checksum.
@@ -169,59 +142,79 @@ pub(crate) unsafe fn serialize_large<T: Message>(
     deadline: Deadline,
 ) -> Result<(usize, u32)> {
     let layout = map.layout();
-    let mut room = ArenaRoom::new(map, slot, owner, deadline);
-    let use_room = layout.arena_chunks > 0;
     // SAFETY: the caller owns the slot and its payload area (`max_payload` bytes, 64-byte
-    // aligned); the room hands out runs recorded in this slot.
+    // aligned).
     let first = unsafe {
         message::serialize_into(
             value,
             map.payload(slot),
             layout.max_payload(),
             checked,
-            use_room.then_some(&mut room as &mut dyn Room),
+            layout.arena_chunks > 0,
         )
-    };
+    }?;
     match first {
-        Ok((len, sum)) => {
-            // A message that outgrew the slot: cut its run to size.
-            if map.slot(slot).ext.load(Ordering::Relaxed) != 0 {
-                trim(map, slot, len);
-            }
-            Ok((len, sum))
-        }
+        Ok(done) => Ok(done),
         // SAFETY: as above.
-        Err(e) => unsafe { after_first_pass(map, slot, value, checked, room, e) },
+        Err(need) => unsafe { into_arena(map, slot, owner, value, checked, deadline, need) },
     }
 }
 
-/// What follows a first pass that did not fit: the error, or (when other messages held the
-/// room the message needed) a second pass into a run of the exact size.
+/// A message that outgrew its slot: serialized into a run of the arena.
 ///
 /// # Safety
 /// As [`serialize_large`].
 #[cold]
 #[inline(never)]
-unsafe fn after_first_pass<T: Message>(
+unsafe fn into_arena<T: Message>(
     map: &Mapping,
     slot: u32,
+    owner: u32,
     value: &T,
     checked: bool,
-    mut room: ArenaRoom<'_>,
-    error: Error,
+    deadline: Deadline,
+    need: usize,
 ) -> Result<(usize, u32)> {
     let layout = map.layout();
-    drop_run(map, slot);
-    let Error::PayloadTooLarge { len, .. } = error else {
-        return Err(error);
-    };
-    if room.timed_out {
+    let chunks = layout.arena_chunks;
+    if chunks_for(need) > u64::from(chunks) {
+        // Larger than all the room there is: count it (writing nothing) for the error's size.
+        // SAFETY: an area of 0 bytes: the writer only counts.
+        let len =
+            match unsafe { message::serialize_into(value, map.payload(slot), 0, false, false) } {
+                Err(Error::PayloadTooLarge { len, .. }) => len,
+                _ => need,
+            };
+        return Err(Error::PayloadTooLarge {
+            len,
+            max: layout.max_message(),
+        });
+    }
+    let mut room = ArenaRoom::new(map, slot, owner, deadline);
+    // At least what the message needed when it stopped (for a byte buffer, about all of it);
+    // how much more is unknown: a generous run, so that up to four writers share the arena.
+    let min = chunks_for(need) as u32;
+    let max = min.saturating_mul(4).max(chunks / 4).min(chunks).max(min);
+    let Some(run) = room.alloc(min, max) else {
         return Err(Error::Timeout {
             after: room.timeout,
         });
-    }
+    };
+    // SAFETY: the run is recorded in our slot, 64-byte aligned.
+    let len = match unsafe { into_run(map, run, value, checked) } {
+        Ok((len, sum)) => {
+            trim(map, slot, len);
+            return Ok((len, sum));
+        }
+        Err(Error::PayloadTooLarge { len, .. }) => len,
+        Err(e) => {
+            drop_run(map, slot);
+            return Err(e);
+        }
+    };
+    drop_run(map, slot);
     let max = layout.max_message();
-    if len > max || chunks_for(len) > u64::from(layout.arena_chunks) {
+    if len > max || chunks_for(len) > u64::from(chunks) {
         return Err(Error::PayloadTooLarge { len, max });
     }
     // The run we got was too short (others held the rest): the exact size now.
@@ -232,12 +225,28 @@ unsafe fn after_first_pass<T: Message>(
         });
     };
     // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.
-    let second =
-        unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) };
+    let second = unsafe { into_run(map, run, value, checked) };
     if second.is_err() {
         drop_run(map, slot);
     }
     second
+}
+
+/// Serializes `value` into arena run `run`, counting past its end (`PayloadTooLarge` with the
+/// exact length if it does not fit).
+///
+/// # Safety
+/// The run is recorded in a slot the caller owns, and nothing borrows it.
+unsafe fn into_run<T: Message>(
+    map: &Mapping,
+    run: Extent,
+    value: &T,
+    checked: bool,
+) -> Result<(usize, u32)> {
+    // SAFETY: the caller's contract; a run is 64-byte aligned.
+    unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, false) }?
+        // A writer that counts on never stops a serialization.
+        .map_err(|_| Error::BadMessage("the serialization stopped early".into()))
 }
 
 /// Cuts the run `slot` records (if any) to `len` bytes, waking those who wait for room if that
@@ -320,9 +329,8 @@ unsafe fn reply_into_run<T: Message>(
         // SAFETY: the caller's contract; the slot records no run now.
         return unsafe { reply_without_run(map, slot, value, checked) };
     };
-    // SAFETY: the run is recorded in our slot (inside the arena), 64-byte aligned.
-    match unsafe { message::serialize_into(value, map.arena_run(run), run.bytes(), checked, None) }
-    {
+    // SAFETY: the run is recorded in our slot (inside the arena).
+    match unsafe { into_run(map, run, value, checked) } {
         Ok((len, sum)) => {
             trim(map, slot, len);
             Ok((len, sum))

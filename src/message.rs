@@ -36,12 +36,12 @@ impl<T> Message for T where
 {
 }
 
-/// The rkyv writer that serializes straight into a slot's payload area, and on from there into
-/// a run of the large-message arena when the message outgrows it.
+/// The rkyv writer that serializes straight into a slot's payload area or an arena run.
 ///
-/// When it runs out of room it asks its [`Room`] for more (which moves what was written so far
-/// to the start of a larger area); with no more room it keeps counting without writing, so
-/// that a message too large reports its exact size without a second pass.
+/// Past the end of its area it either stops the serialization (`stop_at_end`: the first
+/// attempt of a message that may move to the arena, which then knows it needs more room than a
+/// slot) or keeps counting without writing, so that a message too large for the area reports
+/// its exact size without a second pass.
 #[derive(Debug)]
 pub struct SlotWriter {
     ptr: *mut u8,
@@ -49,33 +49,26 @@ pub struct SlotWriter {
     pos: usize,
     /// Sums the bytes as they are written (untrusting peers), from our own copy of them.
     sum: Option<Checksum>,
-    /// Where more room comes from (`None`: there is no more).
-    room: Option<RoomPtr>,
+    /// Stop at the first write past the end instead of counting on.
+    stop_at_end: bool,
 }
 
-/// A `*mut dyn Room` that `Debug` can show.
-struct RoomPtr(*mut (dyn Room + 'static));
+/// Why a writer stopped a serialization: the message outgrew its area.
+#[derive(Debug)]
+struct Outgrown;
 
-impl std::fmt::Debug for RoomPtr {
+impl std::fmt::Display for Outgrown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Room")
+        f.write_str("the message outgrew its area")
     }
 }
 
-/// More room for a message that outgrew its area.
-pub(crate) trait Room {
-    /// An area of at least `need` bytes, 64-byte aligned, owned by the caller, into whose start
-    /// the `written` bytes at `old` have been copied; or `None`: no more room (the writer then
-    /// only counts).
-    ///
-    /// # Safety
-    /// `old..old + written` is readable.
-    unsafe fn grow(
-        &mut self,
-        old: *const u8,
-        written: usize,
-        need: usize,
-    ) -> Option<(*mut u8, usize)>;
+impl std::error::Error for Outgrown {}
+
+thread_local! {
+    /// Set by a writer that stopped a serialization ([`Outgrown`]) to the size the message
+    /// needed at that point (0: none stopped), read right after.
+    static OUTGROWN: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Positional for SlotWriter {
@@ -84,19 +77,19 @@ impl Positional for SlotWriter {
     }
 }
 
-impl<E> Writer<E> for SlotWriter {
+impl<E: rancor::Source> Writer<E> for SlotWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let end = self.pos.saturating_add(bytes.len());
+        if end > self.cap && self.stop_at_end {
+            return Err(outgrown(end));
+        }
         if let Some(sum) = &mut self.sum {
             sum.update(bytes);
-        }
-        let end = self.pos.saturating_add(bytes.len());
-        if end > self.cap && self.pos <= self.cap {
-            self.find_room(end);
         }
         if end <= self.cap {
             // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
             // `serialize_into` owns (its slot is CLAIMED by the client or SERVING by the
-            // worker, and so is the run a `Room` hands out), and `bytes` is a distinct Rust
+            // worker, and so is the run the slot records), and `bytes` is a distinct Rust
             // slice, so the ranges do not overlap.
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
@@ -107,30 +100,19 @@ impl<E> Writer<E> for SlotWriter {
     }
 }
 
-impl SlotWriter {
-    /// Asks the room for an area of `need` bytes; without one, the writer only counts from now
-    /// on (`cap` stays below `pos`).
-    #[cold]
-    fn find_room(&mut self, need: usize) {
-        let Some(room) = &self.room else { return };
-        // SAFETY: `room` points to the `Room` that `serialize_into`'s caller lent for the
-        // duration of the call, which this writer does not outlive; `ptr..ptr + pos` holds the
-        // bytes written so far.
-        match unsafe { (*room.0).grow(self.ptr, self.pos, need) } {
-            Some((ptr, cap)) if cap >= need => {
-                self.ptr = ptr;
-                self.cap = cap;
-            }
-            _ => self.room = None,
-        }
-    }
+#[cold]
+fn outgrown<E: rancor::Source>(need: usize) -> E {
+    let _ = OUTGROWN.try_with(|o| o.set(need.max(1)));
+    E::new(Outgrown)
 }
 
-/// Serializes `value` into the `cap` bytes at `dst` (and on into what `room` gives, when it
-/// does not fit); returns the archive's length and, if `checked`, its checksum (0 otherwise),
-/// summed from the bytes as they were produced, and where the archive is. A message larger
-/// than all the room there is gets `PayloadTooLarge` with its exact length and the room
-/// that was had.
+/// Serializes `value` into the `cap` bytes at `dst`; returns the archive's length and, if
+/// `checked`, its checksum (0 otherwise), summed from the bytes as they were produced; or
+/// `Err(need)` if `stop_at_end` and the message outgrew the area: the serialization stopped at
+/// the first write past its end (nothing past `cap` was touched), when the message needed
+/// `need` bytes at least (for a byte buffer, whose bytes are one write, about all of it).
+/// Without `stop_at_end` a message larger than the area gets `PayloadTooLarge` with its exact
+/// length.
 ///
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
@@ -141,20 +123,14 @@ pub(crate) unsafe fn serialize_into<T: Message>(
     dst: *mut u8,
     cap: usize,
     checked: bool,
-    room: Option<&mut dyn Room>,
-) -> Result<(usize, u32)> {
+    stop_at_end: bool,
+) -> Result<Result<(usize, u32), usize>> {
     let writer = SlotWriter {
         ptr: dst,
         cap,
         pos: 0,
         sum: checked.then(Checksum::new),
-        room: room.map(|r| {
-            // SAFETY: only the lifetime is erased; the writer, which holds the pointer, lives
-            // inside this call, shorter than the borrow `r`.
-            RoomPtr(unsafe {
-                std::mem::transmute::<*mut (dyn Room + '_), *mut (dyn Room + 'static)>(r)
-            })
-        }),
+        stop_at_end,
     };
     let written = with_arena(|arena| {
         let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
@@ -164,12 +140,15 @@ pub(crate) unsafe fn serialize_into<T: Message>(
         }
     });
     match written {
-        Ok(w) if w.pos <= w.cap => Ok((w.pos, w.sum.map_or(0, |s| s.finish()))),
+        Ok(w) if w.pos <= cap => Ok(Ok((w.pos, w.sum.map_or(0, |s| s.finish())))),
         Ok(w) => Err(Error::PayloadTooLarge {
             len: w.pos,
-            max: w.cap,
+            max: cap,
         }),
-        Err(e) => Err(not_serialized(e)),
+        Err(e) => match OUTGROWN.try_with(|o| o.replace(0)).unwrap_or(0) {
+            need if need > 0 && stop_at_end => Ok(Err(need)),
+            _ => Err(not_serialized(e)),
+        },
     }
 }
 
@@ -315,7 +294,9 @@ mod tests {
         for checked in [false, true] {
             // SAFETY: the buffer is ours, 64-byte aligned and `cap` bytes long.
             let (len, sum) =
-                unsafe { serialize_into(v, buf.as_mut_ptr(), buf.len(), checked, None) }.unwrap();
+                unsafe { serialize_into(v, buf.as_mut_ptr(), buf.len(), checked, false) }
+                    .unwrap()
+                    .unwrap();
             assert_eq!(&buf[..len], expect.as_slice(), "checked {checked}");
             if checked {
                 assert_eq!(sum, crate::layout::checksum(&expect));
@@ -339,12 +320,30 @@ mod tests {
         });
     }
 
+    /// Stopping at the end: a message that outgrows the area stops the serialization, touches
+    /// nothing past the area, and is told apart from a failed one.
+    #[test]
+    fn a_message_outgrowing_its_area_stops_at_its_end() {
+        let mut buf = rkyv::util::AlignedVec::<64>::with_capacity(8192);
+        buf.resize(8192, 0xAA);
+        // SAFETY: the first 4096 bytes of the buffer are the area.
+        let r = unsafe { serialize_into(&vec![1u8; 8192], buf.as_mut_ptr(), 4096, false, true) };
+        assert!(matches!(r, Ok(Err(8192..))), "{r:?}");
+        assert!(
+            buf[4096..].iter().all(|&b| b == 0xAA),
+            "wrote past the area"
+        );
+        // SAFETY: as above.
+        let small = unsafe { serialize_into(&vec![1u8; 100], buf.as_mut_ptr(), 4096, false, true) };
+        assert!(matches!(small, Ok(Ok((len, _))) if len > 100), "{small:?}");
+    }
+
     #[test]
     fn a_root_too_large_for_the_slot_reports_its_size() {
         let mut buf = rkyv::util::AlignedVec::<64>::with_capacity(4096);
         buf.resize(4096, 0);
         // SAFETY: as above.
-        let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), buf.len(), false, None) };
+        let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), buf.len(), false, false) };
         assert!(
             matches!(
                 r,

@@ -231,7 +231,7 @@ fn a_client_killed_at_any_point_of_a_large_transfer_leaves_no_memory_behind() {
         let before = wait_for_stats(&name, "the child's large call in its slot", |s| {
             s.in_use.len() == 1 && s.in_use[0].state == state && s.in_use[0].large_bytes > 0
         });
-        assert!(before.large_in_use >= 3_000_000, "{before:?}");
+        assert!(before.large_in_use > 0, "{before:?}");
         child.child.kill().unwrap();
         child.child.wait().unwrap();
         let t0 = Instant::now();
