@@ -4,8 +4,8 @@
 //! A sender first serializes into its slot's payload area, with the writer told to stop at the
 //! first write past its end (for a byte buffer, whose bytes are one write, that is at once;
 //! at most a slot's worth of work otherwise). A message that stops there gets a generous run
-//! (four times a slot's worth, at least a quarter of the arena) and is serialized once into
-//! it, then the run is cut to the archive. Only when other messages hold so much of the arena
+//! (at least what it needed when it stopped: four times that, or a quarter of the arena if
+//! more) and is serialized once into it, then the run is cut to the archive. Only when other messages hold so much of the arena
 //! that the run is too short does the writer count the rest, wait for a run of the exact size
 //! and serialize again into it.
 
@@ -32,8 +32,6 @@ pub(crate) struct ArenaRoom<'m> {
     owner: u32,
     /// When the waiting ends: the caller's deadline (computed on first need).
     deadline: Deadline,
-    /// The wait for room ran out of time.
-    pub(crate) timed_out: bool,
     /// The time allowed, for a `Timeout` error.
     timeout: Duration,
 }
@@ -60,7 +58,6 @@ impl<'m> ArenaRoom<'m> {
             slot,
             owner,
             deadline,
-            timed_out: false,
             timeout,
         }
     }
@@ -80,7 +77,7 @@ impl<'m> ArenaRoom<'m> {
     }
 
     /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,
-    /// waiting for frees until the deadline; `None` once it passed (`timed_out`).
+    /// waiting for frees until the deadline; `None` once it passed.
     pub(crate) fn alloc(&mut self, min: u32, max: u32) -> Option<Extent> {
         let (map, slot, owner) = (self.map, self.slot, self.owner);
         let mut busy = 0u32;
@@ -88,8 +85,8 @@ impl<'m> ArenaRoom<'m> {
             match arena::alloc(map, owner, slot, min, max) {
                 Alloc::Got(run) => return Some(run),
                 Alloc::Busy(_) => {
-                    // Held for a bitmap scan (microseconds), or by a process that died in it
-                    // (the reaper breaks that within its scan period).
+                    // Held for a reading of the records (microseconds), or by a process that
+                    // died in it (the reaper breaks that within its scan period).
                     busy += 1;
                     if busy < 64 {
                         std::hint::spin_loop();
@@ -105,7 +102,6 @@ impl<'m> ArenaRoom<'m> {
             let until = self.until();
             let now = Instant::now();
             if now >= until {
-                self.timed_out = true;
                 return None;
             }
             let mut got = None;
