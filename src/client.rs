@@ -319,7 +319,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
         let reply_sum = sh.reply_sum.load(Ordering::Relaxed);
         // The payload area, or the arena run the slot records (inside the arena: checked).
-        let (area, max) = map.message_area(done.slot);
+        let (area, max) = map.message_area(done.slot, len);
         let same_call = Uuid::from_u64_pair(
             sh.call_id[0].load(Ordering::Relaxed),
             sh.call_id[1].load(Ordering::Relaxed),

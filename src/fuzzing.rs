@@ -192,7 +192,7 @@ pub fn mapping_image(data: &[u8]) -> usize {
         let st = sh.status.load(Ordering::Relaxed);
         let len = sh.reply_len.load(Ordering::Relaxed) as usize;
         // The payload area, or the arena run the slot records (inside the arena: checked).
-        let (area, max) = map.message_area(slot);
+        let (area, max) = map.message_area(slot, len);
         if reply_error::<String>(st, len, max, true).is_none() {
             debug_assert_eq!(st, status::OK);
             // SAFETY: `len <= max`, inside the slot's payload area or run, 64-byte aligned.

@@ -260,10 +260,12 @@ pub(crate) fn drop_run(map: &Mapping, slot: u32) {
     map.drop_extent(slot);
 }
 
-/// Serializes a worker's reply for `slot` (SERVING, ours): into the request's arena run if the
-/// slot records one (the request is dead by now; an echo's reply fits exactly), else like a
-/// client's message (payload area, then a run), waiting at most [`WORKER_WAIT`] for room. A
-/// reply that cannot be placed is `PayloadTooLarge` (its status tells the caller).
+/// Serializes a worker's reply for `slot` (SERVING, ours) like a client's message (payload
+/// area, then a run), waiting at most [`WORKER_WAIT`] for room; the request's run, if it had
+/// one, goes back first (the request is dead once the handler returned). So a message is in a
+/// run exactly when it does not fit the payload area, which lets a reader of a message that
+/// fits read the payload area without looking at the record. A reply that cannot be placed is
+/// `PayloadTooLarge` (its status tells the caller).
 ///
 /// # Safety
 /// The worker owns `slot` (SERVING) and nothing borrows its payload area or run.
@@ -274,15 +276,14 @@ pub(crate) unsafe fn serialize_reply<T: Message>(
     value: &T,
     checked: bool,
 ) -> Result<(usize, u32)> {
-    if map.slot(slot).ext.load(Ordering::Relaxed) == 0 {
-        // SAFETY: the caller's contract; the slot records no run.
-        return unsafe { reply_without_run(map, slot, value, checked) };
+    if map.slot(slot).ext.load(Ordering::Relaxed) != 0 {
+        drop_run(map, slot);
     }
-    // SAFETY: as above.
-    unsafe { reply_into_run(map, slot, value, checked) }
+    // SAFETY: the caller's contract; the slot records no run now.
+    unsafe { reply_without_run(map, slot, value, checked) }
 }
 
-/// [`serialize_reply`] for a slot that records no run (the common case).
+/// [`serialize_reply`] once the slot records no run.
 ///
 /// # Safety
 /// As [`serialize_reply`], and the slot records no run.
@@ -303,43 +304,4 @@ unsafe fn reply_without_run<T: Message>(
             e => e,
         },
     )
-}
-
-/// [`serialize_reply`] for a slot that records a run (the request's).
-///
-/// # Safety
-/// As [`serialize_reply`].
-#[cold]
-#[inline(never)]
-unsafe fn reply_into_run<T: Message>(
-    map: &Mapping,
-    slot: u32,
-    value: &T,
-    checked: bool,
-) -> Result<(usize, u32)> {
-    let recorded = Extent::unpack(map.slot(slot).ext.load(Ordering::Relaxed))
-        .filter(|run| run.within(map.layout().arena_chunks));
-    let Some(run) = recorded else {
-        // A record outside the arena (a peer's garbage): drop it, serialize as without one.
-        drop_run(map, slot);
-        // SAFETY: the caller's contract; the slot records no run now.
-        return unsafe { reply_without_run(map, slot, value, checked) };
-    };
-    // SAFETY: the run is recorded in our slot (inside the arena).
-    match unsafe { into_run(map, run, value, checked) } {
-        Ok((len, sum)) => {
-            trim(map, slot, len);
-            Ok((len, sum))
-        }
-        Err(Error::PayloadTooLarge { .. }) => {
-            // Larger than the request's run: start over like a reply without one.
-            drop_run(map, slot);
-            // SAFETY: as above; the slot records no run now.
-            unsafe { reply_without_run(map, slot, value, checked) }
-        }
-        Err(e) => {
-            drop_run(map, slot);
-            Err(e)
-        }
-    }
 }

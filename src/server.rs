@@ -707,7 +707,7 @@ fn read_request<'a, T: Message>(
     );
     let len = sh.req_len.load(Ordering::Relaxed) as usize;
     // The payload area, or the arena run the slot records (inside the arena: checked).
-    let (area, room) = map.message_area(slot);
+    let (area, room) = map.message_area(slot, len);
     if len > room {
         return (kind, id, Err(status::BAD_MESSAGE));
     }

@@ -502,14 +502,20 @@ impl Mapping {
         taken
     }
 
-    /// Where slot `i`'s message is: its arena run if it records one inside the arena, else
-    /// its payload area; and how many bytes are there. Read by the slot's owner only (the
-    /// record was written before the state word that gave it the slot).
+    /// Where slot `i`'s message of `len` bytes is, and how many bytes are there: the payload
+    /// area if the message fits it (a message is in a run only if it does not: `large.rs`),
+    /// else the arena run the slot records if it lies inside the arena (else the payload area,
+    /// too short for `len`: the caller's length check fails). Read by the slot's owner only
+    /// (the record was written before the state word that gave it the slot).
     #[inline]
-    pub fn message_area(&self, i: u32) -> (*mut u8, usize) {
+    pub fn message_area(&self, i: u32, len: usize) -> (*mut u8, usize) {
+        let max = self.layout.max_payload();
+        if len <= max {
+            return (self.payload(i), max);
+        }
         match crate::arena::Extent::unpack(self.slot(i).ext.load(Ordering::Relaxed)) {
             Some(run) if run.within(self.layout.arena_chunks) => (self.arena_run(run), run.bytes()),
-            _ => (self.payload(i), self.layout.max_payload()),
+            _ => (self.payload(i), max),
         }
     }
 

@@ -90,8 +90,12 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
     let mut image = vec![0u8; layout.file_len()];
     // The header's arena size, as a server writes it.
     image[908..912].copy_from_slice(&layout.arena_chunks.to_le_bytes());
-    let text = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
+    let small = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
+    // Larger than a slot's payload area: what a sender puts into a run.
+    let large = rkyv::to_bytes::<rkyv::rancor::Error>(&"l".repeat(layout.max_payload() + 100))
+        .unwrap();
     for slot in 0..layout.slot_count {
+        let text = if slot < 2 { &small } else { &large };
         let base = SLOTS_OFFSET + slot as usize * layout.slot_size;
         let gen = rng.below(1000) as u32;
         // REQUEST, no owner entry (so the reaper, which runs first, leaves it alone).
@@ -113,7 +117,7 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
             image[base + 48..base + 52].copy_from_slice(&run.pack().to_le_bytes());
             layout.arena_offset() + run.offset()
         };
-        image[payload..payload + text.len()].copy_from_slice(&text);
+        image[payload..payload + text.len()].copy_from_slice(text);
     }
     image[192..200].copy_from_slice(&0b1111u64.to_le_bytes()); // ready bits for 4 slots
     image
