@@ -92,8 +92,8 @@ fn image_with_requests(rng: &mut Rng) -> Vec<u8> {
     image[908..912].copy_from_slice(&layout.arena_chunks.to_le_bytes());
     let small = rkyv::to_bytes::<rkyv::rancor::Error>(&format!("hello {}", rng.next())).unwrap();
     // Larger than a slot's payload area: what a sender puts into a run.
-    let large = rkyv::to_bytes::<rkyv::rancor::Error>(&"l".repeat(layout.max_payload() + 100))
-        .unwrap();
+    let large =
+        rkyv::to_bytes::<rkyv::rancor::Error>(&"l".repeat(layout.max_payload() + 100)).unwrap();
     for slot in 0..layout.slot_count {
         let text = if slot < 2 { &small } else { &large };
         let base = SLOTS_OFFSET + slot as usize * layout.slot_size;
