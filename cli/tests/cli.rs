@@ -10,11 +10,23 @@ fn name(tag: &str) -> String {
     format!("cli-{tag}-{}", std::process::id())
 }
 
+/// Runs the tool. Starting the process is retried a few times: under wine it has failed once
+/// in CI with "Internal error" (1359) before the tool ran at all, which says nothing of the
+/// tool; a tool that runs and fails is never retried.
 fn shmrpc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shmrpc"))
-        .args(args)
-        .output()
-        .unwrap()
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_shmrpc"))
+            .args(args)
+            .output()
+    };
+    let mut last = run();
+    for _ in 0..3 {
+        if last.is_ok() {
+            break;
+        }
+        last = run();
+    }
+    last.unwrap()
 }
 
 fn text(o: &Output) -> String {
