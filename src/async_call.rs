@@ -632,6 +632,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             self.msg,
             self.kind | kind::ASYNC,
             (begun, self.timeout),
+            self.client.tag(),
         )?;
         self.step = Step::InFlight {
             map,

@@ -214,6 +214,14 @@ impl Client<(), ()> {
     }
 }
 
+/// What a call carries besides its message: its id and the type fingerprints of its request
+/// and of the reply its caller expects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallTag {
+    pub(crate) id: Uuid,
+    pub(crate) types: (u32, u32),
+}
+
 /// How a call ended in the slot: the slot and generation, and the final state word.
 pub(crate) struct Done<'c> {
     pub(crate) map: MapRef<'c>,
@@ -308,6 +316,33 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// Turns a completed request into its `Reply` (or the error its status reports).
     pub(crate) fn take_reply<'c>(&'c self, done: Done<'c>) -> Result<Reply<'c, Resp>> {
+        let id = done.id;
+        let (held, ptr, len) = self.reply_bytes(done)?;
+        // SAFETY: `reply_bytes` returns the reply's `len` bytes at `ptr`, which stay valid
+        // while `held` lives: the slot's payload area or run (REPLY at our generation, ours
+        // until `held` releases it), or the heap buffer of a private copy.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+        match message::access::<Resp>(bytes) {
+            Ok(archived) => Ok(Reply {
+                id,
+                archived: ArchivedPtr(archived),
+                held,
+                _t: PhantomData,
+            }),
+            // Dropping `held` releases the slot.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The bytes of a completed request's reply, not yet validated (or the error its status
+    /// reports): what holds them, where they are and their length. The bytes stay valid and
+    /// unchanged by this process while the `Held` lives (a trusting caller reads them in the
+    /// slot, where only a peer breaking the protocol could change them).
+    #[inline(always)]
+    pub(crate) fn reply_bytes<'c>(
+        &'c self,
+        done: Done<'c>,
+    ) -> Result<(Held<'c>, *const u8, usize)> {
         let map = done.map.map();
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request, or the slot moved on to another generation: only a peer
@@ -348,34 +383,22 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 unsafe { copy_out(area, len, &mut copy) };
                 // The reply is ours now: give the slot back at once.
                 let _ = protocol::release(map, &Futex, done.slot, done.state);
-                Held::Copy(copy)
-            }
-        };
-        let bytes: &[u8] = match &held {
-            // SAFETY: the slot is in REPLY at our generation: it is ours until `release`; the
-            // server wrote these bytes before its Release publication, acquired in
-            // `wait_done` / `poll_done`; `len <= max` keeps the slice inside the payload area or
-            // the run, which stays ours (the slot's) until `release`.
-            Held::Slot { .. } => unsafe { std::slice::from_raw_parts(area, len) },
-            Held::Copy(copy) => {
-                if checksum(copy) != reply_sum {
+                if checksum(&copy) != reply_sum {
                     return Err(Error::BadMessage(
                         "the reply's checksum does not match (altered in the mapping)".into(),
                     ));
                 }
-                copy.as_slice()
+                Held::Copy(copy)
             }
         };
-        match message::access::<Resp>(bytes) {
-            Ok(archived) => Ok(Reply {
-                id: done.id,
-                archived: ArchivedPtr(archived),
-                held,
-                _t: PhantomData,
-            }),
-            // Dropping `held` releases the slot.
-            Err(e) => Err(e),
-        }
+        let ptr = match &held {
+            // The server wrote these bytes before its Release publication, acquired in
+            // `wait_done` / `poll_done`; `len <= max` keeps them inside the payload area or
+            // the run, which stays ours (the slot's) until `Held` releases it.
+            Held::Slot { .. } => area.cast_const(),
+            Held::Copy(copy) => copy.as_ptr(),
+        };
+        Ok((held, ptr, len))
     }
 
     /// The result of a completed one-way message.
@@ -510,20 +533,22 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// stamp of `begun`, when the call began (whose `timeout` bounds a wait for large-message
     /// room). On error the slot has been released, or (for
     /// `CallLost`) is no longer this call's and was not touched.
-    pub(crate) fn write_and_publish(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_and_publish<M: Message>(
         &self,
         map: &Mapping,
         slot: u32,
         gen: u32,
-        msg: Option<&Req>,
+        msg: Option<&M>,
         kind: u32,
         (begun, timeout): (u64, Duration),
+        tag: CallTag,
     ) -> Result<Uuid> {
         let inner = &*self.inner;
         let sh = map.slot(slot);
         // (Who owns the slot is already in its state word: `gen` names this process's entry.)
         let claimed = State::new(State::CLAIMED, gen);
-        let id = message::new_call_id();
+        let id = tag.id;
         let checked = inner.trust == Trust::Untrusted;
         let (len, sum) = match msg {
             None => (0, checksum(&[])),
@@ -560,8 +585,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         // reply type for a one-way message.
         let (req_type, reply_type) = match kind & kind::MASK {
             kind::PING => (0, 0),
-            kind::ONEWAY => (inner.req_type, 0),
-            _ => (inner.req_type, inner.reply_type),
+            kind::ONEWAY => (tag.types.0, 0),
+            _ => tag.types,
         };
         sh.req_type.store(req_type, Ordering::Relaxed);
         sh.reply_type.store(reply_type, Ordering::Relaxed);
@@ -587,6 +612,28 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// Claims a slot, writes the call, publishes it and waits until the server replies or
     /// accepts it. On error the slot has been released or abandoned.
     fn call(&self, msg: Option<&Req>, kind: u32, timeout: Duration) -> Result<Done<'_>> {
+        self.call_tagged(msg, kind, timeout, self.tag())
+    }
+
+    /// This handle's types and a fresh id, for a call.
+    #[inline(always)]
+    pub(crate) fn tag(&self) -> CallTag {
+        CallTag {
+            id: message::new_call_id(),
+            types: (self.inner.req_type, self.inner.reply_type),
+        }
+    }
+
+    /// [`Client::call`] with the message, id and type fingerprints given (a raw call forwards
+    /// another caller's).
+    #[inline(always)]
+    pub(crate) fn call_tagged<M: Message>(
+        &self,
+        msg: Option<&M>,
+        kind: u32,
+        timeout: Duration,
+        tag: CallTag,
+    ) -> Result<Done<'_>> {
         let inner = &*self.inner;
         let conn = self.mapping_ref()?;
         let map = conn.map();
@@ -618,7 +665,8 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         )
         .map_err(wait_error)?;
         SLOT_HINT.set(slot);
-        let id = self.write_and_publish(map, slot, gen, msg, kind, (deadline_begun, timeout))?;
+        let id =
+            self.write_and_publish(map, slot, gen, msg, kind, (deadline_begun, timeout), tag)?;
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
             Ok(state) => {
                 map.prefetch_slot(slot);
@@ -684,7 +732,7 @@ pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool)
 type ReplyMarker<'c, Resp> = (&'c (), fn() -> Resp);
 
 /// Where a reply's bytes are: in its slot (trusted), or in a private copy (untrusted).
-enum Held<'c> {
+pub(crate) enum Held<'c> {
     Slot {
         map: MapRef<'c>,
         slot: u32,

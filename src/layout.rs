@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
 /// Process entries in the table that follows the header: entry `k` (1..=1023) belongs to the
@@ -19,7 +19,7 @@ pub const HEADER_SIZE: usize = 1024;
 /// the server's (byte 0) and is never an owner.
 pub const PROC_ENTRIES: usize = 1024;
 /// Bytes of one [`ProcEntry`].
-pub const PROC_ENTRY_SIZE: usize = 8;
+pub const PROC_ENTRY_SIZE: usize = 16;
 /// Offset of the process table.
 pub const PROCS_OFFSET: usize = HEADER_SIZE;
 /// Offset of slot 0: after the header and the process table.
@@ -306,6 +306,9 @@ pub struct ProcEntry {
     pub pid: AtomicU32,
     /// The holder's share of [`Header::free_waiters`] (`protocol::announce_free_wait`).
     pub free_waits: AtomicU32,
+    /// The holder's share of [`Header::arena_waiters`] (`Mapping::wait_for_arena`).
+    pub arena_waits: AtomicU32,
+    _pad: u32,
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -381,7 +384,7 @@ const _: () = {
     assert!(offset_of!(Header, arena_seq) == 920);
     assert!(offset_of!(Header, arena_waiters) == 924);
     assert!(offset_of!(SlotHeader, ext) == 48);
-    assert!(SLOTS_OFFSET == 9216);
+    assert!(SLOTS_OFFSET == 17408);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);

@@ -70,6 +70,8 @@ mod large;
 #[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]
+pub mod raw;
+#[cfg(not(loom))]
 mod reaper;
 #[cfg(not(loom))]
 mod server;

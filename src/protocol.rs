@@ -156,6 +156,11 @@ pub trait Words {
     /// whoever is about to move the slot to FREE, before it does. The loom models of the slot
     /// protocol have no arena (the arena's own models check it).
     fn drop_extent(&self, _slot: u32) {}
+    /// Whether slot `slot` records an arena run (read by the slot's owner, or by the reaper
+    /// for a dead owner's slot). The loom models of the slot protocol have none.
+    fn has_extent(&self, _slot: u32) -> bool {
+        false
+    }
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
     fn mutant(&self) -> Mutant {
@@ -621,8 +626,23 @@ pub fn release<W: Words + ?Sized, P: Park + ?Sized>(
     };
     let free = State::new(State::FREE, next).0;
     let word = w.slot_state(slot);
-    // The slot's arena run (if any) goes back first: once FREE, the slot is another's.
-    w.drop_extent(slot);
+    let mut from = from;
+    if w.has_extent(slot) {
+        // The slot's arena run goes back before the slot is free (once FREE, the slot is
+        // another's), but only while the slot is provably still ours: first take it into
+        // CLAIMED at our generation (no worker or reaper acts on our CLAIMED slot), then give
+        // the run back. A slot taken from us meanwhile fails the CAS and keeps its run.
+        let held = State::new(State::CLAIMED, from.gen());
+        if held != from
+            && word
+                .compare_exchange(from.0, held.0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        w.drop_extent(slot);
+        from = held;
+    }
     // SYNC: Release publishes that we are done with the slot; pairs with the Acquire CAS in
     // `try_claim`. An RMW either way, so `notify_free` follows an RMW (`fence_after_rmw`).
     if mutated(w, Mutant::ReleaseByStore) {
@@ -692,10 +712,25 @@ pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
         };
     }
     let free = State::new(State::FREE, State::next_gen(s.gen()));
-    // The dead owner's arena run goes back first. (A worker can take a REQUEST between our
-    // load and our CAS: it then serves a request whose run is gone, which reads as a bad
-    // message of a dead client; nobody is left to be told.)
-    w.drop_extent(slot);
+    let mut s = s;
+    if w.has_extent(slot) {
+        // The dead owner's arena run goes back before the slot is free, and only once no
+        // worker can take the call any more: first move the slot (REQUEST, REPLY) to CLAIMED at
+        // the dead owner's generation (a worker serves only a REQUEST), so a worker that took
+        // the call first keeps it and its run (our CAS fails: it is reaped as SERVING on a
+        // later scan). Should this process die between the two CASes, the slot stays CLAIMED
+        // by the dead owner and the next reaper frees it.
+        let held = State::new(State::CLAIMED, s.gen());
+        if held != s
+            && w.slot_state(slot)
+                .compare_exchange(s.0, held.0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return Reaped::Nothing;
+        }
+        w.drop_extent(slot);
+        s = held;
+    }
     if mutated(w, Mutant::ReapByStore) {
         w.slot_state(slot).swap(free.0, Ordering::AcqRel);
     } else if w

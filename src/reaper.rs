@@ -108,11 +108,16 @@ impl Reaper {
         }
         for k in 1..PROC_ENTRIES as u32 {
             let v = &mut verdict[k as usize];
-            if v.is_none() && map.proc_entry(k).free_waits.load(Ordering::Relaxed) > 0 {
+            let entry = map.proc_entry(k);
+            if v.is_none()
+                && (entry.free_waits.load(Ordering::Relaxed) > 0
+                    || entry.arena_waits.load(Ordering::Relaxed) > 0)
+            {
                 *v = Some(map.owner_liveness(k));
             }
             if *v == Some(Liveness::Dead) {
                 out.waits = out.waits.saturating_add(protocol::heal_free_waits(map, k));
+                out.waits = out.waits.saturating_add(map.heal_arena_waits(k));
                 // An arena lock it died holding can go (what it recorded stays recorded until
                 // its slots are reaped, above).
                 if arena::break_lock(map, k) {

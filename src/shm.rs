@@ -497,6 +497,7 @@ impl Mapping {
                 .fetch_add(u64::from(taken), Ordering::Relaxed);
         }
         protocol::heal_free_waits(self, k);
+        self.heal_arena_waits(k);
         // A lock it died holding can go (what it recorded was reaped with its slots).
         crate::arena::break_lock(self, k);
         taken
@@ -549,6 +550,10 @@ impl Mapping {
     pub fn wait_for_arena(&self, slice: Duration, retry: &mut dyn FnMut() -> bool) -> bool {
         let h = self.header();
         let seq = h.arena_seq.load(Ordering::Acquire);
+        // Our entry's share first (what `heal_arena_waits` takes back if we die), then the
+        // total that frees read.
+        let mine = &self.proc_entry(self.entry).arena_waits;
+        mine.fetch_add(1, Ordering::Relaxed);
         h.arena_waiters.fetch_add(1, Ordering::Relaxed);
         // SYNC: announce, fence, retry: pairs with `notify_arena`'s fence.
         crate::sync::fence_after_rmw();
@@ -556,8 +561,19 @@ impl Mapping {
         if !got {
             Futex.wait(&h.arena_seq, seq, Some(slice));
         }
-        h.arena_waiters.fetch_sub(1, Ordering::Relaxed);
+        saturating_sub(&h.arena_waiters, 1);
+        saturating_sub(mine, 1);
         got
+    }
+
+    /// Takes back the arena waits that the dead holder of entry `k` announced (the caller
+    /// holds `k`'s lock: nobody else adds to its share). Returns how many there were.
+    pub fn heal_arena_waits(&self, k: u32) -> u32 {
+        let left = self.proc_entry(k).arena_waits.swap(0, Ordering::Relaxed);
+        if left > 0 {
+            saturating_sub(&self.header().arena_waiters, left);
+        }
+        left
     }
 
     /// The geometry of this mapping.
@@ -737,6 +753,9 @@ impl Words for Mapping {
     fn async_bell(&self) -> &AtomicU32 {
         &self.header().async_bell
     }
+    fn has_extent(&self, slot: u32) -> bool {
+        self.slot(slot).ext.load(Ordering::Relaxed) != 0
+    }
     fn drop_extent(&self, slot: u32) {
         if crate::arena::free(self, slot) > 0 {
             self.notify_arena();
@@ -770,4 +789,11 @@ impl Park for Futex {
     fn wake(&self, word: &AtomicU32, n: u32) {
         sys::futex_wake(word, n);
     }
+}
+
+/// Subtracts `n` from a count that a process's death may have left high, never below 0.
+fn saturating_sub(word: &AtomicU32, n: u32) {
+    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }

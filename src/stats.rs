@@ -155,6 +155,8 @@ pub struct Stats {
     pub large_memory: usize,
     /// Bytes of it that messages hold now (`in_use` says which slot's, and whose).
     pub large_in_use: usize,
+    /// Callers (and workers) announced as waiting for large-message memory.
+    pub large_waiters: u32,
 }
 
 impl Stats {
@@ -220,6 +222,7 @@ impl Stats {
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
             large_memory: lay.arena_bytes(),
             large_in_use,
+            large_waiters: h.arena_waiters.load(Ordering::Relaxed),
         }
     }
 }

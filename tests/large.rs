@@ -6,7 +6,8 @@
 mod common;
 
 use common::{echo, say, start_server, unique_name, wait_for_stats, Echo, Gate, Proc, Rng, ROLE};
-use shmrpc::{Client, Error, Request, Server, SlotState};
+
+use shmrpc::{Client, Error, Request, Server, SlotState, StatsView};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,13 @@ fn child_entry() {
             let mut gated = Echo::new(1, "g".repeat(size.parse().unwrap()));
             gated.gate = Gate::STOP;
             let _ = client.request(&gated);
+            sleep_forever();
+        }
+        // Waits for large-message memory that the parent holds (then is killed).
+        ["wait-room", name] => {
+            let client = Client::<Vec<u8>>::connect(name).unwrap();
+            say("calling".into());
+            let _ = client.request_timeout(&message(9, 2 << 20), Duration::from_secs(600));
             sleep_forever();
         }
         ["echo-server", name] => {
@@ -317,4 +325,30 @@ fn a_call_waits_for_large_memory_within_its_timeout() {
         drop(held);
         assert!(matches!(waiter.join().unwrap(), Ok(true)));
     });
+}
+
+/// A caller killed while it waits for large-message memory leaves no announced wait behind:
+/// its entry's share of the waiters is taken back when the reaper finds it dead (otherwise
+/// every later free of a run would make a futex wake for nobody). Fails if the count stays.
+#[test]
+fn a_caller_killed_while_waiting_for_large_memory_leaves_no_waiter_behind() {
+    let name = unique_name("roomkill");
+    let _server = Server::builder(&name)
+        .large_memory(4 << 20)
+        .serve(echo_bytes)
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    // 1 MiB left: the child's 2 MiB call waits while `held` lives.
+    let held = client.request(&message(1, 3 << 20)).unwrap();
+    let mut waiter = Proc::spawn(&["wait-room", &name]);
+    assert_eq!(waiter.line(), "calling");
+    wait_for_stats(&name, "the waiter counted", |s| s.large_waiters == 1);
+    waiter.child.kill().unwrap();
+    waiter.child.wait().unwrap();
+    wait_for_stats(&name, "the count healed and the slot back", |s| {
+        s.large_waiters == 0 && s.slots_in_use == 1
+    });
+    drop(held);
+    assert_eq!(client.request(&message(2, 2 << 20)).unwrap().len(), 2 << 20);
+    assert_eq!(StatsView::open(&name).unwrap().stats().large_waiters, 0);
 }

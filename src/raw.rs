@@ -1,0 +1,209 @@
+//! Calls whose messages were archived elsewhere: for a bridge that forwards other callers'
+//! calls without knowing their types (`shmrpc-zenoh` serves a local server to other hosts
+//! this way).
+//!
+//! A [`RawClient`] writes the archive it is given into the slot byte for byte, with the call id
+//! and type fingerprints it is given, and hands back the reply's bytes unvalidated. The server
+//! checks the fingerprints and validates the request exactly as it does for a typed call, so a
+//! raw call cannot do anything a typed one could not; the reply is validated by whoever decodes
+//! it (the remote caller). An archive is position-independent (rkyv's relative pointers), and a
+//! slot's payload area and an arena run are 16-byte aligned like the buffer rkyv serialized it
+//! into, so the copy is the same archive.
+
+use crate::client::{CallTag, Client, ClientBuilder, Held};
+use crate::error::{Error, Result};
+use crate::layout::kind;
+use crate::message;
+use rkyv::rancor::Fallible;
+use rkyv::ser::Writer;
+use rkyv::{Archive, Deserialize, Place, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An archive made elsewhere, which "serializes" by writing its bytes as they are: its own
+/// archived form is empty, so rkyv adds nothing after them.
+pub(crate) struct Prebuilt<'a>(&'a [u8]);
+
+impl Archive for Prebuilt<'_> {
+    type Archived = ();
+    type Resolver = ();
+
+    fn resolve(&self, _: (), _: Place<()>) {}
+}
+
+impl<S: Fallible + Writer<S::Error> + ?Sized> Serialize<S> for Prebuilt<'_> {
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<(), S::Error> {
+        serializer.write(self.0)
+    }
+}
+
+impl<'a, D: Fallible + ?Sized> Deserialize<Prebuilt<'a>, D> for () {
+    fn deserialize(&self, _: &mut D) -> std::result::Result<Prebuilt<'a>, D::Error> {
+        Ok(Prebuilt(&[]))
+    }
+}
+
+/// One forwarded call: an archive of the request type whose fingerprint is `request_type`
+/// ([`fingerprint`] of the type on the sender's side), the fingerprint of
+/// the reply type its caller expects (ignored for one-way messages), and its id.
+#[derive(Clone, Copy, Debug)]
+pub struct RawCall<'a> {
+    /// The request's archive, as `rkyv::to_bytes` (or any shmrpc sender) made it.
+    pub archive: &'a [u8],
+    /// The request type's fingerprint.
+    pub request_type: u32,
+    /// The fingerprint of the reply type the caller expects.
+    pub reply_type: u32,
+    /// The call's id, which the server's handler sees.
+    pub id: Uuid,
+}
+
+/// A handle on a local server for calls archived elsewhere (see the module documentation).
+/// Cheap to clone, `Send + Sync`, any number of calls at once, like [`Client`].
+#[derive(Clone, Debug)]
+pub struct RawClient {
+    client: Client<Vec<u8>>,
+}
+
+impl RawClient {
+    /// Connects to the server `name` with the default timeout and wait mode, trusting the
+    /// server (replies are read in the slot).
+    pub fn connect(name: &str) -> Result<RawClient> {
+        Self::with(Client::builder(name))
+    }
+
+    /// Connects as `builder` says (its timeout, wait mode and trust; its types do not matter:
+    /// each call names its own).
+    pub fn with(builder: ClientBuilder) -> Result<RawClient> {
+        Ok(RawClient {
+            client: builder.connect::<Vec<u8>, Vec<u8>>()?,
+        })
+    }
+
+    /// The server name.
+    pub fn name(&self) -> &str {
+        self.client.name()
+    }
+
+    /// The largest message the server takes ([`Client::max_message`]).
+    pub fn max_message(&self) -> usize {
+        self.client.max_message()
+    }
+
+    /// Forwards a request and waits at most `timeout` for its reply's bytes.
+    ///
+    /// The errors are those of [`Client::request_timeout`]; a `TypeMismatch` carries the
+    /// server's types in words in `server` and an empty `client` (the forwarder does not know
+    /// the caller's types in words).
+    pub fn request(&self, call: &RawCall<'_>, timeout: Duration) -> Result<RawReply<'_>> {
+        let done = self
+            .client
+            .call_tagged(
+                Some(&Prebuilt(call.archive)),
+                kind::REQUEST,
+                timeout,
+                tag(call),
+            )
+            .map_err(unlabel)?;
+        let id = done.id;
+        let (held, ptr, len) = self.client.reply_bytes(done).map_err(unlabel)?;
+        Ok(RawReply { id, held, ptr, len })
+    }
+
+    /// Forwards a one-way message; returns once the server has taken it, at most `timeout`.
+    pub fn send(&self, call: &RawCall<'_>, timeout: Duration) -> Result<()> {
+        let done = self
+            .client
+            .call_tagged(
+                Some(&Prebuilt(call.archive)),
+                kind::ONEWAY,
+                timeout,
+                tag(call),
+            )
+            .map_err(unlabel)?;
+        self.client.take_accept(done).map_err(unlabel)
+    }
+
+    /// A protocol-level ping ([`Client::ping_timeout`]).
+    pub fn ping(&self, timeout: Duration) -> Result<Duration> {
+        self.client.ping_timeout(timeout)
+    }
+}
+
+fn tag(call: &RawCall<'_>) -> CallTag {
+    CallTag {
+        id: call.id,
+        types: (call.request_type.max(1), call.reply_type.max(1)),
+    }
+}
+
+/// A `TypeMismatch`'s client side is the raw handle's own (byte vectors), which says nothing
+/// about the caller it forwards: leave it empty.
+fn unlabel(e: Error) -> Error {
+    match e {
+        Error::TypeMismatch { name, server, .. } => Error::TypeMismatch {
+            name,
+            client: String::new(),
+            server,
+        },
+        e => e,
+    }
+}
+
+/// A forwarded request's reply, unvalidated: its bytes in the slot (a trusting handle) or in
+/// a private copy (untrusting), held until it drops like a [`Reply`](crate::Reply).
+pub struct RawReply<'c> {
+    id: Uuid,
+    held: Held<'c>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into what `held` keeps alive (the slot, owned by the process, not by a
+// thread, and released by a compare-and-swap from whichever thread drops it; or a heap buffer
+// that does not move), and is only ever read through a shared slice.
+unsafe impl Send for RawReply<'_> {}
+// SAFETY: as above; sharing only hands out `&[u8]`.
+unsafe impl Sync for RawReply<'_> {}
+
+impl RawReply<'_> {
+    /// The call's id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The reply's archive, to validate (with [`access`](crate::access)) before use.
+    pub fn bytes(&self) -> &[u8] {
+        let _ = &self.held;
+        // SAFETY: `reply_bytes` gave `len` bytes at `ptr`, valid while `held` lives (as long as
+        // `self`, which the returned borrow is tied to).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::fmt::Debug for RawReply<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawReply")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates `bytes` as an archived `T` exactly as a typed caller validates its reply (with
+/// bytecheck, nesting bounded) and returns a reference into them; the bytes must be 16-byte
+/// aligned, or the archive does not validate.
+pub fn access<T: crate::Message>(bytes: &[u8]) -> Result<&T::Archived> {
+    message::access::<T>(bytes)
+}
+
+/// The fingerprint a typed caller sends for `T` (what [`RawCall::request_type`] and
+/// [`RawCall::reply_type`] hold), as [`message::fingerprint`] computes it.
+pub fn fingerprint<T: crate::Message>() -> u32 {
+    message::fingerprint::<T>()
+}
+
+/// `T`'s type in words (its name and archived size), as a server's `TypeMismatch` words it.
+pub fn type_label<T: crate::Message>() -> String {
+    message::type_label::<T>()
+}
