@@ -116,7 +116,8 @@ fn outgrown<E: rancor::Source>(need: usize) -> E {
 ///
 /// # Safety
 /// `dst..dst + cap` must be writable and owned by the caller (its slot is CLAIMED by this
-/// client or SERVING by this worker) for the duration of the call, and aligned to 16.
+/// client or SERVING by this worker) for the duration of the call, and aligned to 16 if the
+/// archive is to be read in place there (writing it does not depend on the alignment).
 #[inline(always)]
 pub(crate) unsafe fn serialize_into<T: Message>(
     value: &T,

@@ -204,6 +204,9 @@ pub enum Mutant {
     ShutdownNoWorkerWake,
     /// `heal_free_waits` zeroes the whole count instead of taking back the dead entry's share.
     HealEverything,
+    /// `reap` and `release` give back the slot's arena run before anything proves the slot
+    /// still theirs (then CAS to FREE), instead of first taking the slot into CLAIMED.
+    RunFreedFirst,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -627,7 +630,9 @@ pub fn release<W: Words + ?Sized, P: Park + ?Sized>(
     let free = State::new(State::FREE, next).0;
     let word = w.slot_state(slot);
     let mut from = from;
-    if w.has_extent(slot) {
+    if mutated(w, Mutant::RunFreedFirst) {
+        w.drop_extent(slot);
+    } else if w.has_extent(slot) {
         // The slot's arena run goes back before the slot is free (once FREE, the slot is
         // another's), but only while the slot is provably still ours: first take it into
         // CLAIMED at our generation (no worker or reaper acts on our CLAIMED slot), then give
@@ -713,7 +718,9 @@ pub fn reap<W: Words + ?Sized, P: Park + ?Sized>(
     }
     let free = State::new(State::FREE, State::next_gen(s.gen()));
     let mut s = s;
-    if w.has_extent(slot) {
+    if mutated(w, Mutant::RunFreedFirst) {
+        w.drop_extent(slot);
+    } else if w.has_extent(slot) {
         // The dead owner's arena run goes back before the slot is free, and only once no
         // worker can take the call any more: first move the slot (REQUEST, REPLY) to CLAIMED at
         // the dead owner's generation (a worker serves only a REQUEST), so a worker that took

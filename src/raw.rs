@@ -207,3 +207,39 @@ pub fn fingerprint<T: crate::Message>() -> u32 {
 pub fn type_label<T: crate::Message>() -> String {
     message::type_label::<T>()
 }
+
+/// Whether `name` is an acceptable server name (the rules of `Server::builder`), without
+/// looking for a server.
+pub fn validate_name(name: &str) -> Result<()> {
+    crate::shm::validate_name(name)
+}
+
+/// A fresh call id, as a typed client makes one for each call (random, version 4).
+pub fn new_call_id() -> Uuid {
+    message::new_call_id()
+}
+
+/// Serializes `value` as a typed client would, into `out` (cleared first): the archive that a
+/// [`RawCall`] carries and that [`access`] validates. `out`'s capacity is reused; a message
+/// larger than it is serialized a second time into room of its exact size.
+pub fn archive_into<T: crate::Message>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    loop {
+        let cap = out.capacity();
+        // SAFETY: `out`'s spare capacity (`cap` bytes from its start, the vector being empty)
+        // is writable and ours while we hold `&mut out`; the writer writes nothing past `cap`
+        // (it counts on without writing), and the archive's alignment is relative to its start,
+        // so the buffer's own alignment does not matter for writing it.
+        match unsafe { message::serialize_into(value, out.as_mut_ptr(), cap, false, false) } {
+            Ok(Ok((len, _))) => {
+                // SAFETY: the serializer initialized the first `len <= cap` bytes.
+                unsafe { out.set_len(len) };
+                return Ok(());
+            }
+            Err(Error::PayloadTooLarge { len, .. }) if len > cap => out.reserve_exact(len),
+            // (Only a writer told to stop at the end reports this; ours counts on.)
+            Ok(Err(need)) => out.reserve_exact(need),
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -45,6 +45,9 @@ struct Bus {
     owner_waiters: Vec<AtomicU32>,
     async_bell: AtomicU32,
     payload: Vec<UnsafeCell<u64>>,
+    /// Each slot's arena record (0: none) and, in `run`, the bytes of the one run a model uses.
+    ext: Vec<AtomicU32>,
+    run: UnsafeCell<u64>,
     futex: LoomFutex,
     mutant: Mutant,
 }
@@ -64,6 +67,8 @@ impl Bus {
             owner_waiters: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
             async_bell: AtomicU32::new(0),
             payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            ext: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            run: UnsafeCell::new(0),
             futex: LoomFutex::default(),
             mutant,
         })
@@ -114,6 +119,14 @@ impl Words for Bus {
     }
     fn async_bell(&self) -> &AtomicU32 {
         &self.async_bell
+    }
+    fn has_extent(&self, slot: u32) -> bool {
+        self.ext[slot as usize].load(Ordering::Relaxed) != 0
+    }
+    fn drop_extent(&self, slot: u32) {
+        // As `arena::free`: AcqRel, so that the run's last reader happens before an allocator
+        // that sees the record cleared (Acquire) and writes the chunks.
+        self.ext[slot as usize].swap(0, Ordering::AcqRel);
     }
     fn mutant(&self) -> Mutant {
         self.mutant
@@ -1092,6 +1105,77 @@ fn mutant_heal_everything_breaks_model_17() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Model 18: a dead client's request lives in an arena run. The reaper races the worker, which
+// may take the request and read the run in place; an allocator reuses the run's chunks as
+// soon as the record is cleared. The run must never be given back while the worker reads it
+// (loom reports the write racing the read), and it comes back exactly once.
+
+fn model_18(mutant: Mutant) {
+    model("18 reap vs worker, with a run", move || {
+        let bus = Bus::new(1, mutant);
+        let locks = Locks::new(false);
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        // The client's run, recorded in its slot, and its bytes.
+        bus.ext[0].store(7, Ordering::Relaxed);
+        // SAFETY (model): the run is the claimer's; loom checks it.
+        bus.run.with_mut(|p| unsafe { *p = 1 });
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
+        locks.die(1);
+        let worker = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                let slot = protocol::take_ready(&*bus, 0).expect("the ready bit");
+                if let Begin::Serve(g) = protocol::begin_serving(&*bus, &*bus, slot) {
+                    // Reads the request in place, gives the run back (as a worker does before
+                    // its reply), replies.
+                    // SAFETY (model): the worker holds the slot SERVING, and so its run.
+                    let v = bus.run.with(|p| unsafe { *p });
+                    assert_eq!(v, 1, "the request's run changed under its worker");
+                    bus.drop_extent(slot);
+                    protocol::finish(&*bus, &*bus, slot, g, State::REPLY);
+                }
+            })
+        };
+        let reaper = {
+            let (bus, locks) = (bus.clone(), locks.clone());
+            thread::spawn(move || {
+                let _ = protocol::reap(&*bus, &*bus, 0, &mut |o| locks.liveness(o));
+            })
+        };
+        // Another writer's allocation, now: the chunks are free if no record holds them.
+        // (One attempt each for the reaper and the allocator: spinning threads would not let
+        // loom finish.)
+        if bus.ext[0].load(Ordering::Acquire) == 0 {
+            // SAFETY (model): a cleared record gives the chunks to whoever allocates them.
+            bus.run.with_mut(|p| unsafe { *p = 2 });
+        }
+        worker.join().unwrap();
+        reaper.join().unwrap();
+        // Whatever is left (the served call's REPLY of the dead owner) is reaped afterwards.
+        for _ in 0..2 {
+            let _ = protocol::reap(&*bus, &*bus, 0, &mut |o| locks.liveness(o));
+        }
+        assert_eq!(
+            bus.ext[0].load(Ordering::SeqCst),
+            0,
+            "the run was never given back"
+        );
+        assert_eq!(bus.state(0).kind(), State::FREE);
+    });
+}
+
+#[test]
+fn model_18_a_dead_owners_run_is_not_freed_under_its_worker() {
+    model_18(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_run_freed_first_breaks_model_18() {
+    model_18(Mutant::RunFreedFirst);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The mutants must fail.
 
 /// Runs every `mutant_*` test in its own process and checks that loom catches the bug: the
@@ -1138,6 +1222,10 @@ fn mutants_are_caught() {
             "stale transition succeeded|taken from its live owner|Causality violation|deadlock",
         ),
         ("mutant_heal_everything_breaks_model_17", "deadlock|left: 1"),
+        (
+            "mutant_run_freed_first_breaks_model_18",
+            "Causality violation|changed under its worker",
+        ),
         (
             "mutant_release_by_store_breaks_model_16",
             "stale transition succeeded|taken from its live owner|Causality violation|deadlock",
