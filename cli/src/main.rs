@@ -63,6 +63,45 @@ enum Command {
     },
     /// Removes the mappings of dead servers (never a live one) and says what it removed.
     Clean,
+    /// Serves the local server NAME to other hosts over Zenoh until interrupted (or killed).
+    #[cfg(feature = "bridge")]
+    Bridge(BridgeArgs),
+}
+
+/// `shmrpc bridge`'s arguments.
+#[cfg(feature = "bridge")]
+#[derive(clap::Args)]
+struct BridgeArgs {
+    /// The local server's name.
+    name: String,
+    /// The key expression to expose it under (default: shmrpc/<host>/<name>).
+    #[arg(long)]
+    key: Option<String>,
+    /// A Zenoh configuration file (JSON5 or YAML); the flags below are applied on top.
+    #[arg(long)]
+    config: Option<String>,
+    /// An endpoint to listen on, such as tcp/0.0.0.0:7447 (repeatable). With --listen or
+    /// --connect, the session is a peer with multicast scouting off.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// An endpoint to connect to (repeatable).
+    #[arg(long)]
+    connect: Vec<String>,
+    /// TLS: the CA certificate (PEM) that peers' certificates chain to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<String>,
+    /// TLS: this bridge's certificate (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<String>,
+    /// TLS: this bridge's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<String>,
+    /// TLS: require and check callers' certificates too (mutual TLS).
+    #[arg(long, requires = "tls_ca")]
+    mtls: bool,
+    /// Calls forwarded at once.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
 }
 
 /// The exit-code convention, printed by `--help` (README.md says the same).
@@ -128,6 +167,8 @@ fn main() -> ExitCode {
             duration,
         } => bench(payload, clients, duration),
         Command::Clean => clean(),
+        #[cfg(feature = "bridge")]
+        Command::Bridge(args) => bridge(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -484,4 +525,53 @@ fn clean() -> Result<(), Fail> {
         println!("removed stale server {name}");
     }
     Ok(())
+}
+
+#[cfg(feature = "bridge")]
+fn bridge(args: BridgeArgs) -> Result<(), Fail> {
+    use shmrpc_zenoh::{config, Bridge, Error as ZError};
+    let fail = |e: ZError| match e {
+        ZError::Local(e) => Fail::from(e),
+        e @ (ZError::InvalidKey { .. } | ZError::InvalidConfig(_)) => {
+            Fail(e.to_string(), EXIT_BAD_INPUT)
+        }
+        e => Fail(e.to_string(), EXIT_OTHER),
+    };
+    let listen: Vec<&str> = args.listen.iter().map(String::as_str).collect();
+    let connect: Vec<&str> = args.connect.iter().map(String::as_str).collect();
+    let mut cfg = match (&args.config, listen.is_empty() && connect.is_empty()) {
+        (Some(path), _) => config::from_file(path).map_err(fail)?,
+        (None, true) => shmrpc_zenoh::zenoh::Config::default(),
+        (None, false) => config::peer(&listen, &connect).map_err(fail)?,
+    };
+    if args.config.is_some() && !(listen.is_empty() && connect.is_empty()) {
+        let on_top = config::peer(&listen, &connect).map_err(fail)?;
+        for key in ["listen/endpoints", "connect/endpoints"] {
+            if let Ok(v) = on_top.get_json(key) {
+                cfg.insert_json5(key, &v)
+                    .map_err(|e| Fail(format!("zenoh setting {key}: {e}"), EXIT_BAD_INPUT))?;
+            }
+        }
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        let files = config::TlsFiles {
+            root_ca: ca,
+            certificate: cert,
+            private_key: key,
+        };
+        config::tls(&mut cfg, &files, args.mtls).map_err(fail)?;
+    }
+    let mut builder = Bridge::builder(&args.name)
+        .workers(args.workers)
+        .config(cfg);
+    if let Some(key) = &args.key {
+        builder = builder.key(key.clone());
+    }
+    let bridge = builder.start().map_err(fail)?;
+    println!("bridging {:?} as {}", bridge.name(), bridge.key());
+    let _ = std::io::stdout().flush();
+    // Until a signal ends the process: the bridge's threads do the work.
+    loop {
+        std::thread::park();
+    }
 }
