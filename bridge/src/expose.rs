@@ -26,11 +26,22 @@ pub struct BridgeBuilder {
     key: Option<String>,
     workers: usize,
     max_timeout: Duration,
+    trust: Trust,
     session: Option<Session>,
     config: Option<Config>,
 }
 
 impl BridgeBuilder {
+    /// Whether the bridge trusts the local server's mapping (default [`Trust::Trusted`], as a
+    /// client): trusted, it copies each reply straight from the slot into the Zenoh reply;
+    /// untrusting, it first copies it out and checks the server's checksum (about twice the
+    /// time per byte of the reply: BENCHMARKS.md). The remote caller validates the
+    /// reply either way.
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
     /// The key expression to expose the server under (default: [`crate::default_key`]).
     /// Exactly one key: no wildcards.
     pub fn key(mut self, key: impl Into<String>) -> Self {
@@ -81,9 +92,7 @@ impl BridgeBuilder {
             None => crate::default_key(&self.name)?,
         };
         let ke = exact_key(&key)?;
-        // The bridge copies each reply out of the mapping (it sends it on anyway) and checks
-        // its checksum: what it forwards is what the server wrote.
-        let raw = RawClient::with(Client::builder(&self.name).trust(Trust::Untrusted))?;
+        let raw = RawClient::with(Client::builder(&self.name).trust(self.trust))?;
         let session = match self.session {
             Some(s) => s,
             None => crate::open(self.config.unwrap_or_default())?,
@@ -229,6 +238,7 @@ impl Bridge {
             key: None,
             workers: DEFAULT_WORKERS,
             max_timeout: DEFAULT_MAX_TIMEOUT,
+            trust: Trust::Trusted,
             session: None,
             config: None,
         }

@@ -197,3 +197,64 @@ fn bad_arguments_exit_1_and_help_and_version_exit_0() {
         "{help}"
     );
 }
+
+/// `shmrpc bridge` exposes a live server over Zenoh (a remote call in this process goes
+/// through it, one-way messages and pings too); it refuses, with exit 1 and one line, a
+/// server that does not run and a key with a wildcard.
+#[cfg(feature = "bridge")]
+#[test]
+fn bridge_exposes_a_live_server_and_refuses_bad_input() {
+    use shmrpc_zenoh::{config, RemoteClient};
+    let n = name("bridge");
+    let _server = echo_server(&n);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let key = format!("shmrpc-cli-test/{n}");
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_shmrpc"))
+        .args(["bridge", &n, "--key", &key, "--listen", &endpoint])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(bridge.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim_end(), format!("bridging {n:?} as {key}"));
+    let session = shmrpc_zenoh::open(config::peer(&[], &[&endpoint]).unwrap()).unwrap();
+    let t0 = std::time::Instant::now();
+    let client = loop {
+        match RemoteClient::<Vec<u8>>::connect(&session, &key) {
+            Ok(c) => break c,
+            Err(e) => assert!(t0.elapsed().as_secs() < 20, "{e}"),
+        }
+    };
+    assert_eq!(
+        client.request(&b"over zenoh".to_vec()).unwrap().as_slice(),
+        b"over zenoh"
+    );
+    client.ping().unwrap();
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+
+    let absent = shmrpc(&["bridge", &name("absent"), "--listen", "tcp/127.0.0.1:0"]);
+    assert_eq!(absent.status.code(), Some(1), "{}", text(&absent));
+    assert!(
+        text(&absent).contains("no shmrpc server named"),
+        "{}",
+        text(&absent)
+    );
+    let wild = shmrpc(&[
+        "bridge",
+        &n,
+        "--key",
+        "shmrpc/*/x",
+        "--listen",
+        "tcp/127.0.0.1:0",
+    ]);
+    assert_eq!(wild.status.code(), Some(1), "{}", text(&wild));
+    assert!(text(&wild).contains("wildcards"), "{}", text(&wild));
+}
