@@ -597,7 +597,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             if let Some(t) = ticket {
                 hub.dequeue(t);
             }
-            return Poll::Ready(Err(Error::ServerGone));
+            return Poll::Ready(Err(self.client.gone()));
         }
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
         let mut claimed = protocol::try_claim(map.map(), map.entry(), hint);
@@ -709,7 +709,7 @@ impl<Req: Message, Resp: Message, T> Future for CallFuture<'_, '_, Req, Resp, T>
                         map.header().abandoned.fetch_add(1, Ordering::Relaxed);
                         let err = if gone || broken {
                             let _ = map.server_alive();
-                            Error::ServerGone
+                            this.client.gone()
                         } else {
                             this.timeout_error(map)
                         };

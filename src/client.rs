@@ -347,7 +347,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request, or the slot moved on to another generation: only a peer
             // breaking the protocol does that, and the slot is no longer ours to touch.
-            return Err(Error::CallLost);
+            return Err(self.lost());
         }
         let sh = map.slot(done.slot);
         let st = sh.status.load(Ordering::Relaxed);
@@ -399,6 +399,22 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             Held::Copy(copy) => copy.as_ptr(),
         };
         Ok((held, ptr, len))
+    }
+
+    /// `ServerGone`, naming this handle's server.
+    #[cold]
+    pub(crate) fn gone(&self) -> Error {
+        Error::ServerGone {
+            name: self.inner.name.clone(),
+        }
+    }
+
+    /// `CallLost`, naming this handle's server.
+    #[cold]
+    fn lost(&self) -> Error {
+        Error::CallLost {
+            name: self.inner.name.clone(),
+        }
     }
 
     /// The result of a completed one-way message.
@@ -523,7 +539,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 drop(retained);
                 Ok(inner.current())
             }
-            Ok(_) | Err(Error::NotFound { .. }) => Err(Error::ServerGone),
+            Ok(_) | Err(Error::NotFound { .. }) => Err(self.gone()),
             Err(e) => Err(e),
         }
     }
@@ -604,7 +620,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 slot,
                 "the slot of a call was taken by another process before it was published"
             );
-            return Err(Error::CallLost);
+            return Err(self.lost());
         }
         Ok(id)
     }
@@ -651,7 +667,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             WaitError::Gone => {
                 // Remember it (for every handle in this process) if the server is really gone.
                 let _ = conn.server_alive();
-                Error::ServerGone
+                self.gone()
             }
         };
         let within_share = || within_share(map);

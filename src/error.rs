@@ -30,7 +30,10 @@ pub enum Error {
         after: Duration,
     },
     /// The server stopped or died while the call waited (or before it started).
-    ServerGone,
+    ServerGone {
+        /// The server name.
+        name: String,
+    },
     /// The message is larger than the server takes (its large-message memory, or a slot if
     /// the server has none), or, for a reply, found no room there in time.
     PayloadTooLarge {
@@ -60,7 +63,10 @@ pub enum Error {
     /// protocol (wrote into the mapping): the call was not published, or its reply is lost.
     /// No other call's state word was changed (bytes already written into the slot may have
     /// reached the slot's new owner, as any stray write does).
-    CallLost,
+    CallLost {
+        /// The server name.
+        name: String,
+    },
     /// An object under the server's name is not one this user's shmrpc created: a symbolic
     /// link, a hard link, another user's file, or a wrong mode. Nothing was mapped or locked.
     /// Another user may be impersonating the server; remove the object (as its owner or
@@ -105,7 +111,7 @@ impl fmt::Display for Error {
         match self {
             Error::NotFound { name } => write!(f, "no shmrpc server named {name:?} is running"),
             Error::Timeout { after } => write!(f, "the call timed out after {after:?}"),
-            Error::ServerGone => write!(f, "the server stopped or died"),
+            Error::ServerGone { name } => write!(f, "the server {name:?} stopped or died"),
             Error::PayloadTooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes is larger than the {max} bytes the server takes"
@@ -118,10 +124,10 @@ impl fmt::Display for Error {
                 f,
                 "server {name:?} already has {max} client processes connected (its limit)"
             ),
-            Error::CallLost => write!(
+            Error::CallLost { name } => write!(
                 f,
-                "the call's slot was taken by another process that broke the protocol; \
-                 the call was lost"
+                "the call's slot in server {name:?} was taken by another process that broke \
+                 the protocol; the call was lost"
             ),
             Error::ForeignObject { object, detail } => write!(
                 f,

@@ -291,7 +291,7 @@ fn killed_server_is_reported_fast_and_a_restarted_one_is_reached_by_old_handles(
         let (result, at) = w.join().unwrap();
         if let Err(e) = result {
             gone += 1;
-            assert!(matches!(e, Error::ServerGone), "{e}");
+            assert!(matches!(e, Error::ServerGone { .. }), "{e}");
             assert!(at > killed_at, "ServerGone before the server was killed");
             let took = at.duration_since(killed_at);
             println!("a waiting caller got ServerGone {took:?} after the kill");
@@ -308,7 +308,7 @@ fn killed_server_is_reported_fast_and_a_restarted_one_is_reached_by_old_handles(
     let t0 = Instant::now();
     assert!(matches!(
         client.request(&Echo::new(9, "x")),
-        Err(Error::ServerGone)
+        Err(Error::ServerGone { .. })
     ));
     assert!(
         t0.elapsed() < Duration::from_millis(250),
@@ -384,9 +384,9 @@ fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
                         Err(
                             Error::Timeout { .. }
                             | Error::BadMessage(_)
-                            | Error::ServerGone
+                            | Error::ServerGone { .. }
                             | Error::HandlerPanicked
-                            | Error::CallLost
+                            | Error::CallLost { .. }
                             | Error::TypeMismatch { .. }
                             | Error::PayloadTooLarge { .. },
                         ) => {

@@ -287,7 +287,10 @@ fn a_server_killed_in_a_large_transfer_is_reported_and_cleaned() {
         server.child.wait().unwrap();
         call.join().unwrap()
     });
-    assert!(matches!(caller, Err(Error::ServerGone)), "{caller:?}");
+    assert!(
+        matches!(caller, Err(Error::ServerGone { .. })),
+        "{caller:?}"
+    );
     drop(client);
     let removed = shmrpc::clean().unwrap();
     assert!(removed.contains(&name), "{removed:?}");

@@ -221,7 +221,10 @@ fn killed_server_gives_waiting_caller_server_gone() {
     let killed_at = Instant::now();
     server.child.wait().unwrap();
     let (result, returned_at, client) = waiter.join().unwrap();
-    assert!(matches!(result, Err(Error::ServerGone)), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::ServerGone { .. })),
+        "{result:?}"
+    );
     let took = returned_at.saturating_duration_since(killed_at);
     assert!(
         took < Duration::from_millis(250),
@@ -229,7 +232,7 @@ fn killed_server_gives_waiting_caller_server_gone() {
     );
     let t0 = Instant::now();
     let err = client.request(&Echo::new(2, "after")).unwrap_err();
-    assert!(matches!(err, Error::ServerGone), "{err}");
+    assert!(matches!(err, Error::ServerGone { .. }), "{err}");
     assert!(t0.elapsed() < Duration::from_millis(250));
     // The dead server's leftover mapping is reclaimed by the next server of that name.
     let _again = Server::builder(&name).serve(echo).unwrap();

@@ -167,7 +167,7 @@ impl Failure {
                 a: u64::try_from(after.as_micros()).unwrap_or(u64::MAX),
                 ..Failure::new(Code::Timeout, e.to_string())
             },
-            E::ServerGone => Failure::new(Code::ServerGone, e.to_string()),
+            E::ServerGone { .. } => Failure::new(Code::ServerGone, e.to_string()),
             E::BadMessage(why) => Failure::new(Code::BadMessage, why.clone()),
             E::TypeMismatch { server, .. } => Failure::new(Code::TypeMismatch, server.clone()),
             E::PayloadTooLarge { len, max } => Failure {
@@ -176,7 +176,7 @@ impl Failure {
                 ..Failure::new(Code::PayloadTooLarge, e.to_string())
             },
             E::HandlerPanicked => Failure::new(Code::HandlerPanicked, e.to_string()),
-            E::CallLost => Failure::new(Code::CallLost, e.to_string()),
+            E::CallLost { .. } => Failure::new(Code::CallLost, e.to_string()),
             E::TooManyClients { .. } => Failure::new(Code::Busy, e.to_string()),
             e => Failure::new(Code::Other, e.to_string()),
         }

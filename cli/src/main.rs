@@ -128,7 +128,7 @@ impl From<Error> for Fail {
             | Error::InvalidName { .. }
             | Error::InvalidConfig(_)
             | Error::PayloadTooLarge { .. }
-            | Error::ServerGone => EXIT_BAD_INPUT,
+            | Error::ServerGone { .. } => EXIT_BAD_INPUT,
             _ => EXIT_OTHER,
         };
         Fail(e.to_string(), code)
