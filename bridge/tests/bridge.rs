@@ -189,17 +189,17 @@ fn child_entry() {
             wait_for_stdin_eof();
             drop(server);
         }
-        // A bridge for `name` under `key`, listening on `listen` (TLS files optional).
-        ["bridge", name, key, listen, ref tls @ ..] => {
-            let mut cfg = config::peer(&[listen], &[]).unwrap();
-            if let [ca, cert, keyfile, mutual] = tls[..] {
-                let files = config::TlsFiles {
-                    root_ca: ca,
-                    certificate: cert,
-                    private_key: keyfile,
-                };
-                config::tls(&mut cfg, &files, mutual == "mtls").unwrap();
-            }
+        // A bridge for `name` under `key`, listening on `listen`.
+        ["bridge", name, key, listen] => {
+            let cfg = config::peer(&[listen], &[]).unwrap();
+            let bridge = Bridge::builder(name).key(key).config(cfg).start().unwrap();
+            say(format!("bridging {}", bridge.key()));
+            wait_for_stdin_eof();
+            drop(bridge);
+        }
+        // A bridge whose Zenoh configuration is a file.
+        ["bridge-config", name, key, file] => {
+            let cfg = config::from_file(file).unwrap();
             let bridge = Bridge::builder(name).key(key).config(cfg).start().unwrap();
             say(format!("bridging {}", bridge.key()));
             wait_for_stdin_eof();
@@ -729,8 +729,9 @@ fn make_certificates(tag: &str, names: &[&str]) -> Option<std::path::PathBuf> {
     Some(dir)
 }
 
-/// Mutual TLS passes through: a caller with a certificate of the bridge's CA is served; one
-/// with a certificate of another CA never gets a link (its connect finds no bridge).
+/// Mutual TLS passes through (the bridge runs `examples/mtls.json5`): a caller with a
+/// certificate of the bridge's CA is served; one with a certificate of another CA never gets a
+/// link (its connect finds no bridge).
 #[test]
 fn mutual_tls_admits_callers_with_a_certificate_of_the_ca_only() {
     let Some(dir) = make_certificates("good", &["bridge", "caller"]) else {
@@ -744,16 +745,15 @@ fn mutual_tls_admits_callers_with_a_certificate_of_the_ca_only() {
     let server = Proc::spawn(&["server", &name, "s", "large"]);
     assert_eq!(server.line(), "ready");
     let endpoint = format!("tls/localhost:{}", free_port());
-    let bridge = Proc::spawn(&[
-        "bridge",
-        &name,
-        &key,
-        &endpoint,
-        &f(&dir, "ca.pem"),
-        &f(&dir, "bridge.pem"),
-        &f(&dir, "bridge.key"),
-        "mtls",
-    ]);
+    // The bridge runs the example configuration file, with this test's port and certificates.
+    let example = include_str!("../examples/mtls.json5")
+        .replace("tls/localhost:7447", &endpoint)
+        .replace("/etc/shmrpc/ca.pem", &f(&dir, "ca.pem"))
+        .replace("/etc/shmrpc/bridge.pem", &f(&dir, "bridge.pem"))
+        .replace("/etc/shmrpc/bridge.key", &f(&dir, "bridge.key"));
+    let file = dir.join("mtls.json5");
+    std::fs::write(&file, example).unwrap();
+    let bridge = Proc::spawn(&["bridge-config", &name, &key, &f(&dir, "mtls.json5")]);
     assert_eq!(bridge.line(), format!("bridging {key}"));
     let mut caller = Proc::spawn(&[
         "remote",
