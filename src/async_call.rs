@@ -18,7 +18,7 @@
 //! the generation in the slot's state word and the call id keep a late reply away from the
 //! slot's next call.
 
-use crate::client::{Client, Done, MapRef, Reply};
+use crate::client::{within_share, Client, Done, MapRef, Reply};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::layout::kind;
@@ -294,6 +294,11 @@ impl Hub {
     fn wake_for_free_slots(&self, map: &Mapping, gone: bool) {
         if gone {
             while self.wake_next_queued() {}
+            return;
+        }
+        if !within_share(map) {
+            // This process holds its share while others wait: its futures stay queued (a
+            // freed slot of its own rings again; otherwise the next slice looks again).
             return;
         }
         let n = map.layout().slot_count;
@@ -600,7 +605,16 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             return Poll::Ready(Err(self.client.gone()));
         }
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
-        let mut claimed = protocol::try_claim(map.map(), map.entry(), hint);
+        // A process at its share of slots while others wait claims no more (a blocking call's
+        // rule too): the future queues, and the helper wakes it once the share allows.
+        let claim = || {
+            if within_share(map.map()) {
+                protocol::try_claim(map.map(), map.entry(), hint)
+            } else {
+                None
+            }
+        };
+        let mut claimed = claim();
         if claimed.is_none() {
             let deadline = self.deadline_at(&map);
             if Instant::now() >= deadline {
@@ -613,7 +627,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             ticket = Some(t);
             // A slot freed between the failed claim and the enqueue found no one to wake:
             // look once more now that we are queued.
-            claimed = protocol::try_claim(map.map(), map.entry(), hint);
+            claimed = claim();
         }
         let Some((slot, gen)) = claimed else {
             self.step = Step::Claim {

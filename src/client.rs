@@ -709,7 +709,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
 /// The per-process share of slots (`Header::client_share`): while callers of other processes
 /// wait for a slot, a process that already holds its share takes no more.
-fn within_share(map: &Mapping) -> bool {
+pub(crate) fn within_share(map: &Mapping) -> bool {
     let share = map.header().client_share.load(Ordering::Relaxed);
     share == 0 || !map.others_waiting() || map.held_by(map.entry()) < share
 }

@@ -101,7 +101,8 @@ fn child_entry() {
         ["wait-slot", name] => {
             let client = Client::<Echo>::connect(name).unwrap();
             say("calling".into());
-            let _ = client.request_timeout(&Echo::new(1, "late"), Duration::from_secs(60));
+            let r = client.request_timeout(&Echo::new(1, "late"), Duration::from_secs(60));
+            say(format!("result {:?}", r.map(|r| r.n)));
             wait_for_stdin_eof();
         }
         // `threads` threads call once each and keep their replies (a leak), until killed.
@@ -115,6 +116,24 @@ fn child_entry() {
                         if let Ok(reply) =
                             client.request_timeout(&Echo::new(t, "leak"), Duration::from_secs(60))
                         {
+                            std::mem::forget(reply);
+                        }
+                    });
+                }
+            });
+            wait_for_stdin_eof();
+        }
+        // The same with async calls (one future per thread, on a one-crate executor).
+        ["async-leaker", name, threads] => {
+            let client = Client::<Echo>::connect(name).unwrap();
+            say("started".into());
+            std::thread::scope(|s| {
+                for t in 0..threads.parse::<u64>().unwrap() {
+                    let client = &client;
+                    s.spawn(move || {
+                        let msg = Echo::new(t, "leak");
+                        let call = client.request_async_timeout(&msg, Duration::from_secs(60));
+                        if let Ok(reply) = pollster::block_on(call) {
                             std::mem::forget(reply);
                         }
                     });
@@ -386,4 +405,50 @@ fn a_leaking_process_leaves_slots_to_another_process_once_it_holds_its_share() {
     });
     // (Once nobody else waits, the leaker may take the rest: the share binds only then.)
     assert_eq!(stats(&name).client_share, 3);
+}
+
+/// The same share binds async calls. A process whose futures leak every reply holds its share
+/// (3 of 4 slots), a fourth future queued; another process's caller waits for a slot and is
+/// stopped (SIGSTOP: it stays counted as waiting but cannot take a slot). A slot freed now
+/// must stay free for the stopped caller (the leaker's helper, rung by the free, finds its
+/// process at its share), and that caller gets it once continued. Without the rule for
+/// futures the leaker's fourth future takes the slot within microseconds.
+#[test]
+fn a_process_leaking_async_replies_takes_no_slot_beyond_its_share_while_others_wait() {
+    let name = unique_name("ashare");
+    let _server = Server::builder(&name)
+        .slots(4)
+        .slots_per_client(3)
+        .serve(echo)
+        .unwrap();
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let mine = client.request(&Echo::new(0, "held here")).unwrap();
+    let mut leaker = Proc::spawn(&["async-leaker", &name, "4"]);
+    assert_eq!(leaker.line(), "started");
+    let pid = leaker.child.id();
+    let leaked = |s: &Stats| s.in_use.iter().filter(|u| u.owner_pid == Some(pid)).count();
+    wait_for_stats(
+        &name,
+        "the leaker holding 3 slots, its 4th future queued",
+        |s| leaked(s) == 3 && s.free_waiters == 1,
+    );
+    let mut other = Proc::spawn(&["wait-slot", &name]);
+    assert_eq!(other.line(), "calling");
+    wait_for_stats(&name, "the other process's caller waiting", |s| {
+        s.free_waiters == 2
+    });
+    signal(other.child.id(), libc::SIGSTOP);
+    drop(mine);
+    // Six of the helper's park slices: a helper that may claim has long done so.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(300) {
+        let s = stats(&name);
+        assert!(
+            leaked(&s) <= 3,
+            "the leaker took a slot beyond its share: {s:?}"
+        );
+        std::thread::yield_now();
+    }
+    signal(other.child.id(), libc::SIGCONT);
+    assert_eq!(other.line(), "result Ok(1)");
 }
