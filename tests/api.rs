@@ -708,3 +708,28 @@ fn a_message_nested_too_deep_is_a_bad_message_not_a_crash() {
     let shallow = Chain::of_depth(10);
     assert_eq!(client.request(&shallow).unwrap().value, 9);
 }
+
+/// The same bound on the client's side: a server whose reply is nested 2,000 deep (a chain of
+/// boxes) gets its caller a `BadMessage`, not a stack overflow, and the next call, answered
+/// 250 deep (within the bound of 256), goes through. Fails with an aborted test process if a reply's validation is not
+/// bounded.
+#[test]
+fn a_reply_nested_too_deep_is_a_bad_message_not_a_crash() {
+    use shmrpc::fuzzing::Chain;
+    let name = unique_name("deepreply");
+    let _server = Server::builder(&name)
+        .capacity(4 << 20)
+        .slots(2)
+        .workers(1)
+        .serve(|req: Request<'_, u32>| Chain::of_depth(req.to_native() as usize))
+        .unwrap();
+    // 2,000 levels: far past the bound (256), and what a worker's stack holds when rkyv's
+    // serializer recurses through them (in a debug build too).
+    let client = Client::builder(&name).connect::<u32, Chain>().unwrap();
+    let outcome = client.request(&2_000).map(|r| r.value.to_native());
+    match outcome {
+        Err(Error::BadMessage(why)) => println!("refused: {why}"),
+        other => panic!("expected BadMessage, got {other:?}"),
+    }
+    assert_eq!(client.request(&250).unwrap().value, 249);
+}
