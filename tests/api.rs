@@ -711,8 +711,8 @@ fn a_message_nested_too_deep_is_a_bad_message_not_a_crash() {
 
 /// The same bound on the client's side: a server whose reply is nested 2,000 deep (a chain of
 /// boxes) gets its caller a `BadMessage`, not a stack overflow, and the next call, answered
-/// 250 deep (within the bound of 256), goes through. Fails with an aborted test process if a reply's validation is not
-/// bounded.
+/// 250 deep (within the bound of 256), goes through. Fails with an aborted test process if a
+/// reply's validation is not bounded.
 #[test]
 fn a_reply_nested_too_deep_is_a_bad_message_not_a_crash() {
     use shmrpc::fuzzing::Chain;
