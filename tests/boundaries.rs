@@ -118,7 +118,8 @@ fn assert_foreign<T: std::fmt::Debug>(what: &str, r: Result<T, Error>, path: &st
 }
 
 /// Another user's symlink, hard link or file under the mapping's name: the server does not
-/// start on it (and says why, naming it), and a client does not connect to it.
+/// start on it (and says why, naming it), a client does not connect to it, a statistics view
+/// does not open it, `list` does not read it and `clean` does not remove it.
 #[test]
 fn another_users_plant_under_the_mapping_name_is_refused_by_server_and_client() {
     if !is_root() {
@@ -145,6 +146,16 @@ fn another_users_plant_under_the_mapping_name_is_refused_by_server_and_client() 
             &format!("statistics view, mapping {kind}"),
             shmrpc::StatsView::open(&name),
             &path,
+        );
+        // `list` names it without reading it (no pid, not alive); `clean` leaves it alone.
+        if let Some(e) = shmrpc::list().unwrap().iter().find(|e| e.name == name) {
+            assert!(e.pid.is_none() && !e.alive, "list read a plant: {e:?}");
+        }
+        let removed = shmrpc::clean().unwrap();
+        assert!(!removed.contains(&name), "clean removed another user's {kind}");
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "clean removed another user's {kind}"
         );
         remove_plant(&path);
         // Once the plant is gone, the name works.
