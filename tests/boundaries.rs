@@ -152,7 +152,10 @@ fn another_users_plant_under_the_mapping_name_is_refused_by_server_and_client() 
             assert!(e.pid.is_none() && !e.alive, "list read a plant: {e:?}");
         }
         let removed = shmrpc::clean().unwrap();
-        assert!(!removed.contains(&name), "clean removed another user's {kind}");
+        assert!(
+            !removed.contains(&name),
+            "clean removed another user's {kind}"
+        );
         assert!(
             std::fs::symlink_metadata(&path).is_ok(),
             "clean removed another user's {kind}"

@@ -452,3 +452,83 @@ fn a_process_leaking_async_replies_takes_no_slot_beyond_its_share_while_others_w
     signal(other.child.id(), libc::SIGCONT);
     assert_eq!(other.line(), "result Ok(1)");
 }
+
+/// Every event this test binary emits, as `LEVEL message field=value ...` lines.
+static EVENTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The smallest `tracing` subscriber: records every event's level and fields in `EVENTS`.
+struct Capture;
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        EVENTS.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A client process that took every slot before anyone waited (so the share did not bind
+/// then) is over its share once another caller waits: the server's reaper warns through
+/// `tracing`, naming the process's pid, and `shmrpc stat`'s statistics show its slots. Fails
+/// if no such warning comes within 30 s.
+#[test]
+fn a_process_over_its_share_is_named_in_a_warning() {
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let name = unique_name("hogwarn");
+    let _server = Server::builder(&name)
+        .slots(4)
+        .slots_per_client(3)
+        .serve(echo)
+        .unwrap();
+    let mut leaker = Proc::spawn(&["leaker", &name, "4"]);
+    assert_eq!(leaker.line(), "started");
+    let pid = leaker.child.id();
+    wait_for_stats(&name, "the leaker holding every slot", |s| {
+        s.in_use.iter().filter(|u| u.owner_pid == Some(pid)).count() == 4
+    });
+    let client = Client::<Echo>::connect(&name).unwrap();
+    std::thread::scope(|s| {
+        let waiter =
+            s.spawn(|| client.request_timeout(&Echo::new(1, "starved"), Duration::from_secs(30)));
+        let t0 = Instant::now();
+        let wanted = format!("pid={pid}");
+        loop {
+            let found = EVENTS.lock().unwrap().iter().any(|e| {
+                e.starts_with("WARN")
+                    && e.contains("more slots than its share")
+                    && e.contains(&wanted)
+            });
+            if found {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no warning naming pid {pid}: {:?}",
+                EVENTS.lock().unwrap()
+            );
+            std::thread::yield_now();
+        }
+        // Let the waiter through: the leaker goes, its slots come back.
+        leaker.child.kill().unwrap();
+        leaker.child.wait().unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap().n, 1);
+    });
+}
