@@ -21,6 +21,7 @@
 use crate::client::{within_share, Client, Done, MapRef, Reply};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::hub::{wake, Registered, Registry};
 use crate::layout::kind;
 use crate::message::Message;
 use crate::protocol::{self, State};
@@ -44,9 +45,8 @@ const IDLE_PARK: Duration = Duration::from_secs(1);
 /// futures waiting for a free slot, and the helper thread.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    entries: Box<[Mutex<Entry>]>,
-    /// Entries holding a waker.
-    registered: AtomicUsize,
+    /// The waker entry of each slot (the part the loom models run: `hub.rs`).
+    registry: Registry,
     queue: Mutex<SlotQueue>,
     /// Futures in `queue`.
     queued: AtomicUsize,
@@ -56,19 +56,6 @@ pub(crate) struct Hub {
     /// The helper's next planned wake-up, in nanoseconds since `epoch`.
     sleep_until_ns: AtomicU64,
     epoch: Instant,
-}
-
-/// Wakes a task; a waker that panics must not take the helper thread down with it.
-fn wake(w: Waker) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
-}
-
-/// The registration of the async call that holds a slot.
-#[derive(Debug, Default)]
-struct Entry {
-    waker: Option<Waker>,
-    gen: u32,
-    deadline: Option<Instant>,
 }
 
 /// Futures waiting for a free slot, in arrival order (tickets increase).
@@ -105,10 +92,7 @@ impl Hub {
                 }
             })?;
         let hub = Arc::new(Hub {
-            entries: (0..map.layout().slot_count)
-                .map(|_| Mutex::new(Entry::default()))
-                .collect(),
-            registered: AtomicUsize::new(0),
+            registry: Registry::new(map.layout().slot_count),
             queue: Mutex::new(SlotQueue::default()),
             queued: AtomicUsize::new(0),
             claim_hint: AtomicU32::new(0),
@@ -195,14 +179,8 @@ impl Hub {
         }
     }
 
-    /// Registers (or refreshes) the waker of the call in `slot` at `gen`, then checks the
-    /// slot: if the call completed, unregisters and returns its state. Registering and
-    /// checking under the entry's lock, which the helper takes to look, means that either this
-    /// check or the helper's sees the completion.
-    ///
-    /// The entry may still hold the waker of the slot's previous call: a one-way message's
-    /// slot is freed by the worker, so its sender may not have run yet when the next call
-    /// claims the slot. That call is complete (its generation is past): wake it, do not drop it.
+    /// Registers (or refreshes) the waker of the call in `slot` at `gen` and returns `None`,
+    /// or returns the call's state if it completed ([`Registry::register`]).
     fn register(
         &self,
         map: &Mapping,
@@ -211,44 +189,21 @@ impl Hub {
         waker: &Waker,
         deadline: Instant,
     ) -> Option<State> {
-        let mut e = lock(&self.entries[slot as usize]);
-        if let Some(state) = protocol::poll_done(map, slot, gen) {
-            // Our call is complete: drop our registration only (a later call may own the
-            // entry by now).
-            if e.gen == gen && e.waker.take().is_some() {
-                self.registered.fetch_sub(1, Ordering::Relaxed);
-            }
-            return Some(state);
-        }
-        // Not complete: the slot is still at our generation, so a registration at another
-        // one belongs to an earlier, completed call.
-        let previous = if e.gen != gen { e.waker.take() } else { None };
-        let mut announce = false;
-        match (&mut e.waker, previous.is_some()) {
-            (Some(w), _) => w.clone_from(waker),
-            (none, replaced) => {
-                *none = Some(waker.clone());
-                if !replaced {
-                    self.registered.fetch_add(1, Ordering::Relaxed);
+        match self.registry.register(map, slot, gen, waker, deadline) {
+            Registered::Done(state) => Some(state),
+            Registered::Waiting { new } => {
+                if new {
+                    self.nudge();
+                    // A helper asleep on the doorbell until a later instant would see this
+                    // deadline late: ring it awake (rare: only a deadline shorter than the
+                    // helper's sleep).
+                    if deadline < self.sleep_until() {
+                        protocol::ring(map, &Futex);
+                    }
                 }
-                announce = true;
+                None
             }
         }
-        e.gen = gen;
-        e.deadline = Some(deadline);
-        drop(e);
-        if let Some(w) = previous {
-            wake(w);
-        }
-        if announce {
-            self.nudge();
-            // A helper asleep on the doorbell until a later instant would see this deadline
-            // late: ring it awake (rare: only a deadline shorter than the helper's sleep).
-            if deadline < self.sleep_until() {
-                protocol::ring(map, &Futex);
-            }
-        }
-        None
     }
 
     /// The latest the helper sleeps until (`epoch` while it sleeps idle: then `nudge` wakes it).
@@ -259,35 +214,7 @@ impl Hub {
 
     /// Unregisters the call in `slot` at `gen` (not a later call's registration).
     fn unregister(&self, slot: u32, gen: u32) {
-        let mut e = lock(&self.entries[slot as usize]);
-        if e.gen == gen && e.waker.take().is_some() {
-            self.registered.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Wakes every registered call that completed, whose deadline passed, or all of them if
-    /// `gone`; returns the earliest deadline still waiting.
-    fn wake_registered(&self, map: &Mapping, now: Instant, gone: bool) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
-        for (slot, entry) in self.entries.iter().enumerate() {
-            let mut e = lock(entry);
-            let Some(deadline) = e.deadline.filter(|_| e.waker.is_some()) else {
-                continue;
-            };
-            let ready = gone
-                || deadline <= now
-                || protocol::poll_done(map, slot as u32, e.gen).is_some()
-                || !protocol::in_flight(map, slot as u32, e.gen);
-            if ready {
-                let waker = e.waker.take().expect("checked above");
-                self.registered.fetch_sub(1, Ordering::Relaxed);
-                drop(e);
-                wake(waker);
-            } else {
-                earliest = Some(earliest.map_or(deadline, |x| x.min(deadline)));
-            }
-        }
-        earliest
+        self.registry.unregister(slot, gen);
     }
 
     /// Wakes as many queued futures as there are free slots (or all of them, if `gone`).
@@ -324,7 +251,7 @@ fn helper_loop(hub: &Hub, weak: &Weak<Connection>) {
             while hub.wake_next_queued() {}
             return;
         };
-        let registered = hub.registered.load(Ordering::Relaxed);
+        let registered = hub.registry.registered();
         let queued = hub.queued.load(Ordering::Relaxed);
         if registered == 0 && queued == 0 {
             drop(map);
@@ -356,7 +283,7 @@ fn helper_loop(hub: &Hub, weak: &Weak<Connection>) {
             last_check = now;
             gone = !map.server_alive();
         }
-        let mut next = hub.wake_registered(&map, now, gone);
+        let mut next = hub.registry.wake_registered(map.map(), now, gone);
         if queued > 0 {
             hub.wake_for_free_slots(&map, gone);
             if let Some(d) = hub.expire_queued(now) {

@@ -65,6 +65,8 @@ mod error;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod hub;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]

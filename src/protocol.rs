@@ -207,11 +207,14 @@ pub enum Mutant {
     /// `reap` and `release` give back the slot's arena run before anything proves the slot
     /// still theirs (then CAS to FREE), instead of first taking the slot into CLAIMED.
     RunFreedFirst,
+    /// `hub::Registry::register` registers a waker without checking, under the entry's lock,
+    /// whether the call already completed.
+    RegisterWithoutCheck,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
 #[inline(always)]
-fn mutated<W: Words + ?Sized>(_w: &W, _m: Mutant) -> bool {
+pub(crate) fn mutated<W: Words + ?Sized>(_w: &W, _m: Mutant) -> bool {
     #[cfg(loom)]
     return _w.mutant() == _m;
     #[cfg(not(loom))]

@@ -15,6 +15,13 @@ pub use loom::sync::atomic::{
     fence, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
+/// The mutex of the async hub's registry (`hub.rs`), which the loom models run too.
+#[cfg(not(loom))]
+pub use std::sync::{Mutex, MutexGuard};
+
+#[cfg(loom)]
+pub use loom::sync::{Mutex, MutexGuard};
+
 /// Hint to the CPU (or to loom) that this thread is spinning.
 #[inline]
 pub fn spin_hint() {

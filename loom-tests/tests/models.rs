@@ -25,10 +25,11 @@ mod runner;
 use loom::cell::UnsafeCell;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
+use shmrpc::hub::{Registered, Registry};
 use shmrpc::layout::server_state;
 use shmrpc::protocol::{self, Begin, Mutant, Park, Poll, State, WaitError, Waiting, Words};
 use shmrpc::sync::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // The stand-ins for the mapping and the futex.
@@ -609,23 +610,31 @@ fn mutant_take_by_load_breaks_model_8() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Model 9: the async doorbell. A future publishes an async call and registers its waker under
-// the entry lock, re-checking the slot there; the server completes the call and rings; the
-// process's helper thread arms the bell, looks at the entry under the same lock, and sleeps on
-// the bell. The future is never left waiting with its reply there (a lost ring deadlocks).
+// Model 9: the async doorbell, with the real registry of the async hub (`shmrpc::hub`, its
+// mutexes through the sync facade). A future publishes an async call and registers its waker
+// (`Registry::register` re-checks the slot under the entry's lock); the server completes the
+// call and rings; the process's helper thread arms the bell, wakes what completed
+// (`Registry::wake_registered`, under the same locks) and sleeps on the bell. The future is
+// never left waiting with its reply there (a lost wake-up deadlocks).
 
-/// The process-local registration of one async call (`async_call::Hub`'s entry).
-#[derive(Default)]
-struct AsyncEntry {
-    registered: bool,
-    woken: bool,
-    finished: bool,
+/// A task's waker in a model: sets a flag under a (loom) mutex and signals its condition.
+struct Flag {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        *self.woken.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
 }
 
 fn model_9(mutant: Mutant) {
     model("9 async doorbell", move || {
         let bus = Bus::new(1, mutant);
-        let entry = Arc::new((Mutex::new(AsyncEntry::default()), Condvar::new()));
+        let registry = Arc::new(Registry::new(1));
+        let done = Arc::new(AtomicU32::new(0));
         let server = {
             let bus = bus.clone();
             thread::spawn(move || {
@@ -645,44 +654,40 @@ fn model_9(mutant: Mutant) {
             })
         };
         let helper = {
-            let (bus, entry) = (bus.clone(), entry.clone());
+            let (bus, registry, done) = (bus.clone(), registry.clone(), done.clone());
             thread::spawn(move || loop {
                 let armed = protocol::bell_arm(&*bus);
-                {
-                    let mut e = entry.0.lock().unwrap();
-                    if e.finished {
-                        return;
-                    }
-                    if e.registered && protocol::poll_done(&*bus, 0, 1).is_some() {
-                        e.registered = false;
-                        e.woken = true;
-                        entry.1.notify_all();
-                        return;
-                    }
+                registry.wake_registered(&*bus, Instant::now(), false);
+                if done.load(Ordering::SeqCst) == 1 {
+                    return;
                 }
                 protocol::bell_wait(&*bus, &*bus, armed, None);
             })
         };
         // The future.
+        let flag = std::sync::Arc::new(Flag {
+            woken: Mutex::new(false),
+            cv: Condvar::new(),
+        });
+        let waker = std::task::Waker::from(flag.clone());
         let (slot, gen) = protocol::try_claim(&*bus, 1, 0).expect("a free slot");
         bus.write(slot, 7);
         assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
-        let mut e = entry.0.lock().unwrap();
-        if protocol::poll_done(&*bus, slot, gen).is_some() {
-            // Done before registering: the helper is not needed. (In production it sleeps at
-            // most a park slice; here its futex never times out, so tell it.)
-            e.finished = true;
-            drop(e);
-            protocol::ring(&*bus, &*bus);
-        } else {
-            e.registered = true;
-            while !e.woken {
-                e = entry.1.wait(e).unwrap();
+        let far = Instant::now() + Duration::from_secs(3600);
+        if let Registered::Waiting { .. } = registry.register(&*bus, slot, gen, &waker, far) {
+            let mut woken = flag.woken.lock().unwrap();
+            while !*woken {
+                woken = flag.cv.wait(woken).unwrap();
             }
-            e.finished = true;
-            drop(e);
         }
+        assert!(
+            protocol::poll_done(&*bus, slot, gen).is_some(),
+            "woken before its call completed"
+        );
         assert_eq!(bus.read(slot), 70);
+        // Let the helper go (in production it sleeps at most a park slice).
+        done.store(1, Ordering::SeqCst);
+        protocol::ring(&*bus, &*bus);
         assert!(protocol::release(
             &*bus,
             &*bus,
@@ -691,6 +696,7 @@ fn model_9(mutant: Mutant) {
         ));
         server.join().unwrap();
         helper.join().unwrap();
+        assert_eq!(registry.registered(), 0);
     });
 }
 
@@ -703,6 +709,12 @@ fn model_9_async_doorbell_never_loses_a_completion() {
 #[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
 fn mutant_bell_arm_by_load_breaks_model_9() {
     model_9(Mutant::BellArmByLoad);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_register_without_check_breaks_model_9() {
+    model_9(Mutant::RegisterWithoutCheck);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1203,6 +1215,7 @@ fn mutants_are_caught() {
             "taken a wrong number of times",
         ),
         ("mutant_bell_arm_by_load_breaks_model_9", "deadlock"),
+        ("mutant_register_without_check_breaks_model_9", "deadlock"),
         ("mutant_bell_arm_by_load_breaks_model_10", "deadlock"),
         (
             "mutant_reclaim_unknown_breaks_model_11",
