@@ -172,7 +172,7 @@ impl RawReply<'_> {
         self.id
     }
 
-    /// The reply's archive, to validate (with [`access`](crate::access)) before use.
+    /// The reply's archive, to validate (with [`access`]) before use.
     pub fn bytes(&self) -> &[u8] {
         let _ = &self.held;
         // SAFETY: `reply_bytes` gave `len` bytes at `ptr`, valid while `held` lives (as long as
@@ -198,7 +198,8 @@ pub fn access<T: crate::Message>(bytes: &[u8]) -> Result<&T::Archived> {
 }
 
 /// The fingerprint a typed caller sends for `T` (what [`RawCall::request_type`] and
-/// [`RawCall::reply_type`] hold), as [`message::fingerprint`] computes it.
+/// [`RawCall::reply_type`] hold): FNV-1a over its type name and archived size (DESIGN.md,
+/// "Types on the wire").
 pub fn fingerprint<T: crate::Message>() -> u32 {
     message::fingerprint::<T>()
 }

@@ -1,4 +1,4 @@
-//! shmrpc across machines: a running local [shmrpc](shmrpc) server served to other hosts over
+//! shmrpc across machines: a running local [`shmrpc`] server served to other hosts over
 //! [Zenoh](https://zenoh.io), and called from there with the same shape of API as
 //! [`shmrpc::Client`].
 //!
