@@ -491,6 +491,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         map.header().timeouts.fetch_add(1, Ordering::Relaxed);
         Error::Timeout {
             after: self.timeout,
+            name: self.client.name().to_owned(),
         }
     }
 

@@ -330,7 +330,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 _t: PhantomData,
             }),
             // Dropping `held` releases the slot.
-            Err(e) => Err(e),
+            Err(e) => Err(self.named(e)),
         }
     }
 
@@ -366,7 +366,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             },
             e => e,
         }) {
-            let e = self.mismatch_or(e, map, done.slot, len);
+            let e = self.named(self.mismatch_or(e, map, done.slot, len));
             let _ = protocol::release(map, &Futex, done.slot, done.state);
             return Err(e);
         }
@@ -406,6 +406,17 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     pub(crate) fn gone(&self) -> Error {
         Error::ServerGone {
             name: self.inner.name.clone(),
+        }
+    }
+
+    /// `e`, a `BadMessage` naming this handle's server (the server sent, or refused, it).
+    #[cold]
+    fn named(&self, e: Error) -> Error {
+        match e {
+            Error::BadMessage(why) => {
+                Error::BadMessage(format!("server {:?}: {why}", self.inner.name))
+            }
+            e => e,
         }
     }
 
@@ -585,7 +596,13 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                     Ok(Ok(written)) => written,
                     Ok(Err(e)) => {
                         let _ = protocol::release(map, &Futex, slot, claimed);
-                        return Err(e);
+                        return Err(match e {
+                            Error::Timeout { after, .. } => Error::Timeout {
+                                after,
+                                name: inner.name.clone(),
+                            },
+                            e => e,
+                        });
                     }
                     Err(panic) => {
                         let _ = protocol::release(map, &Futex, slot, claimed);
@@ -662,7 +679,10 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let wait_error = |e| match e {
             WaitError::Timeout => {
                 map.header().timeouts.fetch_add(1, Ordering::Relaxed);
-                Error::Timeout { after: timeout }
+                Error::Timeout {
+                    after: timeout,
+                    name: self.inner.name.clone(),
+                }
             }
             WaitError::Gone => {
                 // Remember it (for every handle in this process) if the server is really gone.

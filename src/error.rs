@@ -28,6 +28,8 @@ pub enum Error {
     Timeout {
         /// The timeout that elapsed.
         after: Duration,
+        /// The server name.
+        name: String,
     },
     /// The server stopped or died while the call waited (or before it started).
     ServerGone {
@@ -110,7 +112,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::NotFound { name } => write!(f, "no shmrpc server named {name:?} is running"),
-            Error::Timeout { after } => write!(f, "the call timed out after {after:?}"),
+            Error::Timeout { after, name } => {
+                write!(f, "the call to server {name:?} timed out after {after:?}")
+            }
             Error::ServerGone { name } => write!(f, "the server {name:?} stopped or died"),
             Error::PayloadTooLarge { len, max } => write!(
                 f,

@@ -192,8 +192,10 @@ unsafe fn into_arena<T: Message>(
     let min = chunks_for(need) as u32;
     let max = min.saturating_mul(4).max(chunks / 4).min(chunks).max(min);
     let Some(run) = room.alloc(min, max) else {
+        // (The caller, which knows the server's name, fills it in.)
         return Err(Error::Timeout {
             after: room.timeout,
+            name: String::new(),
         });
     };
     // SAFETY: the run is recorded in our slot, 64-byte aligned.
@@ -216,8 +218,10 @@ unsafe fn into_arena<T: Message>(
     // The run we got was too short (others held the rest): the exact size now.
     let n = chunks_for(len) as u32;
     let Some(run) = room.alloc(n, n) else {
+        // (The caller, which knows the server's name, fills it in.)
         return Err(Error::Timeout {
             after: room.timeout,
+            name: String::new(),
         });
     };
     // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.

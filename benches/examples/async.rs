@@ -89,7 +89,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .request_async_timeout(&slow, Duration::from_millis(50))
         .await
     {
-        Err(Error::Timeout { after }) => println!("slow call: timed out after {after:?}"),
+        Err(Error::Timeout { after, .. }) => println!("slow call: timed out after {after:?}"),
         other => println!("slow call: unexpected {other:?}"),
     }
 

@@ -163,7 +163,7 @@ impl Failure {
         use shmrpc::Error as E;
         match e {
             E::NotFound { .. } => Failure::new(Code::NotFound, e.to_string()),
-            E::Timeout { after } => Failure {
+            E::Timeout { after, .. } => Failure {
                 a: u64::try_from(after.as_micros()).unwrap_or(u64::MAX),
                 ..Failure::new(Code::Timeout, e.to_string())
             },
