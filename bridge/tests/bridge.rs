@@ -387,6 +387,29 @@ impl Trio {
     }
 }
 
+impl Trio {
+    /// Sends the remote process `command` (a slow call) without waiting for its answer, and
+    /// returns once the server is serving it (counted in flight).
+    fn start_served(&mut self, command: &str) {
+        let stdin = self.remote.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        let t0 = Instant::now();
+        while shmrpc::StatsView::open(&self.name)
+            .unwrap()
+            .stats()
+            .in_flight
+            == 0
+        {
+            assert!(
+                t0.elapsed() < LINE_WAIT,
+                "the call never reached the server"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
 fn served(name: &str) -> u64 {
     shmrpc::StatsView::open(name).unwrap().stats().served
 }
@@ -445,18 +468,7 @@ fn a_timeout_reaches_the_remote_caller_as_timeout() {
 #[test]
 fn a_killed_server_is_server_gone_and_a_restarted_one_is_reached_again() {
     let mut t = Trio::start("srvkill");
-    let stdin = t.remote.stdin.as_mut().unwrap();
-    writeln!(stdin, "call-timeout 20000 sleep:10000:long").unwrap();
-    stdin.flush().unwrap();
-    // The call is being served once the server counts it in flight.
-    let t0 = Instant::now();
-    while shmrpc::StatsView::open(&t.name).unwrap().stats().in_flight == 0 {
-        assert!(
-            t0.elapsed() < LINE_WAIT,
-            "the call never reached the server"
-        );
-        std::thread::yield_now();
-    }
+    t.start_served("call-timeout 20000 sleep:10000:long");
     t.server.kill();
     let answer = t.remote.line();
     assert!(answer.starts_with("err ServerGone"), "{answer}");
@@ -475,17 +487,7 @@ fn a_killed_server_is_server_gone_and_a_restarted_one_is_reached_again() {
 #[test]
 fn a_killed_bridge_is_a_typed_error_and_a_restarted_one_is_reached_again() {
     let mut t = Trio::start("brkill");
-    let stdin = t.remote.stdin.as_mut().unwrap();
-    writeln!(stdin, "call-timeout 5000 sleep:3000:long").unwrap();
-    stdin.flush().unwrap();
-    let t0 = Instant::now();
-    while shmrpc::StatsView::open(&t.name).unwrap().stats().in_flight == 0 {
-        assert!(
-            t0.elapsed() < LINE_WAIT,
-            "the call never reached the server"
-        );
-        std::thread::yield_now();
-    }
+    t.start_served("call-timeout 5000 sleep:3000:long");
     t.bridge.kill();
     let answer = t.remote.line();
     assert!(
