@@ -280,9 +280,10 @@ fn render(name: &str, s: &Stats) -> String {
     );
     let _ = writeln!(
         o,
-        "large-message memory: {} KiB in use of {} KiB",
+        "large-message memory: {} KiB in use of {} KiB, waiting for it {}",
         s.large_in_use / 1024,
-        s.large_memory / 1024
+        s.large_memory / 1024,
+        s.large_waiters
     );
     for (label, h) in [
         ("handler time", &s.handler_time),
