@@ -5,7 +5,6 @@ use crate::{exact_key, transport, Error, Result};
 use shmrpc::raw;
 use shmrpc::rkyv::util::AlignedVec;
 use shmrpc::{Message, Uuid};
-use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -381,8 +380,11 @@ unsafe impl<Resp: Message> Sync for RemoteReply<Resp> where Resp::Archived: Sync
 
 impl<Resp: Message> RemoteReply<Resp> {
     fn new(bytes: ZBytes, id: Uuid) -> Result<RemoteReply<Resp>> {
-        let in_place = match bytes.to_bytes() {
-            Cow::Borrowed(b) if (b.as_ptr() as usize).is_multiple_of(16) => {
+        // One piece, aligned: read in place. Otherwise one copy, slice by slice (joining the
+        // pieces first would copy them twice).
+        let mut slices = bytes.slices();
+        let in_place = match (slices.next(), slices.next()) {
+            (Some(b), None) if (b.as_ptr() as usize).is_multiple_of(16) => {
                 Some((b.as_ptr(), b.len()))
             }
             _ => None,
@@ -390,8 +392,10 @@ impl<Resp: Message> RemoteReply<Resp> {
         let (storage, ptr, len) = match in_place {
             Some((ptr, len)) => (Storage::Received(bytes), ptr, len),
             None => {
-                let mut copy = AlignedVec::<16>::new();
-                copy.extend_from_slice(&bytes.to_bytes());
+                let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+                for piece in bytes.slices() {
+                    copy.extend_from_slice(piece);
+                }
                 let (ptr, len) = (copy.as_ptr(), copy.len());
                 (Storage::Copy(copy), ptr, len)
             }
