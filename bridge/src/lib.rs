@@ -32,8 +32,8 @@
 //! **Choosing among several bridges.** Several hosts may expose the same key. A bridge declares
 //! its queryable *complete* for its key, and a [`RemoteClient`] queries with
 //! [`Target::One`] by default (Zenoh's `QueryTarget::BestMatching`), so Zenoh routes each call
-//! to one of them (the nearest: the fewest hops, on a tie the one its routing table holds
-//! first), and runs it once. [`Target::All`] (`QueryTarget::All`) sends the call to every
+//! to one of them (the one its routing finds nearest; which one, on a tie, is Zenoh's choice),
+//! and runs it once. [`Target::All`] (`QueryTarget::All`) sends the call to every
 //! bridge of the key and returns the first reply: for idempotent calls that want the fastest
 //! host, never for calls with side effects. Consolidation is off (`ConsolidationMode::None`):
 //! a reply is delivered as soon as it arrives.
