@@ -34,9 +34,11 @@ pub trait ArenaWords {
     fn arena_chunks(&self) -> u32;
     /// The arena lock: 0, or [`LOCKED`] | the holder's process entry.
     fn arena_lock(&self) -> &AtomicU32;
-    /// Slots that can record a run.
+    /// Records that can hold a run: the slots' `ext` words (records `0..slots`), then, in a
+    /// mapping, the workers' records (`layout::WORKERS_OFFSET`).
     fn ext_slots(&self) -> u32;
-    /// The `ext` word of slot `slot`: the run it records ([`Extent::pack`]), or 0.
+    /// Record `slot`: the `ext` word of that slot (or a worker's record past the slots): the
+    /// run it records ([`Extent::pack`]), or 0.
     fn slot_ext(&self, slot: u32) -> &AtomicU32;
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
@@ -63,6 +65,8 @@ pub enum ArenaMutant {
     BreakAnyHolder,
     /// `break_lock` never breaks a lock (a dead holder's stays held for good).
     KeepDeadLock,
+    /// `hold` clears the record it moves a run from before it records the run in the other.
+    HoldClearsFirst,
 }
 
 /// A point where a process may die (a no-op outside the loom models).
@@ -245,6 +249,31 @@ pub fn free<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> u32 {
     let run = Extent::unpack(word.swap(0, Ordering::AcqRel));
     crash(w);
     run.map_or(0, |r| r.count)
+}
+
+/// Moves the run that record `from` holds, if any, into record `to` (which holds none): a
+/// worker keeps its request's run in its own record while the reply takes the slot's
+/// (`ServerBuilder::serve_in_place`). One store of `to`, then one swap of `from` to 0: in
+/// between, an allocator sees the run recorded twice, which only makes its view more
+/// conservative; at no point is the run recorded nowhere. No lock: the caller owns both
+/// records (and a server that dies in between takes the whole arena with it). Returns the run.
+pub fn hold<W: ArenaWords + ?Sized>(w: &W, from: u32, to: u32) -> Option<Extent> {
+    let word = w.slot_ext(from).load(Ordering::Relaxed);
+    let run = Extent::unpack(word)?;
+    if mutated(w, ArenaMutant::HoldClearsFirst) {
+        w.slot_ext(from).store(0, Ordering::Release);
+        crash(w);
+        w.slot_ext(to).store(word, Ordering::Release);
+        return Some(run);
+    }
+    // SYNC: Release, as an allocation's record: an allocator that reads `from` cleared (its
+    // Acquire) also reads this record.
+    w.slot_ext(to).store(word, Ordering::Release);
+    crash(w);
+    // SYNC: Release: the record in `to` (and our use of the run so far) is ordered before the
+    // cleared `from` that an allocator may read.
+    w.slot_ext(from).store(0, Ordering::Release);
+    Some(run)
 }
 
 /// Gives back all but the first `keep` (>= 1) chunks of the run `slot` records (its owner, after

@@ -12,7 +12,7 @@
 use crate::arena::{self, chunks_for, Alloc, Extent};
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::message::{self, Message};
+use crate::message::{self, Encode};
 use crate::shm::Mapping;
 use crate::sync::Ordering;
 use crate::wait::ticks_to_duration;
@@ -129,7 +129,7 @@ impl<'m> ArenaRoom<'m> {
 /// The caller owns `slot` (CLAIMED by this client, or SERVING by this worker), which records
 /// no run, and nothing borrows its payload area.
 #[inline(always)]
-pub(crate) unsafe fn serialize_large<T: Message>(
+pub(crate) unsafe fn serialize_large<T: Encode>(
     map: &Mapping,
     slot: u32,
     owner: u32,
@@ -162,7 +162,7 @@ pub(crate) unsafe fn serialize_large<T: Message>(
 /// As [`serialize_large`].
 #[cold]
 #[inline(never)]
-unsafe fn into_arena<T: Message>(
+unsafe fn into_arena<T: Encode>(
     map: &Mapping,
     slot: u32,
     owner: u32,
@@ -237,7 +237,7 @@ unsafe fn into_arena<T: Message>(
 ///
 /// # Safety
 /// The run is recorded in a slot the caller owns, and nothing borrows it.
-unsafe fn into_run<T: Message>(
+unsafe fn into_run<T: Encode>(
     map: &Mapping,
     run: Extent,
     value: &T,
@@ -258,7 +258,7 @@ fn trim(map: &Mapping, slot: u32, len: usize) {
     }
 }
 
-/// Gives back the run `slot` records, if any.
+/// Gives back the run record `slot` holds (a slot's, or past the slots a worker's), if any.
 pub(crate) fn drop_run(map: &Mapping, slot: u32) {
     use crate::protocol::Words;
     map.drop_extent(slot);
@@ -274,7 +274,7 @@ pub(crate) fn drop_run(map: &Mapping, slot: u32) {
 /// # Safety
 /// The worker owns `slot` (SERVING) and nothing borrows its payload area or run.
 #[inline(always)]
-pub(crate) unsafe fn serialize_reply<T: Message>(
+pub(crate) unsafe fn serialize_reply<T: Encode>(
     map: &Mapping,
     slot: u32,
     value: &T,
@@ -292,7 +292,7 @@ pub(crate) unsafe fn serialize_reply<T: Message>(
 /// # Safety
 /// As [`serialize_reply`], and the slot records no run.
 #[inline(always)]
-unsafe fn reply_without_run<T: Message>(
+unsafe fn reply_without_run<T: Encode>(
     map: &Mapping,
     slot: u32,
     value: &T,

@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
 /// Process entries in the table that follows the header: entry `k` (1..=1023) belongs to the
@@ -20,13 +20,24 @@ pub const HEADER_SIZE: usize = 1024;
 pub const PROC_ENTRIES: usize = 1024;
 /// Bytes of one [`ProcEntry`].
 pub const PROC_ENTRY_SIZE: usize = 16;
-/// Offset of the process table.
-pub const PROCS_OFFSET: usize = HEADER_SIZE;
+/// Most worker threads a server runs.
+pub const MAX_WORKERS: usize = 256;
+/// Offset of the worker records: one arena record (`arena.rs`, an `Extent::pack` word) per
+/// worker, in which a worker keeps the run of the request it is reading while it writes the
+/// reply into a run of its own (`ServerBuilder::serve_in_place`). Written only by the server.
+pub const WORKERS_OFFSET: usize = HEADER_SIZE;
+/// Offset of the process table: after the worker records.
+pub const PROCS_OFFSET: usize = WORKERS_OFFSET + MAX_WORKERS * 4;
 /// Offset of slot 0: after the header and the process table.
 pub const SLOTS_OFFSET: usize = PROCS_OFFSET + PROC_ENTRIES * PROC_ENTRY_SIZE;
-/// Default size of the large-message arena: 128 MiB of the mapping's file, after the slots,
-/// which cost no memory until a large message uses them (the file is sparse). A message can
-/// take all of it.
+/// Default size of the large-message arena: 256 MiB of the mapping's file after the slots
+/// (128 MiB on 32-bit targets, whose address space is short), which cost no memory until a
+/// large message uses them (the file is sparse). A message can take all of it; a 64 MiB
+/// request and its 64 MiB reply fit side by side.
+#[cfg(target_pointer_width = "64")]
+pub const DEFAULT_ARENA: usize = 256 << 20;
+/// Default size of the large-message arena (see the 64-bit definition).
+#[cfg(not(target_pointer_width = "64"))]
 pub const DEFAULT_ARENA: usize = 128 << 20;
 /// Bytes of [`SlotHeader`] at the start of every slot; the payload follows.
 pub const SLOT_HEADER_SIZE: usize = 64;
@@ -384,7 +395,8 @@ const _: () = {
     assert!(offset_of!(Header, arena_seq) == 920);
     assert!(offset_of!(Header, arena_waiters) == 924);
     assert!(offset_of!(SlotHeader, ext) == 48);
-    assert!(SLOTS_OFFSET == 17408);
+    assert!(PROCS_OFFSET == 2048);
+    assert!(SLOTS_OFFSET == 18432);
     assert!(offset_of!(Header, served) == 320);
     assert!(offset_of!(Header, abandoned) == 344);
     assert!(offset_of!(Header, reclaimed) == 352);

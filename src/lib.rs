@@ -76,6 +76,8 @@ pub mod raw;
 #[cfg(not(loom))]
 mod reaper;
 #[cfg(not(loom))]
+mod reply;
+#[cfg(not(loom))]
 mod server;
 #[cfg(not(loom))]
 mod shm;
@@ -97,7 +99,9 @@ pub use error::{Error, Result};
 /// shows it in [`ServerEntry::layout_version`], and this build cannot call or inspect it.
 pub use layout::LAYOUT_VERSION;
 #[cfg(not(loom))]
-pub use message::Message;
+pub use message::{Encode, Message};
+#[cfg(not(loom))]
+pub use reply::{AsString, AsVec, Replied, Responder};
 #[cfg(not(loom))]
 pub use server::{Request, Server, ServerBuilder, StopHandle};
 

@@ -36,6 +36,18 @@ impl<T> Message for T where
 {
 }
 
+/// A value that serializes into shared memory: any rkyv `Serialize` for shmrpc's writer (every
+/// [`Message`], and borrowed forms such as [`crate::AsVec`] that archive as one).
+pub trait Encode:
+    for<'a> rkyv::Serialize<HighSerializer<SlotWriter, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+impl<T> Encode for T where
+    T: for<'a> rkyv::Serialize<HighSerializer<SlotWriter, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
 /// The rkyv writer that serializes straight into a slot's payload area or an arena run.
 ///
 /// Past the end of its area it either stops the serialization (`stop_at_end`: the first
@@ -100,6 +112,50 @@ impl<E: rancor::Source> Writer<E> for SlotWriter {
     }
 }
 
+impl SlotWriter {
+    /// Bytes written so far (or counted, past the end).
+    pub(crate) fn pos_now(&self) -> usize {
+        self.pos
+    }
+
+    /// Writes `len` bytes produced by the closure in `fill` (taken: it runs at most once)
+    /// like [`Writer::write`] would write them: straight into the area if `direct` and no
+    /// checksum is kept, else into a private buffer first; past the end it stops or counts
+    /// without running the closure.
+    pub(crate) fn fill<F: FnOnce(&mut [u8])>(
+        &mut self,
+        len: usize,
+        direct: bool,
+        fill: &Cell<Option<F>>,
+    ) -> Result<(), rancor::Error> {
+        use rancor::Source;
+        let end = self.pos.saturating_add(len);
+        if end > self.cap {
+            if self.stop_at_end {
+                return Err(outgrown(end));
+            }
+            self.pos = end;
+            return Ok(());
+        }
+        let Some(f) = fill.take() else {
+            return Err(rancor::Error::new(Outgrown));
+        };
+        if direct && self.sum.is_none() {
+            // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
+            // `serialize_into` owns (a worker's SERVING slot, or the run it records): by the
+            // protocol no other process writes there until the reply is published, and nothing
+            // in this process borrows it; u8 has no invalid values.
+            let area = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(self.pos), len) };
+            f(area);
+            self.pos = end;
+            return Ok(());
+        }
+        let mut own = vec![0u8; len];
+        f(&mut own);
+        <Self as Writer<rancor::Error>>::write(self, &own)
+    }
+}
+
 #[cold]
 fn outgrown<E: rancor::Source>(need: usize) -> E {
     let _ = OUTGROWN.try_with(|o| o.set(need.max(1)));
@@ -119,7 +175,7 @@ fn outgrown<E: rancor::Source>(need: usize) -> E {
 /// client or SERVING by this worker) for the duration of the call, and aligned to 16 if the
 /// archive is to be read in place there (writing it does not depend on the alignment).
 #[inline(always)]
-pub(crate) unsafe fn serialize_into<T: Message>(
+pub(crate) unsafe fn serialize_into<T: Encode>(
     value: &T,
     dst: *mut u8,
     cap: usize,

@@ -1,12 +1,16 @@
 //! The server: a name, a mapping, worker threads and a handler.
 
+use crate::arena;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::large;
-use crate::layout::{self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS};
+use crate::layout::{
+    self, checksum, kind, status, Layout, DEFAULT_CAPACITY, DEFAULT_SLOTS, MAX_WORKERS,
+};
 use crate::message::{self, Message};
 use crate::protocol::{self, Begin, Poll, State};
 use crate::reaper::{Reaper, SCAN_EVERY};
+use crate::reply::{Replied, Responder};
 use crate::shm::{validate_name, Futex, Mapping, NameLock};
 use crate::stats::{self, Stats};
 use crate::sync::{AtomicU32, Ordering};
@@ -136,6 +140,50 @@ impl ServerBuilder {
         }))
     }
 
+    /// Starts a request/response server whose handler writes the reply while it still reads
+    /// the request: it gets the request and a [`Responder`], and returns what
+    /// [`Responder::send`] (or [`Responder::fill`]) returns. A reply made of the request's
+    /// bytes ([`AsVec`](crate::AsVec), [`AsString`](crate::AsString)) or computed into shared
+    /// memory is then written once, where the caller reads it, with no owned value in between:
+    /// for large messages this saves a copy and an allocation per call over [`Self::serve`].
+    /// Callers see the same server (`Client<Req, Resp>`).
+    ///
+    /// The request stays where it is while the reply is written: a large request keeps its
+    /// large-message memory until the handler returns (so a call holds both at once), and one
+    /// that fits a slot is first copied to the worker's buffer (at most a slot's bytes), since
+    /// the reply takes its place.
+    ///
+    /// ```
+    /// use shmrpc::{AsVec, Client, Request, Responder, Server};
+    ///
+    /// # fn main() -> Result<(), shmrpc::Error> {
+    /// # let name = format!("doc-in-place-{}", std::process::id());
+    /// let _server = Server::builder(&name).serve_in_place(
+    ///     |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| out.send(&AsVec(req.as_slice())),
+    /// )?;
+    /// let client: Client<Vec<u8>> = Client::connect(&name)?;
+    /// let big = vec![7u8; 1 << 20];
+    /// assert_eq!(client.request(&big)?.as_slice(), &big[..]);
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_in_place<Req, Resp, F>(self, handler: F) -> Result<Server>
+    where
+        Req: Message + 'static,
+        Resp: Message + 'static,
+        F: for<'r, 'o> Fn(Request<'r, Req>, Responder<'o, Resp>) -> Replied<'o>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let direct = self.trust == Trust::Trusted;
+        self.start(Arc::new(InPlace {
+            handler,
+            types: Types::of::<Req, Resp>(),
+            direct,
+            _t: PhantomData::<fn(Req) -> Resp>,
+        }))
+    }
+
     /// Starts a one-way server: `handler` returns nothing and callers use `Client::send`.
     pub fn serve_oneway<Req, F>(self, handler: F) -> Result<Server>
     where
@@ -152,9 +200,9 @@ impl ServerBuilder {
     fn start(self, service: Arc<dyn Service>) -> Result<Server> {
         validate_name(&self.name)?;
         let layout = Layout::new(self.capacity, self.slots)?.with_arena(self.large_memory)?;
-        if !(1..=256).contains(&self.workers) {
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
             return Err(Error::InvalidConfig(format!(
-                "worker count {} must be in 1..=256",
+                "worker count {} must be in 1..={MAX_WORKERS}",
                 self.workers
             )));
         }
@@ -480,9 +528,13 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     };
     // Untrusted mode: requests are copied here before validation (reused: no allocation per
     // request once it has grown to the largest request seen).
-    let mut scratch = match shared.trust {
-        Trust::Trusted => None,
-        Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
+    let mut mem = WorkerMem {
+        scratch: match shared.trust {
+            Trust::Trusted => None,
+            Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
+        },
+        copy: AlignedVec::new(),
+        record: map.layout().slot_count + index as u32,
     };
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     let mut cpu = WorkerCpu::new(map);
@@ -491,7 +543,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             map.prefetch_slot(slot);
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-                serve_slot(map, service, slot, gen, scratch.as_mut(), q32);
+                serve_slot(map, service, slot, gen, &mut mem, q32);
                 served = served.wrapping_add(1);
                 if served.is_multiple_of(16) {
                     cpu.note();
@@ -524,7 +576,7 @@ fn serve_slot(
     service: &dyn Service,
     slot: u32,
     gen: u32,
-    scratch: Option<&mut AlignedVec>,
+    mem: &mut WorkerMem,
     q32: u64,
 ) {
     let taken = clock::ticks();
@@ -535,7 +587,7 @@ fn serve_slot(
     let queued = clock::since_stamp(sh.published.load(Ordering::Relaxed), taken);
     // Per request: compiled to a check of the global level filter unless TRACE is enabled.
     tracing::trace!(slot, "serving a call");
-    service.serve(map, slot, gen, scratch);
+    service.serve(map, slot, gen, mem);
     stats::record(
         map.header(),
         q32,
@@ -604,9 +656,13 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
     };
     let service: &dyn Service = if oneway { &one_way } else { &replying };
     let _ = Reaper::new().scan(map);
-    let mut scratch = match trust {
-        Trust::Trusted => None,
-        Trust::Untrusted => Some(AlignedVec::new()),
+    let mut mem = WorkerMem {
+        scratch: match trust {
+            Trust::Trusted => None,
+            Trust::Untrusted => Some(AlignedVec::new()),
+        },
+        copy: AlignedVec::new(),
+        record: map.layout().slot_count,
     };
     let mut served = 0;
     for _ in 0..2 * map.layout().slot_count {
@@ -614,17 +670,27 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
             break;
         };
         if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-            serve_slot(map, service, slot, gen, scratch.as_mut(), 1 << 32);
+            serve_slot(map, service, slot, gen, &mut mem, 1 << 32);
             served += 1;
         }
     }
     served
 }
 
-/// Serves one slot that the worker moved to SERVING at `gen`. `scratch` is the worker's copy
-/// buffer in untrusted mode.
+/// Serves one slot that the worker moved to SERVING at `gen`, with the worker's buffers.
 trait Service: Send + Sync {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>);
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, mem: &mut WorkerMem);
+}
+
+/// What a worker keeps from call to call.
+struct WorkerMem {
+    /// Untrusted mode: requests are copied here before validation.
+    scratch: Option<AlignedVec>,
+    /// In-place replies: a request that fits its slot is copied here (the reply takes its
+    /// place). Empty until first needed.
+    copy: AlignedVec,
+    /// This worker's arena record (`arena::hold`): slot count + worker index.
+    record: u32,
 }
 
 /// A server's request and reply types: their fingerprints, checked against every call's
@@ -685,6 +751,14 @@ struct Replying<F, Req, Resp> {
     _t: PhantomData<fn(Req) -> Resp>,
 }
 
+struct InPlace<F, Req, Resp> {
+    handler: F,
+    types: Types,
+    /// Whether `Responder::fill` writes straight into shared memory (a trusting server).
+    direct: bool,
+    _t: PhantomData<fn(Req) -> Resp>,
+}
+
 struct OneWay<F, Req> {
     handler: F,
     types: Types,
@@ -698,6 +772,21 @@ fn read_request<'a, T: Message>(
     slot: u32,
     scratch: Option<&'a mut AlignedVec>,
 ) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
+    let len = map.slot(slot).req_len.load(Ordering::Relaxed) as usize;
+    // The payload area, or the arena run the slot records (inside the arena: checked).
+    let (area, room) = map.message_area(slot, len);
+    read_request_in::<T>(map, slot, area, room, scratch)
+}
+
+/// [`read_request`] from the `room` bytes at `area`: the slot's payload area or an arena run
+/// (inside the arena) that this worker owns through the slot or its own record.
+fn read_request_in<'a, T: Message>(
+    map: &'a Mapping,
+    slot: u32,
+    area: *mut u8,
+    room: usize,
+    scratch: Option<&'a mut AlignedVec>,
+) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
     let sh = map.slot(slot);
     let flags = sh.kind.load(Ordering::Relaxed);
     let kind = flags & kind::MASK;
@@ -706,8 +795,6 @@ fn read_request<'a, T: Message>(
         sh.call_id[1].load(Ordering::Relaxed),
     );
     let len = sh.req_len.load(Ordering::Relaxed) as usize;
-    // The payload area, or the arena run the slot records (inside the arena: checked).
-    let (area, room) = map.message_area(slot, len);
     if len > room {
         return (kind, id, Err(status::BAD_MESSAGE));
     }
@@ -724,7 +811,7 @@ fn read_request<'a, T: Message>(
         // SAFETY: the slot is SERVING, owned by this worker: the client wrote these bytes
         // before its Release publication (acquired in `begin_serving`) and, following the
         // protocol, writes nothing until it gets the slot back (nor does anyone to its run,
-        // which is the slot's); `len` is within the area.
+        // which is the slot's, or this worker's record's); `len` is within the area.
         None => unsafe { std::slice::from_raw_parts(area, len) },
     };
     (
@@ -777,11 +864,11 @@ where
     Resp: Message,
     F: Fn(Request<'_, Req>) -> Resp + Send + Sync,
 {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, mem: &mut WorkerMem) {
         if !self.types.check(map, slot, gen, kind_of(map, slot)) {
             return;
         }
-        let (kind, id, archived) = read_request::<Req>(map, slot, scratch);
+        let (kind, id, archived) = read_request::<Req>(map, slot, mem.scratch.as_mut());
         let archived = match archived {
             Ok(a) => a,
             Err(st) => {
@@ -816,28 +903,126 @@ where
             map.header().panics.fetch_add(1, Ordering::Relaxed);
             return reply_status(map, slot, gen, status::HANDLER_PANICKED);
         };
-        match written {
-            Ok((len, sum)) => {
-                if checked {
-                    sh.reply_sum.store(sum, Ordering::Relaxed);
-                }
-                sh.status.store(status::OK, Ordering::Relaxed);
-                sh.reply_len.store(len as u32, Ordering::Relaxed);
+        publish_reply(map, slot, gen, checked, written);
+    }
+}
+
+/// Publishes the reply a worker wrote (or why it could not): its status, length and checksum.
+#[inline(always)]
+fn publish_reply(map: &Mapping, slot: u32, gen: u32, checked: bool, written: Result<(usize, u32)>) {
+    let sh = map.slot(slot);
+    match written {
+        Ok((len, sum)) => {
+            if checked {
+                sh.reply_sum.store(sum, Ordering::Relaxed);
             }
-            // Too large for the arena, or no room in it for `large::WORKER_WAIT`.
-            Err(Error::PayloadTooLarge { len, .. }) => {
-                sh.status.store(status::REPLY_TOO_LARGE, Ordering::Relaxed);
-                sh.reply_len
-                    .store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
-            }
-            Err(_) => {
-                sh.status.store(status::BAD_MESSAGE, Ordering::Relaxed);
-                sh.reply_len.store(0, Ordering::Relaxed);
-            }
+            sh.status.store(status::OK, Ordering::Relaxed);
+            sh.reply_len.store(len as u32, Ordering::Relaxed);
         }
-        complete(map, slot, gen, State::REPLY);
-        // Counted after the reply is out, like the histograms: off the caller's path.
-        map.header().served.fetch_add(1, Ordering::Relaxed);
+        // Too large for the arena, or no room in it for `large::WORKER_WAIT`.
+        Err(Error::PayloadTooLarge { len, .. }) => {
+            sh.status.store(status::REPLY_TOO_LARGE, Ordering::Relaxed);
+            sh.reply_len
+                .store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+        Err(_) => {
+            sh.status.store(status::BAD_MESSAGE, Ordering::Relaxed);
+            sh.reply_len.store(0, Ordering::Relaxed);
+        }
+    }
+    complete(map, slot, gen, State::REPLY);
+    // Counted after the reply is out, like the histograms: off the caller's path.
+    map.header().served.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<F, Req, Resp> Service for InPlace<F, Req, Resp>
+where
+    Req: Message,
+    Resp: Message,
+    F: for<'r, 'o> Fn(Request<'r, Req>, Responder<'o, Resp>) -> Replied<'o> + Send + Sync,
+{
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, mem: &mut WorkerMem) {
+        let kind = kind_of(map, slot);
+        if !self.types.check(map, slot, gen, kind) {
+            return;
+        }
+        let layout = map.layout();
+        let sh = map.slot(slot);
+        let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
+        let len = sh.req_len.load(Ordering::Relaxed) as usize;
+        let WorkerMem {
+            scratch,
+            copy,
+            record,
+        } = mem;
+        let record = *record;
+        // Where the request is read from while the reply is written.
+        let (area, room, buf) = if kind == kind::ONEWAY {
+            // No reply to write: read where it is, as `Replying` does.
+            let (area, room) = map.message_area(slot, len);
+            (area, room, scratch.as_mut())
+        } else if len <= layout.max_payload() {
+            // The reply takes the payload area: the request is copied out first.
+            let buf = match scratch {
+                Some(s) => s,
+                None => copy,
+            };
+            (map.payload(slot), layout.max_payload(), Some(buf))
+        } else if scratch.is_some() {
+            // Untrusted: copied out; its run goes back when the reply is written.
+            let (area, room) = map.message_area(slot, len);
+            (area, room, scratch.as_mut())
+        } else {
+            // Read in place from its run, which moves to this worker's record so that the
+            // reply may take the slot's (a run outside the arena: too short, BadMessage).
+            match arena::hold(map, slot, record) {
+                Some(run) if run.within(layout.arena_chunks) => {
+                    (map.arena_run(run), run.bytes(), None)
+                }
+                _ => (map.payload(slot), layout.max_payload(), None),
+            }
+        };
+        let (kind, id, archived) = read_request_in::<Req>(map, slot, area, room, buf);
+        let archived = match archived {
+            Ok(a) => a,
+            Err(st) => {
+                count_bad(map);
+                large::drop_run(map, record);
+                return reply_status(map, slot, gen, st);
+            }
+        };
+        let request = Request {
+            id,
+            archived,
+            _t: PhantomData,
+        };
+        let mut written = None;
+        let responder = Responder {
+            map,
+            slot,
+            checked,
+            discard: kind == kind::ONEWAY,
+            direct: self.direct,
+            written: &mut written,
+            _t: PhantomData,
+        };
+        if kind == kind::ONEWAY {
+            return accept_then_run(map, slot, gen, || {
+                let _ = (self.handler)(request, responder);
+            });
+        }
+        // The reply is written inside the unwind guard, as `Replying`'s.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let _ = (self.handler)(request, responder);
+        }));
+        // The request is done with: its run (if it was held) goes back.
+        large::drop_run(map, record);
+        let (Ok(()), Some(written)) = (outcome, written) else {
+            tracing::error!(call = %id, "the handler panicked; the server goes on serving");
+            map.header().panics.fetch_add(1, Ordering::Relaxed);
+            return reply_status(map, slot, gen, status::HANDLER_PANICKED);
+        };
+        publish_reply(map, slot, gen, checked, written);
     }
 }
 
@@ -846,7 +1031,7 @@ where
     Req: Message,
     F: Fn(Request<'_, Req>) + Send + Sync,
 {
-    fn serve(&self, map: &Mapping, slot: u32, gen: u32, scratch: Option<&mut AlignedVec>) {
+    fn serve(&self, map: &Mapping, slot: u32, gen: u32, mem: &mut WorkerMem) {
         let kind = kind_of(map, slot);
         if kind != kind::ONEWAY {
             return reply_status(map, slot, gen, status::WRONG_KIND);
@@ -854,7 +1039,7 @@ where
         if !self.types.check(map, slot, gen, kind) {
             return;
         }
-        let (_, id, archived) = read_request::<Req>(map, slot, scratch);
+        let (_, id, archived) = read_request::<Req>(map, slot, mem.scratch.as_mut());
         let archived = match archived {
             Ok(a) => a,
             Err(st) => {

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, Header, Layout, ProcEntry, SlotHeader, HEADER_SIZE, PROCS_OFFSET, PROC_ENTRIES,
-    PROC_ENTRY_SIZE, SLOT_HEADER_SIZE,
+    self, Header, Layout, ProcEntry, SlotHeader, HEADER_SIZE, MAX_WORKERS, PROCS_OFFSET,
+    PROC_ENTRIES, PROC_ENTRY_SIZE, SLOT_HEADER_SIZE, WORKERS_OFFSET,
 };
 use crate::protocol::{self, Liveness, Park, Reaped, State, Words};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -603,6 +603,23 @@ impl Mapping {
         }
     }
 
+    /// The arena record of worker `w` (`layout::WORKERS_OFFSET`): the run of the request it
+    /// reads while it writes the reply, or 0.
+    #[inline]
+    pub fn worker_record(&self, w: u32) -> &AtomicU32 {
+        assert!((w as usize) < MAX_WORKERS, "worker index out of range");
+        // SAFETY: the records lie inside the mapping's header pages (before the process table,
+        // which `Layout::new` puts before slot 0), 4-byte aligned; an `AtomicU32` has no
+        // invalid bit pattern.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(WORKERS_OFFSET + w as usize * 4)
+                .cast::<AtomicU32>()
+        }
+    }
+
     /// Asks the CPU to start fetching slot `i`'s header line and first payload line for
     /// writing: a worker that took the slot's ready bit is about to read and write both, and so
     /// is a client whose reply just arrived (it reads the reply, frees the slot, and usually
@@ -771,10 +788,13 @@ impl crate::arena::ArenaWords for Mapping {
         &self.header().arena_lock
     }
     fn ext_slots(&self) -> u32 {
-        self.layout.slot_count
+        self.layout.slot_count + MAX_WORKERS as u32
     }
     fn slot_ext(&self, slot: u32) -> &AtomicU32 {
-        &self.slot(slot).ext
+        match slot.checked_sub(self.layout.slot_count) {
+            None => &self.slot(slot).ext,
+            Some(w) => self.worker_record(w),
+        }
     }
 }
 

@@ -153,8 +153,12 @@ pub struct Stats {
     pub worker_cpus: u64,
     /// Bytes of large-message memory (the largest message: a message may take all of it).
     pub large_memory: usize,
-    /// Bytes of it that messages hold now (`in_use` says which slot's, and whose).
+    /// Bytes of it that messages hold now (`in_use` says which slot's, and whose; the part
+    /// not in `in_use` is `large_held_by_workers`).
     pub large_in_use: usize,
+    /// Bytes of it that the server's workers hold: the requests an in-place handler reads
+    /// while its reply is written (`ServerBuilder::serve_in_place`).
+    pub large_held_by_workers: usize,
     /// Callers (and workers) announced as waiting for large-message memory.
     pub large_waiters: u32,
 }
@@ -194,10 +198,16 @@ impl Stats {
                 large_bytes,
             });
         }
-        let large_in_use = in_use
-            .iter()
-            .map(|u| u.large_bytes)
+        let large_held_by_workers = (0..crate::layout::MAX_WORKERS as u32)
+            .filter_map(|w| {
+                crate::arena::Extent::unpack(map.worker_record(w).load(Ordering::Relaxed))
+            })
+            .filter(|run| run.within(lay.arena_chunks))
+            .map(|run| run.bytes())
             .sum::<usize>()
+            .min(lay.arena_bytes());
+        let large_in_use = (in_use.iter().map(|u| u.large_bytes).sum::<usize>()
+            + large_held_by_workers)
             .min(lay.arena_bytes());
         Stats {
             server_pid: h.server_pid.load(Ordering::Relaxed),
@@ -222,6 +232,7 @@ impl Stats {
             worker_cpus: h.worker_cpus.load(Ordering::Relaxed),
             large_memory: lay.arena_bytes(),
             large_in_use,
+            large_held_by_workers,
             large_waiters: h.arena_waiters.load(Ordering::Relaxed),
         }
     }

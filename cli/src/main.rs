@@ -285,6 +285,13 @@ fn render(name: &str, s: &Stats) -> String {
         s.large_memory / 1024,
         s.large_waiters
     );
+    if s.large_held_by_workers > 0 {
+        let _ = writeln!(
+            o,
+            "  of which held by the server's workers (requests read while their reply is written): {} KiB",
+            s.large_held_by_workers / 1024
+        );
+    }
     for (label, h) in [
         ("handler time", &s.handler_time),
         ("queueing time", &s.queue_time),

@@ -1,0 +1,261 @@
+//! Replies written in place (`ServerBuilder::serve_in_place`): a handler that replies with the
+//! request's own bytes, or fills its reply straight into shared memory, while it still reads
+//! the request.
+
+mod common;
+
+use common::{unique_name, wait_for_stats, Rng};
+use shmrpc::layout::DEFAULT_ARENA;
+use shmrpc::{AsString, AsVec, Client, Error, Replied, Request, Responder, Server, Trust};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Bytes that differ with the call and the position, so that a reply built from another call's
+/// bytes, or from a run another message overwrote, does not compare equal.
+fn message(call: u64, len: usize) -> Vec<u8> {
+    let mut x = call.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn echo_in_place<'o>(req: Request<'_, Vec<u8>>, out: Responder<'o, Vec<u8>>) -> Replied<'o> {
+    out.send(&AsVec(req.as_slice()))
+}
+
+/// Every size, from empty through the edge of a slot to 64 MiB (with the default
+/// configuration, whose large-message memory holds a 64 MiB request and its reply side by
+/// side on 64-bit targets), comes back byte for byte, and nothing stays held afterwards.
+#[test]
+fn an_in_place_echo_returns_every_size_byte_for_byte_and_keeps_nothing() {
+    let name = unique_name("inplace-sizes");
+    let server = Server::builder(&name)
+        .serve_in_place(echo_in_place)
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    let slot = client.max_payload();
+    let mut sizes = vec![
+        0,
+        1,
+        63,
+        slot - 16,
+        slot - 8,
+        slot,
+        slot + 1,
+        200_000,
+        5 << 20,
+    ];
+    if DEFAULT_ARENA >= 256 << 20 {
+        sizes.push(64 << 20);
+    }
+    for (i, len) in sizes.into_iter().enumerate() {
+        let msg = message(i as u64, len);
+        let reply = client
+            .request_timeout(&msg, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+        assert!(reply.as_slice() == msg.as_slice(), "{len} bytes differ");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.large_in_use, 0, "{stats:?}");
+    assert_eq!(stats.large_held_by_workers, 0, "{stats:?}");
+}
+
+/// The request reversed, computed straight into the reply's memory.
+fn reverse_in_place<'o>(req: Request<'_, Vec<u8>>, out: Responder<'o, Vec<u8>>) -> Replied<'o> {
+    out.fill(req.len(), |buf| {
+        for (b, r) in buf.iter_mut().zip(req.iter().rev()) {
+            *b = *r;
+        }
+    })
+}
+
+/// A reply computed from a large request while the handler reads it (here: the request
+/// reversed) is right at every size: the reply's memory is never the request's. Fails if the
+/// allocator does not see the run a worker holds (the reply would land on the request, and
+/// reversing it there overwrites bytes before they are read).
+#[test]
+fn a_reply_computed_from_a_large_request_never_lands_on_it() {
+    let name = unique_name("inplace-reverse");
+    let server = Server::builder(&name)
+        .serve_in_place(reverse_in_place)
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    let slot = client.max_payload();
+    for (i, len) in [10, slot - 8, slot + 1, 100_000, 4 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = message(i as u64, len);
+        let reply = client.request(&msg).unwrap();
+        let want: Vec<u8> = msg.iter().rev().copied().collect();
+        assert!(reply.as_slice() == want.as_slice(), "{len} bytes");
+    }
+    assert_eq!(server.stats().large_in_use, 0);
+}
+
+/// Many callers on two workers, random sizes up to 4 MiB: while one worker reads a request
+/// from the run in its record, the other calls allocate theirs; every reply is its own
+/// request reversed. Fails if an allocator hands out a run a worker holds (the requests would be
+/// overwritten under the handler that echoes them).
+#[test]
+fn concurrent_in_place_echoes_never_share_memory() {
+    let name = unique_name("inplace-many");
+    let server = Server::builder(&name)
+        .workers(2)
+        .large_memory(24 << 20)
+        .serve_in_place(reverse_in_place)
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    let (bad, next) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (client, bad, next) = (&client, &bad, &next);
+            s.spawn(move || {
+                let mut rng = Rng(0x1e + t);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 300 {
+                        break;
+                    }
+                    let len = match rng.below(3) {
+                        0 => rng.below(client.max_payload() + 1),
+                        _ => client.max_payload() + rng.below(4 << 20),
+                    };
+                    let msg = message(i, len);
+                    let want: Vec<u8> = msg.iter().rev().copied().collect();
+                    match client.request_timeout(&msg, Duration::from_secs(60)) {
+                        Ok(r) if r.as_slice() == want.as_slice() => {}
+                        other => {
+                            eprintln!("call {i} of {len} bytes: {:?}", other.map(|r| r.len()));
+                            bad.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(bad.load(Ordering::SeqCst), 0);
+    let stats = server.stats();
+    assert_eq!(stats.large_in_use, 0, "{stats:?}");
+}
+
+/// `Responder::fill` writes a computed reply of any size, straight into shared memory in a
+/// trusting server and through a private buffer in an untrusting one; `AsString` replies with
+/// borrowed text. Fails if a filled reply is cut, shifted or misplaced.
+#[test]
+fn a_filled_reply_reaches_the_caller_whatever_its_size_and_the_trust() {
+    for trust in [Trust::Trusted, Trust::Untrusted] {
+        let name = unique_name("inplace-fill");
+        let _server = Server::builder(&name)
+            .trust(trust)
+            .serve_in_place(|req: Request<'_, u64>, out: Responder<'_, Vec<u8>>| {
+                let len = req.to_native() as usize;
+                out.fill(len, |buf| {
+                    for (i, b) in buf.iter_mut().enumerate() {
+                        *b = (i % 251) as u8;
+                    }
+                })
+            })
+            .unwrap();
+        let client: Client<u64, Vec<u8>> = Client::builder(&name).connect().unwrap();
+        for len in [0usize, 5, 32_000, 40_000, 3 << 20] {
+            let reply = client.request(&(len as u64)).unwrap();
+            assert_eq!(reply.len(), len, "{trust:?}");
+            assert!(
+                reply.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+                "{trust:?}: {len} bytes"
+            );
+        }
+        let text = unique_name("inplace-str");
+        let _strings = Server::builder(&text)
+            .trust(trust)
+            .serve_in_place(|req: Request<'_, String>, out: Responder<'_, String>| {
+                out.send(&AsString(req.as_str().trim()))
+            })
+            .unwrap();
+        let client: Client<String> = Client::connect(&text).unwrap();
+        let long = format!("  {}  ", "x".repeat(100_000));
+        assert_eq!(
+            client.request(&long).unwrap().as_str(),
+            long.trim(),
+            "{trust:?}"
+        );
+    }
+}
+
+/// While an in-place handler reads a large request, the request's memory shows in the
+/// statistics as held by the server's workers (and the slot no longer records it: the reply
+/// may take its place); it goes back once the reply is out, and when the handler panics.
+#[test]
+fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_is_out() {
+    let name = unique_name("inplace-held");
+    let (reading, proceed) = (mpsc::sync_channel::<()>(0), mpsc::sync_channel::<()>(0));
+    let (tell, go) = (reading.0, proceed.1);
+    let go = std::sync::Mutex::new(go);
+    let server = Server::builder(&name)
+        .serve_in_place(
+            move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
+                tell.send(()).unwrap();
+                go.lock().unwrap().recv().unwrap();
+                if req.first() == Some(&0xff) {
+                    panic!("asked to panic (test)");
+                }
+                out.send(&AsVec(&req[..10]))
+            },
+        )
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    for panics in [false, true] {
+        let mut msg = message(1, 3 << 20);
+        msg[0] = if panics { 0xff } else { 0 };
+        std::thread::scope(|s| {
+            let call = s.spawn(|| client.request_timeout(&msg, Duration::from_secs(30)));
+            reading.1.recv().unwrap();
+            let during = server.stats();
+            assert!(
+                during.large_held_by_workers >= 3 << 20,
+                "the worker holds the request: {during:?}"
+            );
+            assert!(
+                during.in_use.iter().all(|u| u.large_bytes == 0),
+                "the slot records no run while its request is held: {during:?}"
+            );
+            proceed.0.send(()).unwrap();
+            match call.join().unwrap() {
+                Ok(r) => {
+                    assert!(!panics);
+                    assert_eq!(r.as_slice(), &msg[..10]);
+                }
+                Err(e) => assert!(panics && matches!(e, Error::HandlerPanicked), "{e:?}"),
+            }
+        });
+        let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
+        assert_eq!(after.large_held_by_workers, 0, "{after:?}");
+    }
+}
+
+/// A one-way message to an in-place server runs its handler, whose reply goes nowhere.
+#[test]
+fn a_one_way_message_to_an_in_place_server_runs_its_handler() {
+    let name = unique_name("inplace-oneway");
+    let (tx, rx) = mpsc::channel::<usize>();
+    let tx = std::sync::Mutex::new(tx);
+    let _server = Server::builder(&name)
+        .serve_in_place(
+            move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
+                tx.lock().unwrap().send(req.len()).unwrap();
+                out.send(&AsVec(req.as_slice()))
+            },
+        )
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    client.send(&vec![1; 100_000]).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 100_000);
+    assert_eq!(client.request(&vec![2; 10]).unwrap().as_slice(), &[2; 10]);
+}
