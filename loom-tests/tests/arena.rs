@@ -214,6 +214,47 @@ fn model_a_death_at_every_point(mutant: ArenaMutant) {
     }
 }
 
+/// Model 3: a worker holds a request's run (chunks 0-1, recorded in its slot 0) and moves it
+/// to its own record (2) with `arena::hold`, so that the reply may take a run recorded in the
+/// slot, while another process allocates (slot 1). The worker uses the request's chunks and
+/// its reply's, the other process its own: no chunk is touched by both, and at the end nothing
+/// is left recorded.
+fn model_hold(mutant: ArenaMutant) {
+    model("arena 3", move || {
+        let h = Heap::new(3, mutant, usize::MAX);
+        let request = Extent { first: 0, count: 2 };
+        h.ext[0].store(request.pack(), Ordering::SeqCst);
+        let other = {
+            let h = h.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    if let Alloc::Got(run) = arena::alloc(&*h, 2, 1, 1, 2) {
+                        use_and_free(&h, 1, run, 2);
+                        return;
+                    }
+                    thread::yield_now();
+                }
+            })
+        };
+        assert_eq!(arena::hold(&*h, 0, 2), Some(request));
+        // The handler reads the request (here: writes its tag, so that loom sees a race).
+        h.use_run(request, 1);
+        for _ in 0..2 {
+            if let Alloc::Got(reply) = arena::alloc(&*h, 0, 0, 1, 1) {
+                h.use_run(reply, 1);
+                arena::free(&*h, 0);
+                break;
+            }
+            thread::yield_now();
+        }
+        h.use_run(request, 1);
+        assert!(h.still_records(2, request), "the held run moved");
+        assert_eq!(arena::free(&*h, 2), 2);
+        other.join().unwrap();
+        h.assert_clean();
+    });
+}
+
 #[test]
 fn model_1_two_allocators_never_share_a_chunk() {
     model_two_allocators(ArenaMutant::None);
@@ -222,6 +263,17 @@ fn model_1_two_allocators_never_share_a_chunk() {
 #[test]
 fn model_2_a_process_dying_anywhere_leaks_nothing_and_takes_nothing() {
     model_a_death_at_every_point(ArenaMutant::None);
+}
+
+#[test]
+fn model_3_a_held_request_run_is_never_handed_out() {
+    model_hold(ArenaMutant::None);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_hold_clears_first_breaks_model_3() {
+    model_hold(ArenaMutant::HoldClearsFirst);
 }
 
 #[test]
@@ -265,6 +317,10 @@ fn mutants_are_caught() {
             "Causality violation|changed under|lock left held",
         ),
         ("mutant_keep_dead_lock_breaks_model_2", "lock left held"),
+        (
+            "mutant_hold_clears_first_breaks_model_3",
+            "Causality violation|changed under",
+        ),
     ];
     runner::mutants_fail(&cases);
 }
