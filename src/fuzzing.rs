@@ -167,7 +167,7 @@ pub fn image_layout() -> Layout {
 }
 
 /// Target (b): runs the server's code (reaper scan, take / begin / serve / finish, in trusted
-/// and untrusted mode, request and one-way) over an arbitrary mapping image, then reads every
+/// and untrusted mode, request (reply returned or written in place) and one-way) over an arbitrary mapping image, then reads every
 /// slot in REPLY the way a client does. Returns how many slots were served.
 pub fn mapping_image(data: &[u8]) -> usize {
     let selector = data.first().copied().unwrap_or(0);
@@ -182,7 +182,7 @@ pub fn mapping_image(data: &[u8]) -> usize {
     // A garbage arena lock would make each large reply wait for room for `WORKER_WAIT`: the
     // lock's contention is the loom models' subject, not this target's.
     map.header().arena_lock.store(0, Ordering::Relaxed);
-    let served = crate::server::serve_image(&map, trust, selector & 2 != 0);
+    let served = crate::server::serve_image(&map, trust, selector & 2 != 0, selector & 4 != 0);
     let mut copy = AlignedVec::new();
     for slot in 0..map.layout().slot_count {
         let sh = map.slot(slot);

@@ -638,10 +638,10 @@ fn reaper_loop(shared: &Shared) {
 }
 
 /// Runs the server's code over an arbitrary mapping image (fuzzing): one reaper scan, then up
-/// to two passes of take-ready / begin-serving / serve with a `String` echo handler and a
-/// one-way handler. Returns how many slots were served.
+/// to two passes of take-ready / begin-serving / serve with a `String` echo handler (returning
+/// its reply, or in place), or a one-way handler. Returns how many slots were served.
 #[doc(hidden)]
-pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
+pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool, in_place: bool) -> usize {
     let replying = Replying {
         handler: |req: Request<'_, String>| req.as_str().to_owned(),
         types: Types::of::<String, String>(),
@@ -654,7 +654,17 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
         types: Types::of::<String, ()>(),
         _t: PhantomData::<fn(String)>,
     };
-    let service: &dyn Service = if oneway { &one_way } else { &replying };
+    let placing = InPlace {
+        handler: echo_string_in_place,
+        types: Types::of::<String, String>(),
+        direct: trust == Trust::Trusted,
+        _t: PhantomData::<fn(String) -> String>,
+    };
+    let service: &dyn Service = match (oneway, in_place) {
+        (true, _) => &one_way,
+        (false, true) => &placing,
+        (false, false) => &replying,
+    };
     let _ = Reaper::new().scan(map);
     let mut mem = WorkerMem {
         scratch: match trust {
@@ -675,6 +685,11 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool) -> usize {
         }
     }
     served
+}
+
+/// `serve_image`'s in-place handler.
+fn echo_string_in_place<'o>(req: Request<'_, String>, out: Responder<'o, String>) -> Replied<'o> {
+    out.send(&crate::AsString(req.as_str()))
 }
 
 /// Serves one slot that the worker moved to SERVING at `gen`, with the worker's buffers.

@@ -7,7 +7,7 @@ mod common;
 use common::Rng;
 use shmrpc::arena::Extent;
 use shmrpc::fuzzing::{image_layout, mapping_image, message_bytes, Rich};
-use shmrpc::layout::{HEADER_SIZE, SLOTS_OFFSET, SLOT_HEADER_SIZE};
+use shmrpc::layout::{HEADER_SIZE, MAX_WORKERS, SLOTS_OFFSET, SLOT_HEADER_SIZE, WORKERS_OFFSET};
 use std::time::{Duration, Instant};
 
 /// Edge inputs, plus every crasher cargo-fuzz finds. None so far: 8.9 million `message` and
@@ -138,6 +138,13 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
         4,
         "a well-formed image was not served"
     );
+    well_formed = image_with_requests(&mut rng);
+    well_formed[0] = 4; // trusted, replies written in place
+    assert_eq!(
+        mapping_image(&well_formed),
+        4,
+        "a well-formed image was not served in place"
+    );
     let (mut runs, mut served) = (0u64, 0u64);
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
@@ -152,8 +159,10 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
                 for _ in 0..1 + rng.below(16) {
                     let layout = image_layout();
                     let slot = rng.below(layout.slot_count as usize);
-                    let i = match rng.below(4) {
+                    let i = match rng.below(5) {
                         0 => rng.below(HEADER_SIZE),
+                        // The workers' arena records: garbage held runs.
+                        3 => WORKERS_OFFSET + rng.below(MAX_WORKERS * 4),
                         1 => SLOTS_OFFSET + slot * layout.slot_size + rng.below(SLOT_HEADER_SIZE),
                         // The run record: garbage runs, runs outside the arena, no run.
                         2 => SLOTS_OFFSET + slot * layout.slot_size + 48 + rng.below(4),
@@ -161,7 +170,7 @@ fn serving_an_arbitrary_mapping_image_never_panics() {
                     };
                     image[i] = rng.next() as u8;
                 }
-                image[0] = rng.next() as u8; // the selector: trust and one-way
+                image[0] = rng.next() as u8; // the selector: trust, one-way, in place
                 image
             }
         };
