@@ -190,13 +190,23 @@ fn serve_raw(path: &str, n: usize, spin: bool) {
     }
 }
 
-/// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 128 MiB
-/// of large-message memory). The handler copies the request into the reply it returns, which
+/// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 256 MiB
+/// of large-message memory). In place (`in_place`): the handler replies with the request's
+/// bytes (`AsVec`), which are copied once, from the request into the reply, as the raw
+/// server copies them. Owned: the handler copies the request into the `Vec` it returns, which
 /// the worker then serializes into shared memory: the application's copy and the library's.
-fn serve_shmrpc_bytes(name: &str) {
-    let server = Server::builder(name)
-        .serve(|req: Request<'_, Vec<u8>>| req.as_slice().to_vec())
-        .unwrap();
+fn serve_shmrpc_bytes(name: &str, in_place: bool) {
+    let builder = Server::builder(name);
+    let server = if in_place {
+        builder.serve_in_place(
+            |req: Request<'_, Vec<u8>>, out: shmrpc::Responder<'_, Vec<u8>>| {
+                out.send(&shmrpc::AsVec(req.as_slice()))
+            },
+        )
+    } else {
+        builder.serve(|req: Request<'_, Vec<u8>>| req.as_slice().to_vec())
+    }
+    .unwrap();
     ready();
     wait_stdin_eof();
     drop(server);
@@ -254,7 +264,8 @@ fn serve(role: &str) {
         "raw-futex" => serve_raw(args[2], n, false),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
-        "shmrpc-bytes" => serve_shmrpc_bytes(args[2]),
+        "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
+        "shmrpc-owned" => serve_shmrpc_bytes(args[2], false),
         #[cfg(feature = "bench-peers")]
         "iceoryx2-slice" => peers::serve_iceoryx2_slice(args[2], n),
         #[cfg(feature = "bench-peers")]
@@ -954,9 +965,9 @@ fn interleaved(rounds: usize) {
 
 /// A `Vec<u8>` round trip of `n` bytes against [`serve_shmrpc_bytes`]; the caller reads the
 /// whole reply (copies it out, as the raw contender does).
-fn shmrpc_bytes_session(n: usize) -> Session {
-    let server_name = name("shmrpc-bytes", n);
-    let server = ServerProc::start(&format!("shmrpc-bytes {n} {server_name}"));
+fn shmrpc_bytes_session(n: usize, role: &str) -> Session {
+    let server_name = name(role, n);
+    let server = ServerProc::start(&format!("{role} {n} {server_name}"));
     let client = Client::<Vec<u8>>::connect(&server_name).unwrap();
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
@@ -990,7 +1001,8 @@ fn uds_session(n: usize) -> Session {
 
 /// `SHMRPC_BENCH_LARGE=ROUNDS cargo bench -p shmrpc-bench --bench rpc [--features bench-peers]`:
 /// messages larger than a slot (256 KiB, 1 MiB, 16 MiB, 64 MiB, or `SHMRPC_BENCH_SIZES`), the
-/// contenders taking turns as in [`interleaved`]: shmrpc (`Vec<u8>`, the default server),
+/// contenders taking turns as in [`interleaved`]: shmrpc (`Vec<u8>`, the default server, the
+/// reply written in place; and `shmrpc-owned`, the handler returning an owned copy),
 /// the raw limit (the same bytes copied into shared memory by the client, from request to
 /// reply by the server, and out by the client: spinning on a word each way), a Unix socket,
 /// and, with the peers, iceoryx2 request-response with slice payloads.
@@ -1011,7 +1023,11 @@ fn interleaved_large(rounds: usize) {
         };
         #[cfg_attr(not(feature = "bench-peers"), allow(unused_mut))]
         let mut cs: Vec<(&str, u32, Factory)> = vec![
-            ("shmrpc", batch, Box::new(move || shmrpc_bytes_session(n))),
+            (
+                "shmrpc",
+                batch,
+                Box::new(move || shmrpc_bytes_session(n, "shmrpc-bytes")),
+            ),
             (
                 "raw-spin",
                 batch,
@@ -1024,6 +1040,11 @@ fn interleaved_large(rounds: usize) {
             "iceoryx2",
             batch,
             Box::new(move || peers::iceoryx2_slice_session(n)),
+        ));
+        cs.push((
+            "shmrpc-owned",
+            batch,
+            Box::new(move || shmrpc_bytes_session(n, "shmrpc-owned")),
         ));
         let per_call = take_turns(&cs, rounds);
         let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
@@ -1039,9 +1060,11 @@ fn interleaved_large(rounds: usize) {
         }
         println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
         println!("  unix-socket / shmrpc     {:.2}x", ratio(2, 0));
-        if cs.len() > 3 {
+        let owned = cs.len() - 1;
+        if cs.len() > 4 {
             println!("  iceoryx2 / shmrpc        {:.2}x", ratio(3, 0));
         }
+        println!("  shmrpc-owned / raw-spin  {:.2}x", ratio(owned, 1));
         println!();
     }
 }

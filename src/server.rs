@@ -84,8 +84,8 @@ impl ServerBuilder {
         self.capacity = bytes;
         self
     }
-    /// Bytes of memory for messages larger than a slot (default 128 MiB, rounded up to
-    /// 64 KiB; 0 for none; at most 4 GiB - 64 KiB). One message may take all of it, so this is
+    /// Bytes of memory for messages larger than a slot (default 256 MiB, 128 MiB on 32-bit
+    /// targets; rounded up to 64 KiB; 0 for none; at most 4 GiB - 64 KiB). One message may take all of it, so this is
     /// also the largest message ([`Server::max_message`]); calls whose messages do not fit
     /// beside the ones in flight wait for room within their timeout. It costs no memory until
     /// large messages use it: it is a hole in the mapping's file.

@@ -59,7 +59,7 @@ fn child_entry() {
     };
     let args: Vec<&str> = role.split(' ').collect();
     match args[..] {
-        // The default configuration: 1 MiB of slots, 128 MiB of large-message memory.
+        // The default configuration: 1 MiB of slots, 256 MiB of large-message memory.
         ["bytes-server", name] => {
             let server = Server::builder(name).workers(2).serve(echo_bytes).unwrap();
             say("ready".into());
