@@ -567,7 +567,7 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
             // Still queued, or already woken for a free slot: either way we have one now.
             hub.dequeue(t);
         }
-        let id = self.client.write_and_publish(
+        let (id, _) = self.client.write_and_publish(
             &map,
             slot,
             gen,

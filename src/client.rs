@@ -570,7 +570,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         kind: u32,
         (begun, timeout): (u64, Duration),
         tag: CallTag,
-    ) -> Result<Uuid> {
+    ) -> Result<(Uuid, usize)> {
         let inner = &*self.inner;
         let sh = map.slot(slot);
         // (Who owns the slot is already in its state word: `gen` names this process's entry.)
@@ -639,7 +639,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             );
             return Err(self.lost());
         }
-        Ok(id)
+        Ok((id, len))
     }
 
     /// Claims a slot, writes the call, publishes it and waits until the server replies or
@@ -701,8 +701,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         )
         .map_err(wait_error)?;
         SLOT_HINT.set(slot);
-        let id =
+        let (id, len) =
             self.write_and_publish(map, slot, gen, msg, kind, (deadline_begun, timeout), tag)?;
+        if len > map.layout().max_payload() {
+            // A large request: the worker takes about as long to read it (and to write an
+            // echo) as we took to write it; park only if the reply takes much longer.
+            let spent = clock::ticks().wrapping_sub(deadline_begun);
+            let q32 = q32.load(Ordering::Relaxed);
+            waiting.stretch(2 * crate::wait::ticks_to_duration(spent, q32));
+        }
         let state = match protocol::wait_done(map, &Futex, slot, gen, &mut waiting) {
             Ok(state) => {
                 map.prefetch_slot(slot);

@@ -15,7 +15,7 @@ use crate::shm::{validate_name, Futex, Mapping, NameLock};
 use crate::stats::{self, Stats};
 use crate::sync::{AtomicU32, Ordering};
 use crate::trust::{copy_out, Trust};
-use crate::wait::{spin_until, WaitMode};
+use crate::wait::{spin_until, stretched, ticks_to_duration, WaitMode};
 use rkyv::util::AlignedVec;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -539,11 +539,13 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     let mut cpu = WorkerCpu::new(map);
     let mut served: u32 = 0;
+    // Clock ticks the last call took to serve.
+    let mut last: u64 = 0;
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             map.prefetch_slot(slot);
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
-                serve_slot(map, service, slot, gen, &mut mem, q32);
+                last = serve_slot(map, service, slot, gen, &mut mem, q32);
                 served = served.wrapping_add(1);
                 if served.is_multiple_of(16) {
                     cpu.note();
@@ -553,7 +555,12 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         }
         cpu.note();
         // An idle worker waits for callers: always worth spinning for (within its budget).
-        if spin_until(spin, &mut || {
+        // After a long call (a large message) the next request of its caller comes after the
+        // caller read the reply and wrote the next request, each about as long as the call:
+        // spin for about that long rather than park (see `wait::stretched`).
+        let budget = stretched(spin, 3 * ticks_to_duration(last, q32));
+        last = 0;
+        if spin_until(budget, &mut || {
             if protocol::any_ready(map) || !shared.running() {
                 Poll::Ready
             } else {
@@ -570,7 +577,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
 
 /// Serves the slot this worker moved to SERVING: a ping at once, anything else through the
 /// service; then records the queueing and handler times (off the caller's path: the reply is
-/// already published).
+/// already published). Returns the clock ticks the call took to serve (0 for a ping).
 fn serve_slot(
     map: &Mapping,
     service: &dyn Service,
@@ -578,22 +585,20 @@ fn serve_slot(
     gen: u32,
     mem: &mut WorkerMem,
     q32: u64,
-) {
+) -> u64 {
     let taken = clock::ticks();
     let sh = map.slot(slot);
     if sh.kind.load(Ordering::Relaxed) & kind::MASK == kind::PING {
-        return reply_status(map, slot, gen, status::OK);
+        reply_status(map, slot, gen, status::OK);
+        return 0;
     }
     let queued = clock::since_stamp(sh.published.load(Ordering::Relaxed), taken);
     // Per request: compiled to a check of the global level filter unless TRACE is enabled.
     tracing::trace!(slot, "serving a call");
     service.serve(map, slot, gen, mem);
-    stats::record(
-        map.header(),
-        q32,
-        queued,
-        clock::ticks().wrapping_sub(taken),
-    );
+    let took = clock::ticks().wrapping_sub(taken);
+    stats::record(map.header(), q32, queued, took);
+    took
 }
 
 /// Completes the call in `slot` (see `protocol::finish`), then rings the async doorbell if
