@@ -63,3 +63,13 @@ pub(crate) fn calibrate(window: Duration) -> u64 {
 pub(crate) fn to_ns(ticks: u64, ns_per_tick_q32: u64) -> u64 {
     ((ticks as u128 * ns_per_tick_q32 as u128) >> 32).min(u64::MAX as u128) as u64
 }
+
+/// Ticks in `d`, with the factor from [`calibrate`] (a factor of 0 counts as 1 ns per tick).
+pub(crate) fn ticks_for(d: Duration, ns_per_tick_q32: u64) -> u64 {
+    let q32 = if ns_per_tick_q32 == 0 {
+        1 << 32
+    } else {
+        ns_per_tick_q32
+    };
+    ((d.as_nanos() << 32) / q32 as u128).min(u64::MAX as u128) as u64
+}

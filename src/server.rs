@@ -539,8 +539,15 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     let mut cpu = WorkerCpu::new(map);
     let mut served: u32 = 0;
-    // Clock ticks the last call took to serve.
+    // Clock ticks the last call took to serve, and from how many ticks on a call counts as
+    // long (10 µs: shorter ones do not stretch the idle spin).
     let mut last: u64 = 0;
+    // (Never in park mode, which does not spin.)
+    let long = if spin.is_zero() {
+        u64::MAX
+    } else {
+        clock::ticks_for(Duration::from_micros(10), q32)
+    };
     while shared.running() {
         if let Some(slot) = protocol::take_ready(map, start_word) {
             map.prefetch_slot(slot);
@@ -558,7 +565,11 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         // After a long call (a large message) the next request of its caller comes after the
         // caller read the reply and wrote the next request, each about as long as the call:
         // spin for about that long rather than park (see `wait::stretched`).
-        let budget = stretched(spin, 3 * ticks_to_duration(last, q32));
+        let budget = if last > long {
+            stretched(spin, 3 * ticks_to_duration(last, q32))
+        } else {
+            spin
+        };
         last = 0;
         if spin_until(budget, &mut || {
             if protocol::any_ready(map) || !shared.running() {
