@@ -167,8 +167,8 @@ pub fn image_layout() -> Layout {
 }
 
 /// Target (b): runs the server's code (reaper scan, take / begin / serve / finish, in trusted
-/// and untrusted mode, request (reply returned or written in place) and one-way) over an arbitrary mapping image, then reads every
-/// slot in REPLY the way a client does. Returns how many slots were served.
+/// and untrusted mode, request (reply returned or written in place) and one-way) over an
+/// arbitrary mapping image, then reads every slot in REPLY the way a client does. Returns how many slots were served.
 pub fn mapping_image(data: &[u8]) -> usize {
     let selector = data.first().copied().unwrap_or(0);
     let trust = if selector & 1 == 0 {

@@ -85,10 +85,10 @@ impl ServerBuilder {
         self
     }
     /// Bytes of memory for messages larger than a slot (default 256 MiB, 128 MiB on 32-bit
-    /// targets; rounded up to 64 KiB; 0 for none; at most 4 GiB - 64 KiB). One message may take all of it, so this is
-    /// also the largest message ([`Server::max_message`]); calls whose messages do not fit
-    /// beside the ones in flight wait for room within their timeout. It costs no memory until
-    /// large messages use it: it is a hole in the mapping's file.
+    /// targets; rounded up to 64 KiB; 0 for none; at most 4 GiB - 64 KiB). One message may
+    /// take all of it, so this is also the largest message ([`Server::max_message`]); calls
+    /// whose messages do not fit beside the ones in flight wait for room within their timeout.
+    /// It costs no memory until large messages use it: it is a hole in the mapping's file.
     pub fn large_memory(mut self, bytes: usize) -> Self {
         self.large_memory = bytes;
         self
@@ -528,14 +528,7 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     };
     // Untrusted mode: requests are copied here before validation (reused: no allocation per
     // request once it has grown to the largest request seen).
-    let mut mem = WorkerMem {
-        scratch: match shared.trust {
-            Trust::Trusted => None,
-            Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
-        },
-        copy: AlignedVec::new(),
-        record: map.layout().slot_count + index as u32,
-    };
+    let mut mem = WorkerMem::new(map, shared.trust, index);
     let q32 = map.header().ns_per_tick_q32.load(Ordering::Relaxed);
     let mut cpu = WorkerCpu::new(map);
     let mut served: u32 = 0;
@@ -682,14 +675,7 @@ pub fn serve_image(map: &Mapping, trust: Trust, oneway: bool, in_place: bool) ->
         (false, false) => &replying,
     };
     let _ = Reaper::new().scan(map);
-    let mut mem = WorkerMem {
-        scratch: match trust {
-            Trust::Trusted => None,
-            Trust::Untrusted => Some(AlignedVec::new()),
-        },
-        copy: AlignedVec::new(),
-        record: map.layout().slot_count,
-    };
+    let mut mem = WorkerMem::new(map, trust, 0);
     let mut served = 0;
     for _ in 0..2 * map.layout().slot_count {
         let Some(slot) = protocol::take_ready(map, 0) else {
@@ -722,6 +708,20 @@ struct WorkerMem {
     copy: AlignedVec,
     /// This worker's arena record (`arena::hold`): slot count + worker index.
     record: u32,
+}
+
+impl WorkerMem {
+    /// The buffers of worker `index` of a server on `map` that trusts its callers or not.
+    fn new(map: &Mapping, trust: Trust, index: usize) -> WorkerMem {
+        WorkerMem {
+            scratch: match trust {
+                Trust::Trusted => None,
+                Trust::Untrusted => Some(AlignedVec::with_capacity(map.layout().max_payload())),
+            },
+            copy: AlignedVec::new(),
+            record: map.layout().slot_count + index as u32,
+        }
+    }
 }
 
 /// A server's request and reply types: their fingerprints, checked against every call's
@@ -930,12 +930,18 @@ where
             unsafe { large::serialize_reply(map, slot, &reply, checked) }
         }));
         let Ok(written) = outcome else {
-            tracing::error!(call = %id, "the handler panicked; the server goes on serving");
-            map.header().panics.fetch_add(1, Ordering::Relaxed);
-            return reply_status(map, slot, gen, status::HANDLER_PANICKED);
+            return handler_panicked(map, slot, gen, id);
         };
         publish_reply(map, slot, gen, checked, written);
     }
+}
+
+/// Reports a handler that panicked on call `id` (logged, counted) and replies HANDLER_PANICKED.
+#[cold]
+fn handler_panicked(map: &Mapping, slot: u32, gen: u32, id: Uuid) {
+    tracing::error!(call = %id, "the handler panicked; the server goes on serving");
+    map.header().panics.fetch_add(1, Ordering::Relaxed);
+    reply_status(map, slot, gen, status::HANDLER_PANICKED);
 }
 
 /// Publishes the reply a worker wrote (or why it could not): its status, length and checksum.
@@ -988,21 +994,19 @@ where
         } = mem;
         let record = *record;
         // Where the request is read from while the reply is written.
-        let (area, room, buf) = if kind == kind::ONEWAY {
-            // No reply to write: read where it is, as `Replying` does.
+        let large = len > layout.max_payload();
+        let (area, room, buf) = if kind == kind::ONEWAY || (large && scratch.is_some()) {
+            // No reply to write, or untrusted (copied out; its run goes back when the reply
+            // is written): read where it is, as `Replying` does.
             let (area, room) = map.message_area(slot, len);
             (area, room, scratch.as_mut())
-        } else if len <= layout.max_payload() {
+        } else if !large {
             // The reply takes the payload area: the request is copied out first.
             let buf = match scratch {
                 Some(s) => s,
                 None => copy,
             };
             (map.payload(slot), layout.max_payload(), Some(buf))
-        } else if scratch.is_some() {
-            // Untrusted: copied out; its run goes back when the reply is written.
-            let (area, room) = map.message_area(slot, len);
-            (area, room, scratch.as_mut())
         } else {
             // Read in place from its run, which moves to this worker's record so that the
             // reply may take the slot's (a run outside the arena: too short, BadMessage).
@@ -1049,9 +1053,7 @@ where
         // The request is done with: its run (if it was held) goes back.
         large::drop_run(map, record);
         let (Ok(()), Some(written)) = (outcome, written) else {
-            tracing::error!(call = %id, "the handler panicked; the server goes on serving");
-            map.header().panics.fetch_add(1, Ordering::Relaxed);
-            return reply_status(map, slot, gen, status::HANDLER_PANICKED);
+            return handler_panicked(map, slot, gen, id);
         };
         publish_reply(map, slot, gen, checked, written);
     }
