@@ -20,7 +20,7 @@ use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -190,6 +190,133 @@ fn serve_raw(path: &str, n: usize, spin: bool) {
     }
 }
 
+/// The protocol's cache-line traffic without its compute (`SHMRPC_BENCH_SHAPES=1`, an account
+/// of the 64 B round trip, BENCHMARKS.md): a slot whose state word (line 0 of the slot, with a
+/// length field beside it) both sides move by CAS, FREE -> CLAIMED -> REQUEST -> SERVING ->
+/// REPLY -> FREE, as shmrpc's do, and whose payload line carries the request and then the
+/// reply over it. `shaped` adds the ready bitmap: its own line, a `fetch_or` by the client and
+/// a `fetch_and` by the worker, which polls it instead of the state word. No validation, no
+/// serialization, no call id, no clock, no statistics: the copies of 64 bytes each way only.
+mod shape {
+    pub const FREE: u32 = 0;
+    pub const CLAIMED: u32 = 1;
+    pub const REQUEST: u32 = 2;
+    pub const SERVING: u32 = 3;
+    pub const REPLY: u32 = 4;
+    /// The ready word (a line of its own in the first page).
+    pub const READY: usize = 256;
+    /// The slot: its state word and length at the start of the request area's page, the
+    /// payload in the next line.
+    pub const STATE: usize = 4096;
+    pub const LEN: usize = 4096 + 8;
+    pub const PAYLOAD: usize = 4096 + 64;
+}
+
+impl Raw {
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: `shape::READY` is inside the first page, 8-aligned.
+        unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
+    }
+    fn shape_payload(&self) -> *mut u8 {
+        // SAFETY: `PAYLOAD + n` is inside the mapping for every n (`Raw::len`).
+        unsafe { self.base.add(shape::PAYLOAD) }
+    }
+}
+
+fn serve_shaped(path: &str, n: usize, shaped: bool) {
+    let raw = Raw::open(path, n, false);
+    let state = raw.word(shape::STATE);
+    let bitmap = raw.word64(shape::READY);
+    let mut buf = vec![0u8; n];
+    ready();
+    loop {
+        if shaped {
+            while bitmap.load(Ordering::Relaxed) == 0 {
+                std::hint::spin_loop();
+            }
+            bitmap.fetch_and(!1, Ordering::AcqRel);
+        } else {
+            while state.load(Ordering::Relaxed) != shape::REQUEST {
+                std::hint::spin_loop();
+            }
+        }
+        state
+            .compare_exchange(
+                shape::REQUEST,
+                shape::SERVING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .unwrap();
+        let len = raw.word(shape::LEN).load(Ordering::Relaxed) as usize;
+        // SAFETY: the slot is SERVING: the client wrote `len` (= n) bytes before its Release
+        // CAS and touches them again only after our REPLY.
+        unsafe {
+            std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
+        }
+        state
+            .compare_exchange(
+                shape::SERVING,
+                shape::REPLY,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .unwrap();
+    }
+}
+
+fn shaped_session(kind: &str, n: usize, shaped: bool) -> Session {
+    let path = format!("/{}", name(kind, n));
+    let raw = Raw::open(&path, n, true);
+    let server = ServerProc::start(&format!("{kind} {n} {path}"));
+    let _ = rustix::shm::unlink(path.as_str());
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    Session {
+        call: Box::new(move || {
+            let state = raw.word(shape::STATE);
+            state
+                .compare_exchange(
+                    shape::FREE,
+                    shape::CLAIMED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .unwrap();
+            // SAFETY: the slot is CLAIMED by us: the worker reads it only after REQUEST.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.shape_payload(), n) };
+            raw.word(shape::LEN).store(n as u32, Ordering::Relaxed);
+            state
+                .compare_exchange(
+                    shape::CLAIMED,
+                    shape::REQUEST,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .unwrap();
+            if shaped {
+                raw.word64(shape::READY).fetch_or(1, Ordering::Release);
+            }
+            while state.load(Ordering::Acquire) != shape::REPLY {
+                std::hint::spin_loop();
+            }
+            // SAFETY: REPLY: the worker wrote the reply before its Release CAS.
+            unsafe { std::ptr::copy_nonoverlapping(raw.shape_payload(), out.as_mut_ptr(), n) };
+            black_box(out[n - 1]);
+            state
+                .compare_exchange(
+                    shape::REPLY,
+                    shape::FREE,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .unwrap();
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
 /// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 256 MiB
 /// of large-message memory). In place (`in_place`): the handler replies with the request's
 /// bytes (`AsVec`), which are copied once, from the request into the reply, as the raw
@@ -262,6 +389,8 @@ fn serve(role: &str) {
         }
         "raw-spin" => serve_raw(args[2], n, true),
         "raw-futex" => serve_raw(args[2], n, false),
+        "raw-slot" => serve_shaped(args[2], n, false),
+        "raw-shaped" => serve_shaped(args[2], n, true),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
         "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
@@ -946,6 +1075,21 @@ fn interleaved(rounds: usize) {
             spin_batch,
             Box::new(move || peers::iceoryx2_session(n)),
         ));
+        // The protocol's line traffic alone (see `mod shape`).
+        let shapes = std::env::var_os("SHMRPC_BENCH_SHAPES").is_some();
+        let first_shape = cs.len();
+        if shapes {
+            cs.push((
+                "raw-slot",
+                spin_batch,
+                Box::new(move || shaped_session("raw-slot", n, false)),
+            ));
+            cs.push((
+                "raw-shaped",
+                spin_batch,
+                Box::new(move || shaped_session("raw-shaped", n, true)),
+            ));
+        }
         let per_call = take_turns(&cs, rounds);
         let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
         println!("payload {n} B");
@@ -956,8 +1100,14 @@ fn interleaved(rounds: usize) {
         println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
         println!("  shmrpc-park / raw-futex  {:.2}x", ratio(2, 3));
         println!("  shmrpc-async / shmrpc    {:.2}x", ratio(4, 0));
-        if cs.len() > 5 {
+        if first_shape > 5 {
             println!("  iceoryx2 / shmrpc        {:.2}x", ratio(5, 0));
+        }
+        if shapes {
+            let (slot, shaped) = (first_shape, first_shape + 1);
+            println!("  raw-slot / raw-spin      {:.2}x", ratio(slot, 1));
+            println!("  raw-shaped / raw-spin    {:.2}x", ratio(shaped, 1));
+            println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));
         }
         println!();
     }
