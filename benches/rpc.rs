@@ -195,8 +195,10 @@ fn serve_raw(path: &str, n: usize, spin: bool) {
 /// length field beside it) both sides move by CAS, FREE -> CLAIMED -> REQUEST -> SERVING ->
 /// REPLY -> FREE, as shmrpc's do, and whose payload line carries the request and then the
 /// reply over it. `shaped` adds the ready bitmap: its own line, a `fetch_or` by the client and
-/// a `fetch_and` by the worker, which polls it instead of the state word. No validation, no
-/// serialization, no call id, no clock, no statistics: the copies of 64 bytes each way only.
+/// a `fetch_and` by the worker, which polls it instead of the state word. `raw-stores` is
+/// `raw-shaped` with every transition and both bitmap updates made by plain stores (what a
+/// single worker and a trusted client would need): the same lines, no locked instruction. No
+/// validation, no serialization, no call id, no clock, no statistics: the copies each way only.
 mod shape {
     pub const FREE: u32 = 0;
     pub const CLAIMED: u32 = 1;
@@ -210,6 +212,19 @@ mod shape {
     pub const STATE: usize = 4096;
     pub const LEN: usize = 4096 + 8;
     pub const PAYLOAD: usize = 4096 + 64;
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Moves the state word `from` -> `to` (a CAS, or a store when `cas` is false).
+    pub fn step(state: &AtomicU32, from: u32, to: u32, order: Ordering, cas: bool) {
+        if cas {
+            state
+                .compare_exchange(from, to, order, Ordering::Relaxed)
+                .unwrap();
+        } else {
+            state.store(to, order);
+        }
+    }
 }
 
 impl Raw {
@@ -223,7 +238,7 @@ impl Raw {
     }
 }
 
-fn serve_shaped(path: &str, n: usize, shaped: bool) {
+fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
     let raw = Raw::open(path, n, false);
     let state = raw.word(shape::STATE);
     let bitmap = raw.word64(shape::READY);
@@ -231,23 +246,27 @@ fn serve_shaped(path: &str, n: usize, shaped: bool) {
     ready();
     loop {
         if shaped {
-            while bitmap.load(Ordering::Relaxed) == 0 {
+            while bitmap.load(Ordering::Acquire) == 0 {
                 std::hint::spin_loop();
             }
-            bitmap.fetch_and(!1, Ordering::AcqRel);
+            if cas {
+                bitmap.fetch_and(!1, Ordering::AcqRel);
+            } else {
+                bitmap.store(0, Ordering::Relaxed);
+            }
         } else {
             while state.load(Ordering::Relaxed) != shape::REQUEST {
                 std::hint::spin_loop();
             }
         }
-        state
-            .compare_exchange(
-                shape::REQUEST,
-                shape::SERVING,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .unwrap();
+        let acquire = if cas {
+            Ordering::Acquire
+        } else {
+            // A store does not acquire: the load below does.
+            assert_eq!(state.load(Ordering::Acquire), shape::REQUEST);
+            Ordering::Relaxed
+        };
+        shape::step(state, shape::REQUEST, shape::SERVING, acquire, cas);
         let len = raw.word(shape::LEN).load(Ordering::Relaxed) as usize;
         // SAFETY: the slot is SERVING: the client wrote `len` (= n) bytes before its Release
         // CAS and touches them again only after our REPLY.
@@ -255,18 +274,11 @@ fn serve_shaped(path: &str, n: usize, shaped: bool) {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
-        state
-            .compare_exchange(
-                shape::SERVING,
-                shape::REPLY,
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .unwrap();
+        shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, cas);
     }
 }
 
-fn shaped_session(kind: &str, n: usize, shaped: bool) -> Session {
+fn shaped_session(kind: &str, n: usize, shaped: bool, cas: bool) -> Session {
     let path = format!("/{}", name(kind, n));
     let raw = Raw::open(&path, n, true);
     let server = ServerProc::start(&format!("{kind} {n} {path}"));
@@ -276,27 +288,29 @@ fn shaped_session(kind: &str, n: usize, shaped: bool) -> Session {
     Session {
         call: Box::new(move || {
             let state = raw.word(shape::STATE);
-            state
-                .compare_exchange(
-                    shape::FREE,
-                    shape::CLAIMED,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .unwrap();
+            let claim = if cas {
+                Ordering::Acquire
+            } else {
+                Ordering::Relaxed
+            };
+            shape::step(state, shape::FREE, shape::CLAIMED, claim, cas);
             // SAFETY: the slot is CLAIMED by us: the worker reads it only after REQUEST.
             unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.shape_payload(), n) };
             raw.word(shape::LEN).store(n as u32, Ordering::Relaxed);
-            state
-                .compare_exchange(
-                    shape::CLAIMED,
-                    shape::REQUEST,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                )
-                .unwrap();
+            shape::step(
+                state,
+                shape::CLAIMED,
+                shape::REQUEST,
+                Ordering::Release,
+                cas,
+            );
             if shaped {
-                raw.word64(shape::READY).fetch_or(1, Ordering::Release);
+                let bitmap = raw.word64(shape::READY);
+                if cas {
+                    bitmap.fetch_or(1, Ordering::Release);
+                } else {
+                    bitmap.store(1, Ordering::Release);
+                }
             }
             while state.load(Ordering::Acquire) != shape::REPLY {
                 std::hint::spin_loop();
@@ -304,14 +318,7 @@ fn shaped_session(kind: &str, n: usize, shaped: bool) -> Session {
             // SAFETY: REPLY: the worker wrote the reply before its Release CAS.
             unsafe { std::ptr::copy_nonoverlapping(raw.shape_payload(), out.as_mut_ptr(), n) };
             black_box(out[n - 1]);
-            state
-                .compare_exchange(
-                    shape::REPLY,
-                    shape::FREE,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                )
-                .unwrap();
+            shape::step(state, shape::REPLY, shape::FREE, Ordering::Release, cas);
         }),
         _keep: vec![Box::new(server)],
     }
@@ -389,8 +396,9 @@ fn serve(role: &str) {
         }
         "raw-spin" => serve_raw(args[2], n, true),
         "raw-futex" => serve_raw(args[2], n, false),
-        "raw-slot" => serve_shaped(args[2], n, false),
-        "raw-shaped" => serve_shaped(args[2], n, true),
+        "raw-slot" => serve_shaped(args[2], n, false, true),
+        "raw-shaped" => serve_shaped(args[2], n, true, true),
+        "raw-stores" => serve_shaped(args[2], n, true, false),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
         "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
@@ -1082,12 +1090,17 @@ fn interleaved(rounds: usize) {
             cs.push((
                 "raw-slot",
                 spin_batch,
-                Box::new(move || shaped_session("raw-slot", n, false)),
+                Box::new(move || shaped_session("raw-slot", n, false, true)),
             ));
             cs.push((
                 "raw-shaped",
                 spin_batch,
-                Box::new(move || shaped_session("raw-shaped", n, true)),
+                Box::new(move || shaped_session("raw-shaped", n, true, true)),
+            ));
+            cs.push((
+                "raw-stores",
+                spin_batch,
+                Box::new(move || shaped_session("raw-stores", n, true, false)),
             ));
         }
         let per_call = take_turns(&cs, rounds);
@@ -1104,7 +1117,8 @@ fn interleaved(rounds: usize) {
             println!("  iceoryx2 / shmrpc        {:.2}x", ratio(5, 0));
         }
         if shapes {
-            let (slot, shaped) = (first_shape, first_shape + 1);
+            let (slot, shaped, stores) = (first_shape, first_shape + 1, first_shape + 2);
+            println!("  raw-stores / raw-spin    {:.2}x", ratio(stores, 1));
             println!("  raw-slot / raw-spin      {:.2}x", ratio(slot, 1));
             println!("  raw-shaped / raw-spin    {:.2}x", ratio(shaped, 1));
             println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));

@@ -317,9 +317,12 @@ pub fn new_call_id() -> Uuid {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        let bytes = ((u128::from(next()) << 64) | u128::from(next())).to_le_bytes();
+        let (hi, lo) = (next(), next());
         state.set(s);
-        uuid::Builder::from_random_bytes(bytes).into_uuid()
+        // Version 4 (bits 12..16 of the high half, the high nibble of byte 6) and the RFC 4122
+        // variant (the top two bits of the low half, byte 8), set on the two words directly:
+        // what `uuid::Builder::from_random_bytes` does byte by byte.
+        Uuid::from_u64_pair((hi & !0xF000) | 0x4000, (lo & !(0xC0 << 56)) | (0x80 << 56))
     })
 }
 
@@ -334,6 +337,23 @@ mod tests {
         list: Vec<u32>,
         arr: [u8; 300],
         opt: Option<Box<u64>>,
+    }
+
+    #[test]
+    fn call_ids_are_random_version_4_uuids() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_call_id();
+            assert_eq!(id.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert!(seen.insert(id), "call id {id} repeated");
+        }
+        // Every one of the 122 random bits takes both values.
+        let (and, or) = seen.iter().fold((u128::MAX, 0u128), |(a, o), id| {
+            (a & id.as_u128(), o | id.as_u128())
+        });
+        let fixed: u128 = (0xF000u128 << 64) | (0xC0u128 << 56);
+        assert_eq!(!and & !fixed & or, !fixed, "some random bit never changed");
     }
 
     /// Serializes `v` into a 64-byte aligned buffer, with and without the streaming checksum,
