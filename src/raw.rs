@@ -20,9 +20,9 @@ use rkyv::{Archive, Deserialize, Place, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// An archive made elsewhere, which "serializes" by writing its bytes as they are: its own
-/// archived form is empty, so rkyv adds nothing after them.
-pub(crate) struct Prebuilt<'a>(&'a [u8]);
+/// An archive made elsewhere, which "serializes" by writing its pieces as they are, one after
+/// the other: its own archived form is empty, so rkyv adds nothing after them.
+pub(crate) struct Prebuilt<'a>(&'a [&'a [u8]]);
 
 impl Archive for Prebuilt<'_> {
     type Archived = ();
@@ -33,7 +33,7 @@ impl Archive for Prebuilt<'_> {
 
 impl<S: Fallible + Writer<S::Error> + ?Sized> Serialize<S> for Prebuilt<'_> {
     fn serialize(&self, serializer: &mut S) -> std::result::Result<(), S::Error> {
-        serializer.write(self.0)
+        self.0.iter().try_for_each(|piece| serializer.write(piece))
     }
 }
 
@@ -48,8 +48,11 @@ impl<'a, D: Fallible + ?Sized> Deserialize<Prebuilt<'a>, D> for () {
 /// the reply type its caller expects (ignored for one-way messages), and its id.
 #[derive(Clone, Copy, Debug)]
 pub struct RawCall<'a> {
-    /// The request's archive, as `rkyv::to_bytes` (or any shmrpc sender) made it.
-    pub archive: &'a [u8],
+    /// The request's archive, as `rkyv::to_bytes` (or any shmrpc sender) made it: in one
+    /// piece, or in several that are written into the slot one after the other (as a network
+    /// buffer holds a message it received in fragments), so that the caller need not join
+    /// them first.
+    pub archive: &'a [&'a [u8]],
     /// The request type's fingerprint.
     pub request_type: u32,
     /// The fingerprint of the reply type the caller expects.

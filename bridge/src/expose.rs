@@ -186,19 +186,20 @@ impl Shared {
             .and_then(|a| {
                 Header::decode(&a.to_bytes()).map_err(|why| Failure::new(Code::BadCall, why))
             })?;
-        let payload = query.payload().map(|p| p.to_bytes());
-        let archive: &[u8] = payload.as_deref().unwrap_or(&[]);
+        // The archive as Zenoh received it, in one piece or several (a large message arrives
+        // in fragments): the slot takes the pieces one after the other, without a join.
+        let archive: Vec<&[u8]> = query
+            .payload()
+            .map_or_else(Vec::new, |p| p.slices().collect());
+        let len: usize = archive.iter().map(|piece| piece.len()).sum();
         let max = self.raw.max_message();
-        if archive.len() > max {
+        if len > max {
             // The server's bound, enforced here: nothing that large reaches the mapping.
-            return Err(Failure::of(&shmrpc::Error::PayloadTooLarge {
-                len: archive.len(),
-                max,
-            }));
+            return Err(Failure::of(&shmrpc::Error::PayloadTooLarge { len, max }));
         }
         let timeout = header.timeout.min(self.max_timeout);
         let call = RawCall {
-            archive,
+            archive: &archive,
             request_type: header.request_type,
             reply_type: header.reply_type,
             id: header.id,
