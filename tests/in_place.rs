@@ -218,6 +218,9 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
             let call = s.spawn(|| client.request_timeout(&msg, Duration::from_secs(30)));
             reading.1.recv().unwrap();
             let during = server.stats();
+            // Let the handler go before any assertion, so that a failure fails, not hangs.
+            proceed.0.send(()).unwrap();
+            let outcome = call.join().unwrap();
             assert!(
                 during.large_held_by_workers >= 3 << 20,
                 "the worker holds the request: {during:?}"
@@ -226,8 +229,7 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
                 during.in_use.iter().all(|u| u.large_bytes == 0),
                 "the slot records no run while its request is held: {during:?}"
             );
-            proceed.0.send(()).unwrap();
-            match call.join().unwrap() {
+            match outcome {
                 Ok(r) => {
                     assert!(!panics);
                     assert_eq!(r.as_slice(), &msg[..10]);
@@ -238,6 +240,50 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
         let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
         assert_eq!(after.large_held_by_workers, 0, "{after:?}");
     }
+}
+
+/// A large request of at most 1 MiB is read from a copy in the worker's own buffer: while the
+/// handler runs, no large-message memory is in use at all (the request's run went back, so the
+/// reply can take it), and the reply is still computed from the whole request.
+#[test]
+fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_back() {
+    let name = unique_name("inplace-copied");
+    let (reading, proceed) = (mpsc::sync_channel::<()>(0), mpsc::sync_channel::<()>(0));
+    let (tell, go) = (reading.0, proceed.1);
+    let go = std::sync::Mutex::new(go);
+    let server = Server::builder(&name)
+        .serve_in_place(
+            move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
+                tell.send(()).unwrap();
+                go.lock().unwrap().recv().unwrap();
+                out.fill(req.len(), |buf| {
+                    for (o, i) in buf.iter_mut().zip(req.iter().rev()) {
+                        *o = *i;
+                    }
+                })
+            },
+        )
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    let msg = message(7, 512 << 10);
+    std::thread::scope(|s| {
+        let call = s.spawn(|| client.request_timeout(&msg, Duration::from_secs(30)));
+        reading.1.recv().unwrap();
+        let during = server.stats();
+        // Let the handler go before any assertion, so that a failure fails, not hangs.
+        proceed.0.send(()).unwrap();
+        let reply = call.join().unwrap().unwrap();
+        assert_eq!(
+            (during.large_in_use, during.large_held_by_workers),
+            (0, 0),
+            "the request's run went back before the handler ran: {during:?}"
+        );
+        let reversed: Vec<u8> = msg.iter().rev().copied().collect();
+        assert!(
+            reply.as_slice() == &reversed[..],
+            "the reply is the reversed request"
+        );
+    });
 }
 
 /// A one-way message to an in-place server runs its handler, whose reply goes nowhere.
