@@ -108,7 +108,12 @@ fn concurrent_in_place_echoes_never_share_memory() {
     let name = unique_name("inplace-many");
     let server = Server::builder(&name)
         .workers(2)
-        .large_memory(24 << 20)
+        // Room for the worst case, so that the test measures sharing, not starvation: six
+        // requests of up to 4 MiB in the arena (each caller's, queued or held) and both
+        // workers' replies, with room left over for the gaps between runs. (With less, the
+        // requests of queued callers can take all of it while both workers wait for room for
+        // a reply; a worker gives up after `WORKER_WAIT`, DESIGN.md section 4b.)
+        .large_memory(64 << 20)
         .serve_in_place(reverse_in_place)
         .unwrap();
     let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
