@@ -267,9 +267,11 @@ fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
             Ordering::Relaxed
         };
         shape::step(state, shape::REQUEST, shape::SERVING, acquire, cas);
-        let len = raw.word(shape::LEN).load(Ordering::Relaxed) as usize;
-        // SAFETY: the slot is SERVING: the client wrote `len` (= n) bytes before its Release
-        // CAS and touches them again only after our REPLY.
+        // Read like shmrpc's `req_len`, and bounded by the buffer whatever the word says.
+        let len = (raw.word(shape::LEN).load(Ordering::Relaxed) as usize).min(n);
+        // SAFETY: the slot is SERVING: the client wrote `len` (<= n, the size of `buf` and of
+        // the payload) bytes before its Release CAS and touches them again only after our
+        // REPLY.
         unsafe {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);

@@ -247,7 +247,7 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
     }
 }
 
-/// A large request of at most 1 MiB is read from a copy in the worker's own buffer: while the
+/// A large request of at most 2 MiB is read from a copy in the worker's own buffer: while the
 /// handler runs, no large-message memory is in use at all (the request's run went back, so the
 /// reply can take it), and the reply is still computed from the whole request.
 #[test]
@@ -261,11 +261,7 @@ fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_bac
             move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
                 tell.send(()).unwrap();
                 go.lock().unwrap().recv().unwrap();
-                out.fill(req.len(), |buf| {
-                    for (o, i) in buf.iter_mut().zip(req.iter().rev()) {
-                        *o = *i;
-                    }
-                })
+                reverse_in_place(req, out)
             },
         )
         .unwrap();
