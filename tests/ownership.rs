@@ -434,10 +434,19 @@ fn a_process_leaking_async_replies_takes_no_slot_beyond_its_share_while_others_w
     );
     let mut other = Proc::spawn(&["wait-slot", &name]);
     assert_eq!(other.line(), "calling");
-    wait_for_stats(&name, "the other process's caller waiting", |s| {
-        s.free_waiters == 2
-    });
-    signal(other.child.id(), libc::SIGSTOP);
+    // Stop the caller while it is counted as waiting: between two park slices it retracts its
+    // announcement for a few instructions, and a stop there would leave nobody else waiting.
+    loop {
+        wait_for_stats(&name, "the other process's caller waiting", |s| {
+            s.free_waiters == 2
+        });
+        signal(other.child.id(), libc::SIGSTOP);
+        wait_stopped(other.child.id());
+        if stats(&name).free_waiters == 2 {
+            break;
+        }
+        signal(other.child.id(), libc::SIGCONT);
+    }
     drop(mine);
     // Six of the helper's park slices: a helper that may claim has long done so.
     let t0 = Instant::now();
