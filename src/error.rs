@@ -116,6 +116,11 @@ impl fmt::Display for Error {
                 write!(f, "the call to server {name:?} timed out after {after:?}")
             }
             Error::ServerGone { name } => write!(f, "the server {name:?} stopped or died"),
+            Error::PayloadTooLarge { len: 0, max } => write!(
+                f,
+                "the reply is larger than the {max} bytes the server takes, or found no room \
+                 in its large-message memory in time"
+            ),
             Error::PayloadTooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes is larger than the {max} bytes the server takes"
