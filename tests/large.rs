@@ -176,12 +176,11 @@ fn five_thousand_client_instances_send_random_sizes_and_get_them_back_byte_for_b
                     }
                     let msg = message(i, random_size(&mut rng));
                     bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
-                    let ok = Client::<Vec<u8>>::connect(name).is_ok_and(|client| {
-                        client
-                            .request(&msg)
-                            .is_ok_and(|r| r.as_slice() == msg.as_slice())
+                    let outcome = Client::<Vec<u8>>::connect(name).and_then(|client| {
+                        client.request(&msg).map(|r| r.as_slice() == msg.as_slice())
                     });
-                    if !ok {
+                    if !matches!(outcome, Ok(true)) {
+                        eprintln!("call {i} of {} bytes: {outcome:?}", msg.len());
                         failures.fetch_add(1, Ordering::SeqCst);
                     }
                 }
