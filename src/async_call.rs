@@ -264,8 +264,11 @@ fn helper_loop(hub: &Hub, weak: &Weak<Connection>) {
         }
         if queued > 0 {
             // Be a free-slot waiter, so that every freed slot rings the doorbell (announced
-            // in this process's entry too, so that it heals if the process dies counted).
+            // in this process's entry too, so that it heals if the process dies counted), and
+            // a queued one: the futures have waited, and callers that have not leave freed
+            // slots to them.
             protocol::announce_free_wait(map.map(), map.entry());
+            protocol::queue_free_wait(map.map(), map.entry());
             // SYNC: announce, fence, then look for free slots (after `bell_arm`); pairs with the
             // fence in `protocol::notify_free` (free the slot, fence, read `free_waiters`).
             fence(Ordering::SeqCst);
@@ -297,6 +300,7 @@ fn helper_loop(hub: &Hub, weak: &Weak<Connection>) {
             protocol::bell_wait(map.map(), &Futex, armed, Some(sleep));
         }
         if queued > 0 {
+            protocol::unqueue_free_wait(map.map(), map.entry());
             protocol::retract_free_wait(map.map(), map.entry());
         }
         if gone {
@@ -534,9 +538,12 @@ impl<Req: Message, Resp: Message, T> CallFuture<'_, '_, Req, Resp, T> {
         }
         let hint = hub.claim_hint.fetch_add(1, Ordering::Relaxed);
         // A process at its share of slots while others wait claims no more (a blocking call's
-        // rule too): the future queues, and the helper wakes it once the share allows.
+        // rule too): the future queues, and the helper wakes it once the share allows. A
+        // future that has not queued yet leaves free slots to the callers queued for one
+        // (`protocol::claim_if`); once queued here, it takes any.
+        let was_queued = ticket.is_some();
         let claim = || {
-            if within_share(map.map()) {
+            if within_share(map.map()) && (was_queued || protocol::queue_empty(map.map())) {
                 protocol::try_claim(map.map(), map.entry(), hint)
             } else {
                 None

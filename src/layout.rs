@@ -249,7 +249,11 @@ pub struct Header {
     /// (`protocol::bell_arm`); rung (`protocol::ring`) after an async call completes, after a
     /// slot is freed while someone waits for one, and at shutdown.
     pub async_bell: AtomicU32,
-    _pad2: [u8; 16],
+    /// Of `free_waiters`, the callers that have parked at least once (and async helpers with
+    /// futures queued): while any is counted, a caller that has not queued takes no free slot
+    /// (`protocol::claim_if`), so freed slots go to those already waiting.
+    pub queued_waiters: AtomicU32,
+    _pad2: [u8; 12],
     /// The park counter of `free_seq` ([`PARKED_DELTA`] bytes after it).
     pub free_seq_parked: AtomicU32,
     _pad2b: [u8; 4],
@@ -319,7 +323,8 @@ pub struct ProcEntry {
     pub free_waits: AtomicU32,
     /// The holder's share of [`Header::arena_waiters`] (`Mapping::wait_for_arena`).
     pub arena_waits: AtomicU32,
-    _pad: u32,
+    /// The holder's share of [`Header::queued_waiters`] (`protocol::queue_free_wait`).
+    pub queued_waits: AtomicU32,
 }
 
 /// The header of every slot; the payload follows at [`SLOT_HEADER_SIZE`].
@@ -383,6 +388,7 @@ const _: () = {
     assert!(offset_of!(Header, free_seq) == 128);
     assert!(offset_of!(Header, free_waiters) == 132);
     assert!(offset_of!(Header, async_bell) == 136);
+    assert!(offset_of!(Header, queued_waiters) == 140);
     assert!(offset_of!(Header, ready) == 192);
     // Every word a thread parks on has its park counter PARKED_DELTA bytes further.
     assert!(offset_of!(Header, server_seq_parked) == offset_of!(Header, server_seq) + PARKED_DELTA);

@@ -150,6 +150,11 @@ pub trait Words {
     /// The share of `free_waiters` that process entry `owner` (1..=`State::MAX_OWNER`)
     /// announced: what [`heal_free_waits`] takes back when that process dies.
     fn owner_waiters(&self, owner: u32) -> &AtomicU32;
+    /// Of `free_waiters`, the callers that have parked at least once (queued): while any is
+    /// counted, freed slots are theirs ([`claim_if`]).
+    fn queued_waiters(&self) -> &AtomicU32;
+    /// The share of `queued_waiters` that process entry `owner` queued.
+    fn owner_queued(&self, owner: u32) -> &AtomicU32;
     /// The async doorbell (`layout::Header::async_bell`).
     fn async_bell(&self) -> &AtomicU32;
     /// Gives back the arena run that slot `slot` records, if any (`arena::free`): called by
@@ -210,6 +215,10 @@ pub enum Mutant {
     /// `hub::Registry::register` registers a waker without checking, under the entry's lock,
     /// whether the call already completed.
     RegisterWithoutCheck,
+    /// A caller that has not queued takes a free slot even while others are queued for one.
+    BargePastQueue,
+    /// A waiter leaving the wait for a free slot does not wake another for a slot still free.
+    NoPassOn,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -316,6 +325,11 @@ pub fn claim<W: Words + ?Sized, P: Park + ?Sized>(
 /// share of slots, or nobody else waits: `Client`'s rule). A waiter that is woken for a freed
 /// slot but may not take it passes the wake-up on to the next waiter, so that the slot goes
 /// to a caller that may.
+///
+/// Freed slots go to the callers already queued for one: a caller takes a free slot on its
+/// way in only while nobody is queued ([`queue_empty`]); otherwise it announces itself, queues
+/// and parks like the others, so that threads that keep calling cannot take every freed slot
+/// from a waiter that the kernel wakes a few microseconds later.
 pub fn claim_if<W: Words + ?Sized, P: Park + ?Sized>(
     w: &W,
     park: &P,
@@ -324,7 +338,7 @@ pub fn claim_if<W: Words + ?Sized, P: Park + ?Sized>(
     waiting: &mut dyn Waiting,
     may_claim: &dyn Fn() -> bool,
 ) -> Result<(u32, u32), WaitError> {
-    if may_claim() {
+    if queue_empty(w) && may_claim() {
         if let Some(c) = try_claim(w, owner, start) {
             return Ok(c);
         }
@@ -355,10 +369,49 @@ pub fn retract_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
     saturating_sub(w.owner_waiters(owner), 1);
 }
 
-/// Takes back from `free_waiters` whatever process entry `owner` still announced (it died
-/// counted); returns how much. Only the holder of `owner`'s liveness lock may call it: then
-/// nobody else changes that share meanwhile.
+/// An announced waiter of process entry `owner` joins the queue (it is about to park for the
+/// first time, or it is an async helper with futures queued): from now on freed slots are for
+/// the queued, and callers that have not queued leave them alone. Always after the waiter's
+/// [`announce_free_wait`], so that `queued_waiters <= free_waiters` (a freed slot that found
+/// nobody announced, and so woke nobody, is never left to the queue: see [`claim_slow`]).
+pub fn queue_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
+    w.owner_queued(owner).fetch_add(1, Ordering::Relaxed);
+    // SYNC: SeqCst RMW, ordered after the announcement's RMWs and before the park; read by
+    // the SeqCst load in `queue_empty` of a caller that has not queued.
+    w.queued_waiters().fetch_add(1, Ordering::SeqCst);
+}
+
+/// Undoes one [`queue_free_wait`] of `owner`; always before the waiter's
+/// [`retract_free_wait`].
+pub fn unqueue_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
+    saturating_sub(w.queued_waiters(), 1);
+    saturating_sub(w.owner_queued(owner), 1);
+}
+
+/// Leaves the wait for a free slot: the place in the queue (if taken), then the announcement.
+fn leave_free_wait<W: Words + ?Sized>(w: &W, owner: u32, queued: bool) {
+    if queued {
+        unqueue_free_wait(w, owner);
+    }
+    retract_free_wait(w, owner);
+}
+
+/// Whether no caller is queued for a free slot: only then may a caller that has not queued
+/// take one ([`claim_if`]).
+#[inline]
+pub fn queue_empty<W: Words + ?Sized>(w: &W) -> bool {
+    // SYNC: SeqCst pairs with the SeqCst RMW of `queue_free_wait`: see `claim_slow`.
+    mutated(w, Mutant::BargePastQueue) || w.queued_waiters().load(Ordering::SeqCst) == 0
+}
+
+/// Takes back from `free_waiters` (and `queued_waiters`) whatever process entry `owner` still
+/// announced (it died counted); returns how much. Only the holder of `owner`'s liveness lock
+/// may call it: then nobody else changes that share meanwhile.
 pub fn heal_free_waits<W: Words + ?Sized>(w: &W, owner: u32) -> u32 {
+    let queued = w.owner_queued(owner).swap(0, Ordering::Relaxed);
+    if queued > 0 {
+        saturating_sub(w.queued_waiters(), queued);
+    }
     let left = w.owner_waiters(owner).swap(0, Ordering::Relaxed);
     if mutated(w, Mutant::HealEverything) {
         w.free_waiters().store(0, Ordering::Relaxed);
@@ -385,7 +438,7 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
 ) -> Result<(u32, u32), WaitError> {
     let mut got = None;
     if waiting.spin(&mut || {
-        got = if may_claim() {
+        got = if queue_empty(w) && may_claim() {
             try_claim(w, owner, start)
         } else {
             None
@@ -398,53 +451,69 @@ fn claim_slow<W: Words + ?Sized, P: Park + ?Sized>(
     }) {
         return Ok(got.expect("spin reported success"));
     }
-    loop {
+    // Announced for the whole wait (so that every slot freed meanwhile wakes someone), and
+    // queued from the first park on.
+    announce_free_wait(w, owner);
+    // SYNC: announce, fence, look for a free slot; pairs with the fence in `notify_free`
+    // (free, fence, read `free_waiters`) and in `shutdown` (STOPPED, fence, ...). The
+    // announcement ends with an RMW on `free_waiters`.
+    fence_after_rmw();
+    let mut queued = false;
+    let out = loop {
         if !server_running(w) || !waiting.peer_alive() {
-            return Err(WaitError::Gone);
+            break Err(WaitError::Gone);
         }
         let Some(slice) = waiting.next_park() else {
-            // We may have been handed a wake-up for a free slot that we now leave unused:
-            // pass it on, so that no other waiter sleeps a slice beside it.
-            if any_free(w) {
-                notify_free(w, park);
-            }
-            return Err(WaitError::Timeout);
+            break Err(WaitError::Timeout);
         };
         // SYNC: Acquire pairs with the Release bump in `notify_free`/`shutdown`: a waiter that
         // reads a bumped value also sees the freed slot or the STOPPED state.
         let seq = w.free_seq().load(Ordering::Acquire);
-        announce_free_wait(w, owner);
-        // SYNC: announce, fence, re-check; pairs with the fence in `notify_free` (free, fence,
-        // read `free_waiters`) and in `shutdown` (STOPPED, fence, ...). The announcement ends
-        // with an RMW on `free_waiters`.
-        fence_after_rmw();
-        if let Some(c) = may_claim().then(|| try_claim(w, owner, start)).flatten() {
-            retract_free_wait(w, owner);
-            return Ok(c);
+        // A caller that has not queued leaves a free slot to the queue: whoever freed it saw
+        // the queue's announcements (`queued_waiters <= free_waiters`) and woke one of them.
+        // If nobody is queued it takes the slot: its freer may have seen nobody and woken
+        // nobody. (Of several callers that announced at once and found the same free slot,
+        // the first to look sees no one queued: each queues only after its own look.)
+        if may_claim() && (queued || queue_empty(w)) {
+            if let Some(c) = try_claim(w, owner, start) {
+                break Ok(c);
+            }
         }
         if !server_running(w) {
-            retract_free_wait(w, owner);
-            return Err(WaitError::Gone);
+            break Err(WaitError::Gone);
+        }
+        if !queued {
+            queue_free_wait(w, owner);
+            queued = true;
+            // From now on any free slot is ours to take. One freed after the look above
+            // bumps `free_seq` (its freer sees our announcement), so the park below returns at
+            // once; one we saw and left was freed for the queue, whose woken waiter takes it
+            // or passes it on when it leaves.
         }
         park.wait(w.free_seq(), seq, Some(slice));
-        if !may_claim() {
-            retract_free_wait(w, owner);
-            // Woken for a slot we may not take: hand the wake-up to the next waiter.
-            if any_free(w) {
-                notify_free(w, park);
+        // A woken waiter tries to claim before it looks at its deadline, so a wake for a freed
+        // slot is used here or the slot was taken by another claimer. It tries while still
+        // announced: a process over its share that looks meanwhile must still see someone
+        // waiting, or it could take the slot this wake-up was for.
+        if may_claim() {
+            if let Some(c) = try_claim(w, owner, start) {
+                break Ok(c);
             }
-            continue;
+        } else if any_free(w) {
+            // Woken for a slot we may not take: hand the wake-up to the next waiter.
+            notify_free(w, park);
         }
-        // A woken waiter always tries to claim before it looks at its deadline, so a wake for
-        // a freed slot is either used here or the slot was taken by another claimer. It tries
-        // while still announced: a process over its share that looks meanwhile must still see
-        // someone waiting, or it could take the slot this wake-up was for.
-        let got = try_claim(w, owner, start);
-        retract_free_wait(w, owner);
-        if let Some(c) = got {
-            return Ok(c);
-        }
+    };
+    leave_free_wait(w, owner, queued);
+    // SYNC: leave (RMWs), fence, look for free slots; pairs with the fence in `notify_free`.
+    fence_after_rmw();
+    // Another slot may be free whose wake-up reached nobody (it was sent while every queued
+    // waiter was between two parks, and this one took another slot), or was ours and goes
+    // unused (the deadline passed): pass it on, so that no queued waiter sleeps beside it.
+    if !mutated(w, Mutant::NoPassOn) && any_free(w) {
+        notify_free(w, park);
     }
+    out
 }
 
 /// Publishes the request in `slot` (CLAIMED -> REQUEST at `gen`) and wakes a worker if one

@@ -767,6 +767,12 @@ impl Words for Mapping {
     fn owner_waiters(&self, owner: u32) -> &AtomicU32 {
         &self.proc_entry(owner).free_waits
     }
+    fn queued_waiters(&self) -> &AtomicU32 {
+        &self.header().queued_waiters
+    }
+    fn owner_queued(&self, owner: u32) -> &AtomicU32 {
+        &self.proc_entry(owner).queued_waits
+    }
     fn async_bell(&self) -> &AtomicU32 {
         &self.header().async_bell
     }

@@ -44,6 +44,8 @@ struct Bus {
     free_seq: AtomicU32,
     free_waiters: AtomicU32,
     owner_waiters: Vec<AtomicU32>,
+    queued_waiters: AtomicU32,
+    owner_queued: Vec<AtomicU32>,
     async_bell: AtomicU32,
     payload: Vec<UnsafeCell<u64>>,
     /// Each slot's arena record (0: none) and, in `run`, the bytes of the one run a model uses.
@@ -66,6 +68,8 @@ impl Bus {
             free_seq: AtomicU32::new(0),
             free_waiters: AtomicU32::new(0),
             owner_waiters: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
+            queued_waiters: AtomicU32::new(0),
+            owner_queued: (0..OWNERS).map(|_| AtomicU32::new(0)).collect(),
             async_bell: AtomicU32::new(0),
             payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
             ext: (0..slots).map(|_| AtomicU32::new(0)).collect(),
@@ -117,6 +121,12 @@ impl Words for Bus {
     }
     fn owner_waiters(&self, owner: u32) -> &AtomicU32 {
         &self.owner_waiters[owner as usize]
+    }
+    fn queued_waiters(&self) -> &AtomicU32 {
+        &self.queued_waiters
+    }
+    fn owner_queued(&self, owner: u32) -> &AtomicU32 {
+        &self.owner_queued[owner as usize]
     }
     fn async_bell(&self) -> &AtomicU32 {
         &self.async_bell
@@ -1102,6 +1112,7 @@ fn model_17(mutant: Mutant) {
         assert_eq!(healer.join().unwrap(), 1);
         assert_eq!(bus.free_waiters.load(Ordering::SeqCst), 0);
         assert_eq!(bus.owner_waiters[2].load(Ordering::SeqCst), 0);
+        assert_eq!(bus.queued_waiters.load(Ordering::SeqCst), 0);
     });
 }
 
@@ -1188,6 +1199,106 @@ fn mutant_run_freed_first_breaks_model_18() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Model 19: fairness. A caller waits for the only slot and has queued (parked at least once);
+// its holder frees it and at once calls again. The slot goes to the queued waiter: the new
+// call, which has not queued, does not take it (it gives up at its deadline), and the waiter
+// is always woken.
+
+fn model_19(mutant: Mutant) {
+    model("19 freed slot goes to the queue", move || {
+        let bus = Bus::new(1, mutant);
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        let waiter = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                let (_, got) = protocol::claim(&*bus, &*bus, 2, 0, &mut forever()).unwrap();
+                got
+            })
+        };
+        while bus.queued_waiters.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        assert!(protocol::release(
+            &*bus,
+            &*bus,
+            slot,
+            State::new(State::CLAIMED, gen)
+        ));
+        let again = protocol::claim(&*bus, &*bus, 1, 0, &mut ModelWait { expired: true });
+        assert!(
+            again.is_err(),
+            "a caller that had not queued took the slot freed for the queue"
+        );
+        assert_eq!(waiter.join().unwrap() & State::OWNER_MASK, 2);
+        assert_eq!(bus.queued_waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(bus.free_waiters.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn model_19_a_freed_slot_goes_to_the_queued_waiter() {
+    model_19(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_barge_past_queue_breaks_model_19() {
+    model_19(Mutant::BargePastQueue);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 20: a wake-up that reaches nobody. Two slots, both held; one caller has queued for
+// one. The holder frees both; a second caller arrives meanwhile. Each caller keeps the slot
+// it gets. Whatever the order (the second free may wake nobody, the queued caller being
+// awake already, while the newcomer leaves that slot to the queue), both get a slot: a waiter
+// leaving with one passes on the wake-up for the other.
+
+fn model_20(mutant: Mutant) {
+    model("20 pass the wake-up on", move || {
+        let bus = Bus::new(2, mutant);
+        let held: Vec<_> = (0..2)
+            .map(|k| protocol::try_claim(&*bus, 1, k).unwrap())
+            .collect();
+        let spawn_caller = |owner: u32| {
+            let bus = bus.clone();
+            thread::spawn(move || protocol::claim(&*bus, &*bus, owner, 0, &mut forever()).unwrap())
+        };
+        let first = spawn_caller(2);
+        while bus.queued_waiters.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        // The newcomer arrives while the slots are freed.
+        let callers = [first, spawn_caller(3)];
+        for (slot, gen) in held {
+            assert!(protocol::release(
+                &*bus,
+                &*bus,
+                slot,
+                State::new(State::CLAIMED, gen)
+            ));
+        }
+        let mut got: Vec<u32> = callers
+            .into_iter()
+            .map(|c| c.join().unwrap().0)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 1]);
+        assert_eq!(bus.queued_waiters.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn model_20_a_wake_up_for_a_free_slot_is_passed_on() {
+    model_20(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_no_pass_on_breaks_model_20() {
+    model_20(Mutant::NoPassOn);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The mutants must fail.
 
 /// Runs every `mutant_*` test in its own process and checks that loom catches the bug: the
@@ -1235,6 +1346,11 @@ fn mutants_are_caught() {
             "stale transition succeeded|taken from its live owner|Causality violation|deadlock",
         ),
         ("mutant_heal_everything_breaks_model_17", "deadlock|left: 1"),
+        (
+            "mutant_barge_past_queue_breaks_model_19",
+            "took the slot freed for the queue",
+        ),
+        ("mutant_no_pass_on_breaks_model_20", "deadlock"),
         (
             "mutant_run_freed_first_breaks_model_18",
             "Causality violation|changed under its worker",
