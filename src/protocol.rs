@@ -219,6 +219,8 @@ pub enum Mutant {
     BargePastQueue,
     /// A waiter leaving the wait for a free slot does not wake another for a slot still free.
     NoPassOn,
+    /// `take_ready` ignores its start and always takes the lowest ready bit first.
+    LowestFirst,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -906,14 +908,35 @@ pub fn running<W: Words + ?Sized>(w: &W) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Server side: take a ready slot, begin serving, finish, park.
 
-/// Takes one bit of the ready bitmap, scanning words from `start_word`; exactly one caller gets
-/// each set bit.
-pub fn take_ready<W: Words + ?Sized>(w: &W, start_word: usize) -> Option<u32> {
-    let words = (w.slot_count() as usize).div_ceil(64);
-    for k in 0..words {
-        let wi = (start_word + k) % words;
+/// Takes one bit of the ready bitmap, scanning from slot `start` round the whole bitmap (a
+/// `start` past the last slot counts as 0); exactly one caller gets each set bit.
+///
+/// A worker passes the slot after the one it served last, so that under constant load every
+/// published slot is served within one turn of the bitmap: always scanning from the lowest bit
+/// would leave a high slot unserved for as long as lower ones keep being published.
+pub fn take_ready<W: Words + ?Sized>(w: &W, start: u32) -> Option<u32> {
+    let n = w.slot_count();
+    let words = n.div_ceil(64) as usize;
+    let start = if start < n && !mutated(w, Mutant::LowestFirst) {
+        start
+    } else {
+        0
+    };
+    let (first, shift) = ((start / 64) as usize, start % 64);
+    // The first word from `start`'s bit on, every other word whole, then the first word's
+    // bits below `start` last (an empty mask when `start` is a word's first bit).
+    for k in 0..=words {
+        let mask = match k {
+            0 => u64::MAX << shift,
+            k if k == words => (1u64 << shift) - 1,
+            _ => u64::MAX,
+        };
+        if mask == 0 {
+            continue;
+        }
+        let wi = (first + k) % words;
         let word = w.ready_word(wi);
-        let mut v = word.load(Ordering::Relaxed);
+        let mut v = word.load(Ordering::Relaxed) & mask;
         while v != 0 {
             let bit = v & v.wrapping_neg();
             // SYNC: AcqRel on the bitmap only decides who owns the bit; the request bytes are
@@ -927,11 +950,11 @@ pub fn take_ready<W: Words + ?Sized>(w: &W, start_word: usize) -> Option<u32> {
             };
             if old & bit != 0 {
                 let slot = wi as u32 * 64 + bit.trailing_zeros();
-                if slot < w.slot_count() {
+                if slot < n {
                     return Some(slot);
                 }
             }
-            v = old & !bit;
+            v = old & !bit & mask;
         }
     }
     None

@@ -528,8 +528,10 @@ const WORKER_PARK: Duration = Duration::from_millis(100);
 
 fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
     let map = &shared.map;
-    let words = (map.layout().slot_count as usize).div_ceil(64);
-    let start_word = index % words;
+    // Where this worker's next scan of the ready bitmap starts: after the slot it served last
+    // (workers begin on different 64-slot words).
+    let words = map.layout().slot_count.div_ceil(64);
+    let mut cursor = (index as u32 % words) * 64;
     let spin = match shared.wait {
         WaitMode::Adaptive { spin } => spin,
         WaitMode::Park => Duration::ZERO,
@@ -550,7 +552,8 @@ fn worker_loop(shared: &Shared, service: &dyn Service, index: usize) {
         clock::ticks_for(Duration::from_micros(10), q32)
     };
     while shared.running() {
-        if let Some(slot) = protocol::take_ready(map, start_word) {
+        if let Some(slot) = protocol::take_ready(map, cursor) {
+            cursor = slot + 1;
             map.prefetch_slot(slot);
             if let Begin::Serve(gen) = protocol::begin_serving(map, &Futex, slot) {
                 last = serve_slot(map, service, slot, gen, &mut mem, q32);

@@ -13,7 +13,11 @@ fn stamp(_req: Request<'_, u64>) -> u64 {
 #[test]
 fn probe() {
     let name = format!("fair{}", std::process::id());
-    let _server = Server::builder(name.as_str()).slots(4).workers(1).serve(stamp).unwrap();
+    let _server = Server::builder(name.as_str())
+        .slots(4)
+        .workers(1)
+        .serve(stamp)
+        .unwrap();
     let arrivals = AtomicU64::new(0);
     let worst = AtomicU64::new(0);
     let over = AtomicU64::new(0);
@@ -37,5 +41,9 @@ fn probe() {
             });
         }
     });
-    println!("worst lag {} over64 {}", worst.load(Ordering::SeqCst), over.load(Ordering::SeqCst));
+    println!(
+        "worst lag {} over64 {}",
+        worst.load(Ordering::SeqCst),
+        over.load(Ordering::SeqCst)
+    );
 }

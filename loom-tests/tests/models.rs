@@ -1277,10 +1277,7 @@ fn model_20(mutant: Mutant) {
                 State::new(State::CLAIMED, gen)
             ));
         }
-        let mut got: Vec<u32> = callers
-            .into_iter()
-            .map(|c| c.join().unwrap().0)
-            .collect();
+        let mut got: Vec<u32> = callers.into_iter().map(|c| c.join().unwrap().0).collect();
         got.sort_unstable();
         assert_eq!(got, [0, 1]);
         assert_eq!(bus.queued_waiters.load(Ordering::SeqCst), 0);
@@ -1296,6 +1293,55 @@ fn model_20_a_wake_up_for_a_free_slot_is_passed_on() {
 #[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
 fn mutant_no_pass_on_breaks_model_20() {
     model_20(Mutant::NoPassOn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 21: no ready slot is passed over. Both slots are published; the worker serves slot 0,
+// whose caller publishes its next call at once. The worker's next take, which starts after
+// the slot it served, is slot 1: scanning from the lowest bit would serve slot 0 again, and
+// under constant load slot 1 would wait for ever (the first calls of a 5000-client test
+// timed out this way on i686). Then the scan wraps round to slot 0.
+
+fn model_21(mutant: Mutant) {
+    model("21 ready slots in turn", move || {
+        let bus = Bus::new(2, mutant);
+        let publish = |owner: u32, start: u32| {
+            let (slot, gen) = protocol::try_claim(&*bus, owner, start).expect("a free slot");
+            assert_eq!(slot, start);
+            assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
+        };
+        publish(1, 0);
+        publish(2, 1);
+        let mut cursor = 0;
+        let mut take = |bus: &Bus| {
+            let slot = protocol::take_ready(bus, cursor).expect("a ready slot");
+            cursor = slot + 1;
+            let Begin::Serve(gen) = protocol::begin_serving(bus, bus, slot) else {
+                panic!("slot {slot} was ready but not servable");
+            };
+            assert!(protocol::finish(bus, bus, slot, gen, State::REPLY));
+            slot
+        };
+        assert_eq!(take(&bus), 0);
+        // Slot 0's caller takes its reply and publishes its next call.
+        let st = protocol::wait_done(&*bus, &*bus, 0, bus.state(0).gen(), &mut forever()).unwrap();
+        assert!(protocol::release(&*bus, &*bus, 0, st));
+        publish(1, 0);
+        assert_eq!(take(&bus), 1, "the worker passed over a ready slot");
+        assert_eq!(take(&bus), 0);
+        assert_eq!(protocol::take_ready(&*bus, cursor), None);
+    });
+}
+
+#[test]
+fn model_21_no_ready_slot_is_passed_over() {
+    model_21(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_lowest_first_breaks_model_21() {
+    model_21(Mutant::LowestFirst);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1351,6 +1397,10 @@ fn mutants_are_caught() {
             "took the slot freed for the queue",
         ),
         ("mutant_no_pass_on_breaks_model_20", "deadlock"),
+        (
+            "mutant_lowest_first_breaks_model_21",
+            "passed over a ready slot",
+        ),
         (
             "mutant_run_freed_first_breaks_model_18",
             "Causality violation|changed under its worker",
