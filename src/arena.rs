@@ -161,10 +161,36 @@ pub fn unlock<W: ArenaWords + ?Sized>(w: &W, owner: u32) {
 /// Words of the largest occupancy map [`alloc`] builds (one bit per chunk).
 const MAP_WORDS: usize = (MAX_CHUNKS as usize).div_ceil(64);
 
+/// Whom an allocation is for, which decides how much of the free room it may take.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Purpose {
+    /// A worker's reply (and the loom models' plain allocations): any free run.
+    Reply,
+    /// A client's request: only a run that leaves free, in one piece, room for the largest
+    /// message recorded (its own included). Then a worker serving any request finds room for a
+    /// reply as long as that request once the replies already written are read (the requests
+    /// of queued callers can no longer take all of it: DESIGN.md section 4b, "Room for
+    /// replies"). A request alone in the arena may take any run.
+    Request,
+}
+
 /// Allocates for `slot` (owned by the caller, process entry `owner`, recording no run) a free
 /// run of at least `min` chunks: the first one of `max` chunks or more (cut to `max`), else the
-/// longest one; records it in the slot, all under the arena lock.
+/// longest one; records it in the slot, all under the arena lock. As [`alloc_for`] a reply.
 pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max: u32) -> Alloc {
+    alloc_for(w, owner, slot, min, max, Purpose::Reply)
+}
+
+/// [`alloc`], for `purpose`: a [`Purpose::Request`] takes only a run that keeps room for
+/// replies, else it is [`Alloc::Full`] (and waits, like any allocation that finds no room).
+pub fn alloc_for<W: ArenaWords + ?Sized>(
+    w: &W,
+    owner: u32,
+    slot: u32,
+    min: u32,
+    max: u32,
+    purpose: Purpose,
+) -> Alloc {
     let locking = !mutated(w, ArenaMutant::NoLock);
     if locking {
         if let Err(holder) = try_lock(w, owner) {
@@ -175,6 +201,8 @@ pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max
     let chunks = w.arena_chunks().min(MAX_CHUNKS);
     let words = chunks.div_ceil(64) as usize;
     let mut used = [0u64; MAP_WORDS];
+    // The longest run recorded: the room a request must leave for its reply.
+    let mut largest = 0u32;
     for s in 0..w.ext_slots() {
         // SYNC: Acquire pairs with the Release store of a record (made under the lock, which
         // we hold now, or before the lock was last let go).
@@ -184,11 +212,18 @@ pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max
         if !run.within(chunks) {
             continue;
         }
+        largest = largest.max(run.count);
         for c in run.first..run.first + run.count {
             used[(c / 64) as usize] |= 1 << (c % 64);
         }
     }
-    let found = find_run(&used[..words], chunks, min.max(1), max.max(min).max(1));
+    let (min, max) = (min.max(1), max.max(min).max(1));
+    let found = match purpose {
+        Purpose::Request if largest > 0 => {
+            find_request_run(&used[..words], chunks, min, max, largest)
+        }
+        _ => find_run(&used[..words], chunks, min, max),
+    };
     let early_unlock = locking && mutated(w, ArenaMutant::UnlockBeforeRecord);
     if early_unlock {
         unlock(w, owner);
@@ -208,30 +243,71 @@ pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max
     got
 }
 
+/// The free runs of the occupancy map `used` of `chunks` chunks, in order.
+fn free_runs(used: &[u64], chunks: u32) -> impl Iterator<Item = Extent> + '_ {
+    let mut c = 0u32;
+    std::iter::from_fn(move || {
+        let is_free = |c: u32| used[(c / 64) as usize] & (1 << (c % 64)) == 0;
+        while c < chunks && !is_free(c) {
+            c += 1;
+        }
+        let first = c;
+        while c < chunks && is_free(c) {
+            c += 1;
+        }
+        (c > first).then_some(Extent {
+            first,
+            count: c - first,
+        })
+    })
+}
+
 /// In the occupancy map `used` of `chunks` chunks: the first free run of `max` chunks or more
 /// (cut to `max`), else the longest free run of at least `min`.
 fn find_run(used: &[u64], chunks: u32, min: u32, max: u32) -> Option<Extent> {
     let mut best: Option<Extent> = None;
-    let mut start = 0u32;
-    for c in 0..=chunks {
-        let free = c < chunks && used[(c / 64) as usize] & (1 << (c % 64)) == 0;
-        if free {
-            if c + 1 - start >= max {
-                return Some(Extent {
-                    first: start,
-                    count: max,
-                });
-            }
-        } else {
-            let len = c - start;
-            if len >= min && best.is_none_or(|b| len > b.count) {
-                best = Some(Extent {
-                    first: start,
-                    count: len,
-                });
-            }
-            start = c + 1;
+    for run in free_runs(used, chunks) {
+        if run.count >= max {
+            return Some(Extent { count: max, ..run });
         }
+        if run.count >= min && best.is_none_or(|b| run.count > b.count) {
+            best = Some(run);
+        }
+    }
+    best
+}
+
+/// [`find_run`] for a request while other runs are recorded, the longest of `largest`
+/// chunks: a run of `g` chunks (`min <= g <= max`, as many as the rule allows) after which a
+/// free run of at least `largest` and `g` chunks is left. Either from a run other than the
+/// longest free one, which then stays whole (if it is long enough), or from the start of the
+/// longest free one, keeping the rest (at least half of it, and `largest`).
+fn find_request_run(used: &[u64], chunks: u32, min: u32, max: u32, largest: u32) -> Option<Extent> {
+    let longest = free_runs(used, chunks).fold(None, |b: Option<Extent>, r| {
+        if b.is_none_or(|b| r.count > b.count) {
+            Some(r)
+        } else {
+            b
+        }
+    })?;
+    if longest.count < largest {
+        return None;
+    }
+    // From another run: the first one of `max` or more, else the longest other one.
+    let mut best: Option<Extent> = None;
+    for run in free_runs(used, chunks).filter(|r| r.first != longest.first) {
+        let take = run.count.min(max);
+        if take >= min && best.is_none_or(|b| take > b.count) {
+            best = Some(Extent { count: take, ..run });
+        }
+    }
+    // From the longest one: what leaves `largest` and as much as it takes.
+    let take = max.min(longest.count - largest).min(longest.count / 2);
+    if take >= min && best.is_none_or(|b| take > b.count) {
+        best = Some(Extent {
+            count: take,
+            ..longest
+        });
     }
     best
 }
@@ -395,6 +471,42 @@ mod tests {
         assert!(!break_lock(&h, 6));
         assert!(break_lock(&h, 5));
         assert_eq!(alloc(&h, 1, 0, 1, 1), got(0, 1));
+    }
+
+    /// A request leaves a free run as long as the longest run recorded (and as its own), taken
+    /// from another free run or from the start of the longest; alone, it takes any run; a reply
+    /// takes any room. Fails if a request may take the room a reply as long as its request
+    /// needs.
+    #[test]
+    fn a_request_leaves_room_for_the_largest_reply_and_a_reply_takes_any_room() {
+        let h = Heap::new(128, 6);
+        let got = |first, count| Alloc::Got(Extent { first, count });
+        let request = |slot, min, max| alloc_for(&h, 1, slot, min, max, Purpose::Request);
+        // Alone: the first run long enough, as any allocation.
+        assert_eq!(request(0, 41, 128), got(0, 128));
+        trim(&h, 0, 41);
+        // 87 free in one run, 41 recorded: at most half of it, and 41 left.
+        assert_eq!(request(1, 40, 128), got(41, 43));
+        trim(&h, 1, 41);
+        // 46 free: taking 40 would leave 6, too little for a 41-chunk reply.
+        assert_eq!(request(2, 40, 128), Alloc::Full);
+        // A reply takes what there is.
+        assert_eq!(alloc(&h, 0, 3, 40, 128), got(82, 46));
+        trim(&h, 3, 41);
+        assert_eq!(request(2, 1, 1), Alloc::Full, "5 free, 41 must stay");
+        // With the first request gone, [0, 41) is the longest free run: it must stay whole,
+        // and the 5 at the end are too few.
+        free(&h, 0);
+        assert_eq!(request(2, 40, 128), Alloc::Full);
+        // A small request takes the short run and keeps the long one whole.
+        assert_eq!(request(2, 1, 8), got(123, 5));
+        free(&h, 1);
+        free(&h, 3);
+        // Left: [0, 123) free, 5 recorded: half of the longest run.
+        assert_eq!(request(4, 1, 128), got(0, 61));
+        free(&h, 2);
+        free(&h, 4);
+        assert_eq!(in_use(&h), 0);
     }
 
     /// Garbage in a record never counts chunks outside the arena nor panics, and a record

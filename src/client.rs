@@ -589,7 +589,14 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                     // goes FREE without one): no other process reads or writes its payload
                     // or runs until we publish it.
                     unsafe {
-                        large::serialize_large(map, slot, map.entry(), msg, checked, deadline)
+                        large::serialize_large(
+                            map,
+                            slot,
+                            large::Writer::client(map.entry()),
+                            msg,
+                            checked,
+                            deadline,
+                        )
                     }
                 }));
                 match written {

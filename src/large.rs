@@ -9,7 +9,7 @@
 //! that the run is too short does the writer count the rest, wait for a run of the exact size
 //! and serialize again into it.
 
-use crate::arena::{self, chunks_for, Alloc, Extent};
+use crate::arena::{self, chunks_for, Alloc, Extent, Purpose};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::message::{self, Encode};
@@ -25,11 +25,36 @@ pub(crate) const WORKER_WAIT: Duration = Duration::from_secs(2);
 /// Longest one wait for arena room lasts before the waiter looks again.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
-/// Arena room for the message being written into `slot` by process entry `owner`.
+/// Who writes a large message: the process entry that takes the arena lock, and what for.
+#[derive(Clone, Copy)]
+pub(crate) struct Writer {
+    /// The process entry (0: the server).
+    pub(crate) owner: u32,
+    /// A request keeps room for replies; a reply takes any room.
+    pub(crate) purpose: Purpose,
+}
+
+impl Writer {
+    /// A server's worker, writing a reply.
+    pub(crate) const WORKER: Writer = Writer {
+        owner: 0,
+        purpose: Purpose::Reply,
+    };
+
+    /// A client of process entry `entry`, writing a request.
+    pub(crate) fn client(entry: u32) -> Writer {
+        Writer {
+            owner: entry,
+            purpose: Purpose::Request,
+        }
+    }
+}
+
+/// Arena room for the message being written into `slot` by `writer`.
 pub(crate) struct ArenaRoom<'m> {
     map: &'m Mapping,
     slot: u32,
-    owner: u32,
+    writer: Writer,
     /// When the waiting ends: the caller's deadline (computed on first need).
     deadline: Deadline,
     /// The time allowed, for a `Timeout` error.
@@ -48,7 +73,7 @@ pub(crate) enum Deadline {
 
 impl<'m> ArenaRoom<'m> {
     #[inline(always)]
-    pub(crate) fn new(map: &'m Mapping, slot: u32, owner: u32, deadline: Deadline) -> Self {
+    pub(crate) fn new(map: &'m Mapping, slot: u32, writer: Writer, deadline: Deadline) -> Self {
         let timeout = match deadline {
             Deadline::Call { timeout, .. } | Deadline::For(timeout) => timeout,
             Deadline::At(at) => at.saturating_duration_since(Instant::now()),
@@ -56,7 +81,7 @@ impl<'m> ArenaRoom<'m> {
         ArenaRoom {
             map,
             slot,
-            owner,
+            writer,
             deadline,
             timeout,
         }
@@ -79,10 +104,11 @@ impl<'m> ArenaRoom<'m> {
     /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,
     /// waiting for frees until the deadline; `None` once it passed.
     pub(crate) fn alloc(&mut self, min: u32, max: u32) -> Option<Extent> {
-        let (map, slot, owner) = (self.map, self.slot, self.owner);
+        let (map, slot) = (self.map, self.slot);
+        let Writer { owner, purpose } = self.writer;
         let mut busy = 0u32;
         loop {
-            match arena::alloc(map, owner, slot, min, max) {
+            match arena::alloc_for(map, owner, slot, min, max, purpose) {
                 Alloc::Got(run) => return Some(run),
                 Alloc::Busy(_) => {
                     // Held for a reading of the records (microseconds), or by a process that
@@ -105,15 +131,16 @@ impl<'m> ArenaRoom<'m> {
                 return None;
             }
             let mut got = None;
-            map.wait_for_arena((until - now).min(WAIT_SLICE), &mut || match arena::alloc(
-                map, owner, slot, min, max,
-            ) {
-                Alloc::Got(run) => {
-                    got = Some(run);
-                    true
-                }
-                _ => false,
-            });
+            map.wait_for_arena(
+                (until - now).min(WAIT_SLICE),
+                &mut || match arena::alloc_for(map, owner, slot, min, max, purpose) {
+                    Alloc::Got(run) => {
+                        got = Some(run);
+                        true
+                    }
+                    _ => false,
+                },
+            );
             if got.is_some() {
                 return got;
             }
@@ -121,9 +148,10 @@ impl<'m> ArenaRoom<'m> {
     }
 }
 
-/// Serializes `value` for `slot` (owned by the caller, process entry `owner`): into the slot's
-/// payload area when it fits, else into an arena run recorded in the slot (cut to size). On
-/// error nothing stays recorded. Returns the archive's length and checksum.
+/// Serializes `value` for `slot` (owned by the caller, `writer`): into the slot's payload area
+/// when it fits, else into an arena run recorded in the slot (cut to size), one that keeps
+/// room for replies if the writer is a client. On error nothing stays recorded.
+/// Returns the archive's length and checksum.
 ///
 /// # Safety
 /// The caller owns `slot` (CLAIMED by this client, or SERVING by this worker), which records
@@ -132,7 +160,7 @@ impl<'m> ArenaRoom<'m> {
 pub(crate) unsafe fn serialize_large<T: Encode>(
     map: &Mapping,
     slot: u32,
-    owner: u32,
+    writer: Writer,
     value: &T,
     checked: bool,
     deadline: Deadline,
@@ -152,7 +180,7 @@ pub(crate) unsafe fn serialize_large<T: Encode>(
     match first {
         Ok(done) => Ok(done),
         // SAFETY: as above.
-        Err(need) => unsafe { into_arena(map, slot, owner, value, checked, deadline, need) },
+        Err(need) => unsafe { into_arena(map, slot, writer, value, checked, deadline, need) },
     }
 }
 
@@ -165,7 +193,7 @@ pub(crate) unsafe fn serialize_large<T: Encode>(
 unsafe fn into_arena<T: Encode>(
     map: &Mapping,
     slot: u32,
-    owner: u32,
+    writer: Writer,
     value: &T,
     checked: bool,
     deadline: Deadline,
@@ -186,7 +214,7 @@ unsafe fn into_arena<T: Encode>(
             max: layout.max_message(),
         });
     }
-    let mut room = ArenaRoom::new(map, slot, owner, deadline);
+    let mut room = ArenaRoom::new(map, slot, writer, deadline);
     // At least what the message needed when it stopped (for a byte buffer, about all of it);
     // how much more is unknown: a generous run, so that up to four writers share the arena.
     let min = chunks_for(need) as u32;
@@ -299,13 +327,21 @@ unsafe fn reply_without_run<T: Encode>(
     checked: bool,
 ) -> Result<(usize, u32)> {
     // SAFETY: the caller's contract.
-    unsafe { serialize_large(map, slot, 0, value, checked, Deadline::For(WORKER_WAIT)) }.map_err(
-        |e| match e {
-            Error::Timeout { .. } => Error::PayloadTooLarge {
-                len: 0,
-                max: map.layout().max_message(),
-            },
-            e => e,
+    unsafe {
+        serialize_large(
+            map,
+            slot,
+            Writer::WORKER,
+            value,
+            checked,
+            Deadline::For(WORKER_WAIT),
+        )
+    }
+    .map_err(|e| match e {
+        Error::Timeout { .. } => Error::PayloadTooLarge {
+            len: 0,
+            max: map.layout().max_message(),
         },
-    )
+        e => e,
+    })
 }

@@ -914,48 +914,59 @@ pub fn running<W: Words + ?Sized>(w: &W) -> bool {
 /// A worker passes the slot after the one it served last, so that under constant load every
 /// published slot is served within one turn of the bitmap: always scanning from the lowest bit
 /// would leave a high slot unserved for as long as lower ones keep being published.
+#[inline(always)]
 pub fn take_ready<W: Words + ?Sized>(w: &W, start: u32) -> Option<u32> {
     let n = w.slot_count();
-    let words = n.div_ceil(64) as usize;
     let start = if start < n && !mutated(w, Mutant::LowestFirst) {
         start
     } else {
         0
     };
-    let (first, shift) = ((start / 64) as usize, start % 64);
+    let from = u64::MAX << (start % 64);
+    if n <= 64 {
+        // One word (the default 32 slots): its bits from `start` on first, then the rest.
+        return take_in_word(w, 0, from, u64::MAX);
+    }
     // The first word from `start`'s bit on, every other word whole, then the first word's
-    // bits below `start` last (an empty mask when `start` is a word's first bit).
-    for k in 0..=words {
+    // bits below `start` last.
+    let words = n.div_ceil(64) as usize;
+    let first = (start / 64) as usize;
+    (0..=words).find_map(|k| {
         let mask = match k {
-            0 => u64::MAX << shift,
-            k if k == words => (1u64 << shift) - 1,
+            0 => from,
+            k if k == words => !from,
             _ => u64::MAX,
         };
-        if mask == 0 {
-            continue;
-        }
-        let wi = (first + k) % words;
-        let word = w.ready_word(wi);
-        let mut v = word.load(Ordering::Relaxed) & mask;
-        while v != 0 {
-            let bit = v & v.wrapping_neg();
-            // SYNC: AcqRel on the bitmap only decides who owns the bit; the request bytes are
-            // acquired by the CAS in `begin_serving`.
-            let old = if mutated(w, Mutant::TakeByLoad) {
-                let old = word.load(Ordering::SeqCst);
-                word.store(old & !bit, Ordering::SeqCst);
-                old
-            } else {
-                word.fetch_and(!bit, Ordering::AcqRel)
-            };
-            if old & bit != 0 {
-                let slot = wi as u32 * 64 + bit.trailing_zeros();
-                if slot < n {
-                    return Some(slot);
-                }
+        take_in_word(w, (first + k) % words, mask, mask)
+    })
+}
+
+/// Takes one set bit of ready word `wi`: one of `prefer`'s if any is set, else one of
+/// `allow`'s (`prefer` is within `allow`), the lowest of them.
+#[inline(always)]
+fn take_in_word<W: Words + ?Sized>(w: &W, wi: usize, prefer: u64, allow: u64) -> Option<u32> {
+    let word = w.ready_word(wi);
+    let mut v = word.load(Ordering::Relaxed) & allow;
+    while v != 0 {
+        let pick = if v & prefer != 0 { v & prefer } else { v };
+        let bit = pick & pick.wrapping_neg();
+        // SYNC: AcqRel on the bitmap only decides who owns the bit; the request bytes are
+        // acquired by the CAS in `begin_serving`.
+        let old = if mutated(w, Mutant::TakeByLoad) {
+            let old = word.load(Ordering::SeqCst);
+            word.store(old & !bit, Ordering::SeqCst);
+            old
+        } else {
+            word.fetch_and(!bit, Ordering::AcqRel)
+        };
+        if old & bit != 0 {
+            // A bit past the last slot (set by a broken peer) is cleared and skipped.
+            let slot = wi as u32 * 64 + bit.trailing_zeros();
+            if slot < w.slot_count() {
+                return Some(slot);
             }
-            v = old & !bit & mask;
         }
+        v = old & !bit & allow;
     }
     None
 }

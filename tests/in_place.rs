@@ -99,21 +99,14 @@ fn a_reply_computed_from_a_large_request_never_lands_on_it() {
     assert_eq!(server.stats().large_in_use, 0);
 }
 
-/// Many callers on two workers, random sizes up to 4 MiB: while one worker reads a request
-/// from the run in its record, the other calls allocate theirs; every reply is its own
-/// request reversed. Fails if an allocator hands out a run a worker holds (the requests would be
-/// overwritten under the handler that echoes them).
-#[test]
-fn concurrent_in_place_echoes_never_share_memory() {
+/// Six callers on two workers, 300 calls of random sizes up to 4 MiB (two in three larger than
+/// a slot), against `memory` bytes of large-message memory: every reply must be its own request
+/// reversed. Returns the calls that failed.
+fn reversed_echoes_from_six_callers(memory: usize) -> u64 {
     let name = unique_name("inplace-many");
     let server = Server::builder(&name)
         .workers(2)
-        // Room for the worst case, so that the test measures sharing, not starvation: six
-        // requests of up to 4 MiB in the arena (each caller's, queued or held) and both
-        // workers' replies, with room left over for the gaps between runs. (With less, the
-        // requests of queued callers can take all of it while both workers wait for room for
-        // a reply; a worker gives up after `WORKER_WAIT`, DESIGN.md section 4b.)
-        .large_memory(64 << 20)
+        .large_memory(memory)
         .serve_in_place(reverse_in_place)
         .unwrap();
     let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
@@ -145,9 +138,87 @@ fn concurrent_in_place_echoes_never_share_memory() {
             });
         }
     });
-    assert_eq!(bad.load(Ordering::SeqCst), 0);
     let stats = server.stats();
     assert_eq!(stats.large_in_use, 0, "{stats:?}");
+    bad.load(Ordering::SeqCst)
+}
+
+/// While one worker reads a request from the run in its record, the other calls allocate
+/// theirs, with room for the worst case (six requests of up to 4 MiB and both workers'
+/// replies). Fails if an allocator hands out a run a worker holds (the requests would be
+/// overwritten under the handler that reverses them).
+#[test]
+fn concurrent_in_place_echoes_never_share_memory() {
+    assert_eq!(reversed_echoes_from_six_callers(64 << 20), 0);
+}
+
+/// The same calls against 10 MiB, where the requests of queued callers could take the room
+/// that the replies of the two being served need. Fails if a request may take it (both
+/// workers then wait for room that only their own callers could free, and give up after
+/// `WORKER_WAIT` with `PayloadTooLarge`: the old allocator failed this every time).
+#[test]
+fn queued_large_requests_leave_room_for_the_replies_being_written() {
+    assert_eq!(reversed_echoes_from_six_callers(10 << 20), 0);
+}
+
+/// Three callers whose requests would fill the large-message memory (8 MiB, three requests of
+/// 2.5 MiB: read in place, over the copy limit) against two workers, whose handlers wait until
+/// the third caller has queued its request or waits for room: the third must wait, leaving room
+/// for the replies of the two being served, and every call then succeeds. Fails if the third
+/// request takes the room both replies need (both workers then wait for room that only their
+/// own callers could free, and give up after `WORKER_WAIT` with `PayloadTooLarge`).
+#[test]
+fn requests_that_would_fill_the_large_memory_leave_room_for_the_replies() {
+    const LEN: usize = 5 << 19;
+    let name = unique_name("inplace-room");
+    let (entered, proceed) = (mpsc::sync_channel::<()>(2), mpsc::sync_channel::<()>(3));
+    let (tell, go) = (entered.0, std::sync::Mutex::new(proceed.1));
+    let _server = Server::builder(&name)
+        .workers(2)
+        .large_memory(8 << 20)
+        .serve_in_place(
+            move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
+                tell.send(()).unwrap();
+                go.lock().unwrap().recv().unwrap();
+                reverse_in_place(req, out)
+            },
+        )
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..3u64)
+            .map(|i| {
+                let client = &client;
+                s.spawn(move || {
+                    let msg = message(i, LEN);
+                    let want: Vec<u8> = msg.iter().rev().copied().collect();
+                    match client.request_timeout(&msg, Duration::from_secs(60)) {
+                        Ok(r) => r.as_slice() == want.as_slice(),
+                        Err(e) => panic!("call {i}: {e}"),
+                    }
+                })
+            })
+            .collect();
+        // Two requests are being served, each held by its worker...
+        entered.1.recv().unwrap();
+        entered.1.recv().unwrap();
+        // ...and the third caller has either taken its room or waits for it.
+        let during = wait_for_stats(&name, "the third caller placed or waiting", |s| {
+            s.large_waiters > 0 || s.large_in_use >= 3 * LEN
+        });
+        // Let the handlers go before any assertion, so that a failure fails, not hangs.
+        for _ in 0..3 {
+            proceed.0.send(()).unwrap();
+        }
+        let replies: Vec<bool> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        assert!(
+            during.large_waiters > 0 && during.large_in_use < 3 * LEN,
+            "the third request waited for room: {during:?}"
+        );
+        assert_eq!(replies, [true; 3], "every reply is its request reversed");
+    });
+    let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
+    assert_eq!(after.large_held_by_workers, 0, "{after:?}");
 }
 
 /// `Responder::fill` writes a computed reply of any size, straight into shared memory in a
