@@ -375,7 +375,7 @@ pub fn retract_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
 /// first time, or it is an async helper with futures queued): from now on freed slots are for
 /// the queued, and callers that have not queued leave them alone. Always after the waiter's
 /// [`announce_free_wait`], so that `queued_waiters <= free_waiters` (a freed slot that found
-/// nobody announced, and so woke nobody, is never left to the queue: see [`claim_slow`]).
+/// nobody announced, and so woke nobody, is never left to the queue: see `claim_slow`).
 pub fn queue_free_wait<W: Words + ?Sized>(w: &W, owner: u32) {
     w.owner_queued(owner).fetch_add(1, Ordering::Relaxed);
     // SYNC: SeqCst RMW, ordered after the announcement's RMWs and before the park; read by
