@@ -35,6 +35,8 @@ struct ServerProc {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
+    /// Whether the server ends by itself once its stdin closes.
+    stops_on_eof: bool,
 }
 
 impl ServerProc {
@@ -54,6 +56,7 @@ impl ServerProc {
             child,
             stdin,
             stdout,
+            stops_on_eof: role.starts_with("shmrpc") || role.starts_with("iceoryx2"),
         }
     }
 
@@ -66,8 +69,21 @@ impl ServerProc {
 }
 
 impl Drop for ServerProc {
+    /// Closes the server's stdin. shmrpc and iceoryx2 servers stop on that and remove what
+    /// they published: a killed shmrpc server would leave its mapping in `/dev/shm` until
+    /// `shmrpc clean`. They get 10 s to do it. The other servers (raw, sockets, ipc-channel)
+    /// publish nothing that outlives them and are killed at once.
     fn drop(&mut self) {
         drop(self.stdin.take());
+        if self.stops_on_eof {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match self.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => return,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -75,6 +75,28 @@ fn reverse_in_place<'o>(req: Request<'_, Vec<u8>>, out: Responder<'o, Vec<u8>>) 
     })
 }
 
+/// Holds a handler at its start: each call says it entered, then waits for the test's go.
+struct Gate {
+    entered: mpsc::SyncSender<()>,
+    go: std::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Gate {
+    /// A gate, the receiver of its calls' entries (room for `entries` unread) and the sender
+    /// of their go-aheads (room for `gos` unread).
+    fn new(entries: usize, gos: usize) -> (Gate, mpsc::Receiver<()>, mpsc::SyncSender<()>) {
+        let (entered, entries) = mpsc::sync_channel(entries);
+        let (proceed, go) = mpsc::sync_channel(gos);
+        let go = std::sync::Mutex::new(go);
+        (Gate { entered, go }, entries, proceed)
+    }
+
+    fn pass(&self) {
+        self.entered.send(()).unwrap();
+        self.go.lock().unwrap().recv().unwrap();
+    }
+}
+
 /// A reply computed from a large request while the handler reads it (here: the request
 /// reversed) is right at every size: the reply's memory is never the request's. Fails if the
 /// allocator does not see the run a worker holds (the reply would land on the request, and
@@ -171,15 +193,13 @@ fn queued_large_requests_leave_room_for_the_replies_being_written() {
 fn requests_that_would_fill_the_large_memory_leave_room_for_the_replies() {
     const LEN: usize = 5 << 19;
     let name = unique_name("inplace-room");
-    let (entered, proceed) = (mpsc::sync_channel::<()>(2), mpsc::sync_channel::<()>(3));
-    let (tell, go) = (entered.0, std::sync::Mutex::new(proceed.1));
+    let (gate, entered, proceed) = Gate::new(2, 3);
     let _server = Server::builder(&name)
         .workers(2)
         .large_memory(8 << 20)
         .serve_in_place(
             move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
-                tell.send(()).unwrap();
-                go.lock().unwrap().recv().unwrap();
+                gate.pass();
                 reverse_in_place(req, out)
             },
         )
@@ -200,15 +220,15 @@ fn requests_that_would_fill_the_large_memory_leave_room_for_the_replies() {
             })
             .collect();
         // Two requests are being served, each held by its worker...
-        entered.1.recv().unwrap();
-        entered.1.recv().unwrap();
+        entered.recv().unwrap();
+        entered.recv().unwrap();
         // ...and the third caller has either taken its room or waits for it.
         let during = wait_for_stats(&name, "the third caller placed or waiting", |s| {
             s.large_waiters > 0 || s.large_in_use >= 3 * LEN
         });
         // Let the handlers go before any assertion, so that a failure fails, not hangs.
         for _ in 0..3 {
-            proceed.0.send(()).unwrap();
+            proceed.send(()).unwrap();
         }
         let replies: Vec<bool> = calls.into_iter().map(|c| c.join().unwrap()).collect();
         assert!(
@@ -271,14 +291,11 @@ fn a_filled_reply_reaches_the_caller_whatever_its_size_and_the_trust() {
 #[test]
 fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_is_out() {
     let name = unique_name("inplace-held");
-    let (reading, proceed) = (mpsc::sync_channel::<()>(0), mpsc::sync_channel::<()>(0));
-    let (tell, go) = (reading.0, proceed.1);
-    let go = std::sync::Mutex::new(go);
+    let (gate, reading, proceed) = Gate::new(0, 0);
     let server = Server::builder(&name)
         .serve_in_place(
             move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
-                tell.send(()).unwrap();
-                go.lock().unwrap().recv().unwrap();
+                gate.pass();
                 if req.first() == Some(&0xff) {
                     panic!("asked to panic (test)");
                 }
@@ -292,10 +309,10 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
         msg[0] = if panics { 0xff } else { 0 };
         std::thread::scope(|s| {
             let call = s.spawn(|| client.request_timeout(&msg, Duration::from_secs(30)));
-            reading.1.recv().unwrap();
+            reading.recv().unwrap();
             let during = server.stats();
             // Let the handler go before any assertion, so that a failure fails, not hangs.
-            proceed.0.send(()).unwrap();
+            proceed.send(()).unwrap();
             let outcome = call.join().unwrap();
             assert!(
                 during.large_held_by_workers >= 3 << 20,
@@ -324,14 +341,11 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
 #[test]
 fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_back() {
     let name = unique_name("inplace-copied");
-    let (reading, proceed) = (mpsc::sync_channel::<()>(0), mpsc::sync_channel::<()>(0));
-    let (tell, go) = (reading.0, proceed.1);
-    let go = std::sync::Mutex::new(go);
+    let (gate, reading, proceed) = Gate::new(0, 0);
     let server = Server::builder(&name)
         .serve_in_place(
             move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
-                tell.send(()).unwrap();
-                go.lock().unwrap().recv().unwrap();
+                gate.pass();
                 reverse_in_place(req, out)
             },
         )
@@ -340,10 +354,10 @@ fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_bac
     let msg = message(7, 512 << 10);
     std::thread::scope(|s| {
         let call = s.spawn(|| client.request_timeout(&msg, Duration::from_secs(30)));
-        reading.1.recv().unwrap();
+        reading.recv().unwrap();
         let during = server.stats();
         // Let the handler go before any assertion, so that a failure fails, not hangs.
-        proceed.0.send(()).unwrap();
+        proceed.send(()).unwrap();
         let reply = call.join().unwrap().unwrap();
         assert_eq!(
             (during.large_in_use, during.large_held_by_workers),

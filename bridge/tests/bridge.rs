@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 const ROLE: &str = "SHMRPC_ZENOH_TEST_ROLE";
 /// How long a test waits for a line from a child before it fails.
 const LINE_WAIT: Duration = Duration::from_secs(60);
+/// How long a child may take to end once its stdin is closed before it is killed.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Children.
@@ -93,7 +95,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Ends the child the way its role expects: stdin closed, so that a server or a bridge
+    /// stops and removes what it published (a killed server leaves its mapping in `/dev/shm`
+    /// until the name is served again). A child still running after `EXIT_WAIT` is killed.
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + EXIT_WAIT;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
         self.kill();
     }
 }
