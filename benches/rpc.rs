@@ -1009,7 +1009,9 @@ type Factory = Box<dyn Fn() -> Session>;
 
 /// Runs `rounds` rounds in which every contender `(name, batch, factory)` runs one session in
 /// turn: its server started, a warm-up of at least a quarter batch (two calls at least) and
-/// 50 ms, a timed batch, its server stopped. Returns each contender's time per call, per round.
+/// 50 ms, a timed batch, its server stopped. The order rotates by one contender per round, so
+/// that none always runs first or always after the same one (the one before leaves the caches
+/// and the memory bus in its own state). Returns each contender's time per call, per round.
 ///
 /// (The warm-up is the same for every contender: a fresh server process starts on its
 /// parent's vCPU, and until the scheduler moves one of the two, tens of ms here, a spinning
@@ -1017,8 +1019,10 @@ type Factory = Box<dyn Fn() -> Session>;
 /// would fall inside.)
 fn take_turns(cs: &[(&str, u32, Factory)], rounds: usize) -> Vec<Vec<f64>> {
     let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
-    for _ in 0..rounds {
-        for (i, (_, batch, factory)) in cs.iter().enumerate() {
+    for round in 0..rounds {
+        for k in 0..cs.len() {
+            let i = (round + k) % cs.len();
+            let (_, batch, factory) = &cs[i];
             let mut session = factory();
             let warm = Instant::now();
             let mut warmed = 0;

@@ -61,6 +61,8 @@ mod client;
 mod clock;
 #[cfg(not(loom))]
 mod connection;
+#[cfg(not(loom))]
+mod copy;
 mod error;
 #[cfg(not(loom))]
 #[doc(hidden)]

@@ -102,10 +102,9 @@ impl<E: rancor::Source> Writer<E> for SlotWriter {
             // SAFETY: `pos..end` lies inside the `cap` bytes at `ptr`, which the caller of
             // `serialize_into` owns (its slot is CLAIMED by the client or SERVING by the
             // worker, and so is the run the slot records), and `bytes` is a distinct Rust
-            // slice, so the ranges do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
-            };
+            // slice, so the ranges do not overlap. (A byte buffer larger than half the L3 is
+            // one such write, and goes out by streaming stores: `copy::to_shared`.)
+            unsafe { crate::copy::to_shared(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len()) };
         }
         self.pos = end;
         Ok(())
