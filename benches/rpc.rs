@@ -1194,6 +1194,9 @@ fn uds_session(n: usize) -> Session {
 /// and, with the peers, iceoryx2 request-response with slice payloads.
 fn interleaved_large(rounds: usize) {
     println!("interleaved comparison of large messages, {rounds} rounds (see `interleaved`).\n");
+    // Every round's time per call, for `scripts/large_plot.py`: size,contender,round,ns.
+    let csv_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-large.csv");
+    let mut csv = String::from("size,contender,round,ns\n");
     let sizes: Vec<usize> = match std::env::var("SHMRPC_BENCH_SIZES") {
         Ok(v) => v
             .split(',')
@@ -1233,6 +1236,16 @@ fn interleaved_large(rounds: usize) {
             Box::new(move || shmrpc_bytes_session(n, "shmrpc-owned")),
         ));
         let per_call = take_turns(&cs, rounds);
+        for (i, (name, _, _)) in cs.iter().enumerate() {
+            for (round, ns) in per_call[i].iter().enumerate() {
+                csv.push_str(&format!("{n},{name},{round},{ns:.0}\n"));
+            }
+        }
+        for (i, (name, _, _)) in cs.iter().enumerate() {
+            for (round, ns) in per_call[i].iter().enumerate() {
+                csv.push_str(&format!("{n},{name},{round},{ns:.0}\n"));
+            }
+        }
         let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
         println!("payload {n} B");
         for (i, (name, _, _)) in cs.iter().enumerate() {
@@ -1252,6 +1265,10 @@ fn interleaved_large(rounds: usize) {
         }
         println!("  shmrpc-owned / raw-spin  {:.2}x", ratio(owned, 1));
         println!();
+    }
+    match std::fs::write(csv_path, csv) {
+        Ok(()) => println!("per-round times written to {csv_path}"),
+        Err(e) => println!("could not write {csv_path}: {e}"),
     }
 }
 
