@@ -54,8 +54,8 @@ unsafe fn large(src: *const u8, dst: *mut u8, len: usize) {
 const MIN_STREAMING: usize = 1 << 20;
 
 /// The smallest copy made with streaming stores: half of the L3 cache of CPU 0 as sysfs
-/// gives it, at least [`MIN_STREAMING`]; `usize::MAX` (never) where there is no streaming copy or no L3 to
-/// read. Read once per process.
+/// gives it, at least [`MIN_STREAMING`]; `usize::MAX` (never) where there is no streaming
+/// copy or no L3 to read. Read once per process.
 pub(crate) fn streaming_threshold() -> usize {
     static THRESHOLD: OnceLock<usize> = OnceLock::new();
     *THRESHOLD.get_or_init(|| {
