@@ -67,6 +67,9 @@ pub enum ArenaMutant {
     KeepDeadLock,
     /// `hold` clears the record it moves a run from before it records the run in the other.
     HoldClearsFirst,
+    /// A [`Purpose::ReplyReusing`] allocation gives the reused run back before it takes the
+    /// lock (as a free followed by an allocation would).
+    ReuseFreedFirst,
 }
 
 /// A point where a process may die (a no-op outside the loom models).
@@ -172,6 +175,12 @@ pub enum Purpose {
     /// of queued callers can no longer take all of it: DESIGN.md section 4b, "Room for
     /// replies"). A request alone in the arena may take any run.
     Request,
+    /// A worker's reply that may take the run that record `.0` holds: its request's, done with
+    /// (in the slot's own record, or moved to the worker's). That record counts as free for
+    /// this allocation only and, once the reply's run is recorded, is cleared in the same hold
+    /// of the lock (the slot's own is simply overwritten): no other allocation can take that
+    /// room in between, so a reply no longer than its request always finds room.
+    ReplyReusing(u32),
 }
 
 /// Allocates for `slot` (owned by the caller, process entry `owner`, recording no run) a free
@@ -183,6 +192,7 @@ pub fn alloc<W: ArenaWords + ?Sized>(w: &W, owner: u32, slot: u32, min: u32, max
 
 /// [`alloc`], for `purpose`: a [`Purpose::Request`] takes only a run that keeps room for
 /// replies, else it is [`Alloc::Full`] (and waits, like any allocation that finds no room).
+/// For [`Purpose::ReplyReusing`]`(slot)` the slot may record the run to reuse.
 pub fn alloc_for<W: ArenaWords + ?Sized>(
     w: &W,
     owner: u32,
@@ -191,6 +201,11 @@ pub fn alloc_for<W: ArenaWords + ?Sized>(
     max: u32,
     purpose: Purpose,
 ) -> Alloc {
+    if let Purpose::ReplyReusing(record) = purpose {
+        if mutated(w, ArenaMutant::ReuseFreedFirst) {
+            w.slot_ext(record).store(0, Ordering::Release);
+        }
+    }
     let locking = !mutated(w, ArenaMutant::NoLock);
     if locking {
         if let Err(holder) = try_lock(w, owner) {
@@ -203,7 +218,14 @@ pub fn alloc_for<W: ArenaWords + ?Sized>(
     let mut used = [0u64; MAP_WORDS];
     // The longest run recorded: the room a request must leave for its reply.
     let mut largest = 0u32;
+    let reuse = match purpose {
+        Purpose::ReplyReusing(record) => Some(record),
+        _ => None,
+    };
     for s in 0..w.ext_slots() {
+        if Some(s) == reuse {
+            continue;
+        }
         // SYNC: Acquire pairs with the Release store of a record (made under the lock, which
         // we hold now, or before the lock was last let go).
         let Some(run) = Extent::unpack(w.slot_ext(s).load(Ordering::Acquire)) else {
@@ -232,6 +254,14 @@ pub fn alloc_for<W: ArenaWords + ?Sized>(
         Some(run) => {
             // SYNC: Release: the next allocator (after our unlock) sees the record.
             w.slot_ext(slot).store(run.pack(), Ordering::Release);
+            if let Some(record) = reuse.filter(|&r| r != slot) {
+                // The reused run is the reply's now (or free, where the reply is shorter):
+                // cleared while we hold the lock, after the reply's run is recorded, so that
+                // no allocator sees its chunks unrecorded while we hold them.
+                // SYNC: Release, as a free: our reads of the old run happen before an
+                // allocator that reads the cleared record hands its chunks out.
+                w.slot_ext(record).store(0, Ordering::Release);
+            }
             Alloc::Got(run)
         }
         None => Alloc::Full,

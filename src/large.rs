@@ -35,11 +35,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// A server's worker, writing a reply.
-    pub(crate) const WORKER: Writer = Writer {
-        owner: 0,
-        purpose: Purpose::Reply,
-    };
+    /// A server's worker, writing a reply that may take the run its record `record` holds
+    /// ([`Purpose::ReplyReusing`]), or any room.
+    pub(crate) fn worker_reusing(record: Option<u32>) -> Writer {
+        Writer {
+            owner: 0,
+            purpose: record.map_or(Purpose::Reply, Purpose::ReplyReusing),
+        }
+    }
 
     /// A client of process entry `entry`, writing a request.
     pub(crate) fn client(entry: u32) -> Writer {
@@ -109,7 +112,7 @@ impl<'m> ArenaRoom<'m> {
         let mut busy = 0u32;
         loop {
             match arena::alloc_for(map, owner, slot, min, max, purpose) {
-                Alloc::Got(run) => return Some(run),
+                Alloc::Got(run) => return Some(self.got(run)),
                 Alloc::Busy(_) => {
                     // Held for a reading of the records (microseconds), or by a process that
                     // died in it (the reaper breaks that within its scan period).
@@ -141,10 +144,19 @@ impl<'m> ArenaRoom<'m> {
                     _ => false,
                 },
             );
-            if got.is_some() {
-                return got;
+            if let Some(run) = got {
+                return Some(self.got(run));
             }
         }
+    }
+
+    /// `run`, allocated: a reply that reused its request's run may have given back the part
+    /// it did not take (the others who wait for room are woken).
+    fn got(&self, run: Extent) -> Extent {
+        if matches!(self.writer.purpose, Purpose::ReplyReusing(_)) {
+            self.map.notify_arena();
+        }
+        run
     }
 }
 
@@ -293,45 +305,66 @@ pub(crate) fn drop_run(map: &Mapping, slot: u32) {
 }
 
 /// Serializes a worker's reply for `slot` (SERVING, ours) like a client's message (payload
-/// area, then a run), waiting at most [`WORKER_WAIT`] for room; the request's run, if it had
-/// one, goes back first (the request is dead once the handler returned). So a message is in a
-/// run exactly when it does not fit the payload area, which lets a reader of a message that
-/// fits read the payload area without looking at the record. A reply that cannot be placed is
-/// `PayloadTooLarge` (its status tells the caller).
+/// area, then a run), waiting at most [`WORKER_WAIT`] for room. The request is dead once the
+/// handler returned, and its run, if it had one (recorded in the slot, or in the worker's
+/// record `held` where `InPlace::serve` moved it there), is the reply's to reuse
+/// ([`Purpose::ReplyReusing`]): no other allocation can take that room first, so a reply no
+/// longer than its request always finds room. Whatever the reply does not reuse goes back. So
+/// a message is in a run exactly when it does not fit the payload area, which lets a reader of
+/// a message that fits read the payload area without looking at the record. A reply that
+/// cannot be placed is `PayloadTooLarge` (its status tells the caller).
 ///
 /// # Safety
-/// The worker owns `slot` (SERVING) and nothing borrows its payload area or run.
+/// The worker owns `slot` (SERVING) and record `held`, and nothing borrows its payload area,
+/// the run the slot records, or the run `held` records.
 #[inline(always)]
 pub(crate) unsafe fn serialize_reply<T: Encode>(
     map: &Mapping,
     slot: u32,
     value: &T,
     checked: bool,
+    held: Option<u32>,
 ) -> Result<(usize, u32)> {
-    if map.slot(slot).ext.load(Ordering::Relaxed) != 0 {
+    if map.slot(slot).ext.load(Ordering::Relaxed) == 0 {
+        // SAFETY: the caller's contract; the slot records no run.
+        return unsafe { reply_into(map, slot, value, checked, Writer::worker_reusing(held)) };
+    }
+    // SAFETY: the caller's contract: the slot's run may be overwritten, and is only replaced
+    // (under the arena lock) if the reply goes to a run.
+    let out = unsafe {
+        reply_into(
+            map,
+            slot,
+            value,
+            checked,
+            Writer::worker_reusing(Some(slot)),
+        )
+    };
+    if !matches!(out, Ok((len, _)) if len > map.layout().max_payload()) {
+        // In the payload area (or not written): the request's run is still recorded.
         drop_run(map, slot);
     }
-    // SAFETY: the caller's contract; the slot records no run now.
-    unsafe { reply_without_run(map, slot, value, checked) }
+    out
 }
 
-/// [`serialize_reply`] once the slot records no run.
+/// [`serialize_reply`] by `writer`.
 ///
 /// # Safety
-/// As [`serialize_reply`], and the slot records no run.
+/// As [`serialize_reply`]; the slot records no run, or the one `writer` reuses.
 #[inline(always)]
-unsafe fn reply_without_run<T: Encode>(
+unsafe fn reply_into<T: Encode>(
     map: &Mapping,
     slot: u32,
     value: &T,
     checked: bool,
+    writer: Writer,
 ) -> Result<(usize, u32)> {
     // SAFETY: the caller's contract.
     unsafe {
         serialize_large(
             map,
             slot,
-            Writer::WORKER,
+            writer,
             value,
             checked,
             Deadline::For(WORKER_WAIT),

@@ -31,6 +31,9 @@ pub struct Responder<'o, T> {
     /// Whether a handler's buffer goes to shared memory directly (trusted server) or through
     /// a private copy first ([`crate::Trust::Untrusted`]).
     pub(crate) direct: bool,
+    /// The worker's record holding the request's run, copied out, for the reply to reuse
+    /// (`large::serialize_reply`); `None` where the request is read from it.
+    pub(crate) held: Option<u32>,
     /// The archive's length and checksum, or why it could not be written.
     pub(crate) written: &'o mut Option<Result<(usize, u32)>>,
     pub(crate) _t: PhantomData<fn(T)>,
@@ -68,9 +71,11 @@ impl<'o, T: Message> Responder<'o, T> {
             // SAFETY: the worker owns the slot (SERVING) until it publishes the reply, after
             // this handler returns; the request this handler reads is not in the slot's
             // payload area nor in the run the slot records (`InPlace::serve` copied it out or
-            // moved its run to the worker's record), so both are free to overwrite.
-            *self.written =
-                Some(unsafe { large::serialize_reply(self.map, self.slot, value, self.checked) });
+            // moved its run to the worker's record), so both are free to overwrite, and the
+            // run `held` records is set only where the request was copied out of it.
+            *self.written = Some(unsafe {
+                large::serialize_reply(self.map, self.slot, value, self.checked, self.held)
+            });
         }
         Replied(PhantomData)
     }

@@ -938,7 +938,7 @@ where
             // SAFETY: the slot is SERVING, owned by this worker; the request archive is no
             // longer borrowed (the handler took the request by value and returned an owned
             // reply), so its payload area and arena run are free to overwrite.
-            unsafe { large::serialize_reply(map, slot, &reply, checked) }
+            unsafe { large::serialize_reply(map, slot, &reply, checked, None) }
         }));
         let Ok(written) = outcome else {
             return handler_panicked(map, slot, gen, id);
@@ -1004,8 +1004,10 @@ where
             record,
         } = mem;
         let record = *record;
-        // Where the request is read from while the reply is written.
+        // Where the request is read from while the reply is written, and the worker's record
+        // if it holds the request's run for the reply to reuse.
         let large = len > layout.max_payload();
+        let mut held = None;
         let (area, room, buf) = if kind == kind::ONEWAY || (large && scratch.is_some()) {
             // No reply to write, or untrusted (copied out; its run goes back when the reply
             // is written): read where it is, as `Replying` does.
@@ -1020,11 +1022,13 @@ where
             (map.payload(slot), layout.max_payload(), Some(buf))
         } else if len <= COPY_LARGE_UP_TO {
             // Trusted, and small enough to stay in this core's cache: copied to the worker's
-            // buffer, its run given back, so that the reply takes that same run (the first
-            // free one): lines this worker has just read, which it then writes without
-            // fetching them again. Read in place, the request would keep its run and the
-            // reply would go to lines the caller last read, one more transfer per line
-            // (BENCHMARKS.md: 2x at 256 KiB).
+            // buffer, its run kept in the worker's record for the reply to reuse (the first
+            // free run, to the reply's allocation): lines this worker has just read, which it
+            // then writes without fetching them again. Read in place, the request would keep
+            // its run and the reply would go to lines the caller last read, one more transfer
+            // per line (BENCHMARKS.md: 2x at 256 KiB). Given back instead, the run could go
+            // to a queued request while the handler runs, leaving no room for this reply
+            // (DESIGN.md section 4b, "Room for replies").
             let (area, room) = map.message_area(slot, len);
             if len <= room {
                 copy.clear();
@@ -1033,7 +1037,7 @@ where
                 // following the protocol (a trusted peer), writes nothing until it gets the
                 // slot back; `len` is within the slot's run.
                 copy.extend_from_slice(unsafe { std::slice::from_raw_parts(area, len) });
-                large::drop_run(map, slot);
+                held = arena::hold(map, slot, record).map(|_| record);
                 (copy.as_mut_ptr(), len, None)
             } else {
                 // A run too short for the length: `read_request_in` says BadMessage.
@@ -1070,6 +1074,7 @@ where
             checked,
             discard: kind == kind::ONEWAY,
             direct: self.direct,
+            held,
             written: &mut written,
             _t: PhantomData,
         };

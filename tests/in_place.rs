@@ -336,10 +336,11 @@ fn the_request_an_in_place_handler_reads_is_held_by_its_worker_until_the_reply_i
 }
 
 /// A large request of at most 2 MiB is read from a copy in the worker's own buffer: while the
-/// handler runs, no large-message memory is in use at all (the request's run went back, so the
-/// reply can take it), and the reply is still computed from the whole request.
+/// handler runs, its run is no longer the slot's but the worker's (kept for the reply to reuse,
+/// so that no queued request can take that room first), and the reply is still computed from
+/// the whole request; once the reply is out, nothing is held.
 #[test]
-fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_back() {
+fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_kept_for_the_reply() {
     let name = unique_name("inplace-copied");
     let (gate, reading, proceed) = Gate::new(0, 0);
     let server = Server::builder(&name)
@@ -359,10 +360,13 @@ fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_bac
         // Let the handler go before any assertion, so that a failure fails, not hangs.
         proceed.send(()).unwrap();
         let reply = call.join().unwrap().unwrap();
-        assert_eq!(
-            (during.large_in_use, during.large_held_by_workers),
-            (0, 0),
-            "the request's run went back before the handler ran: {during:?}"
+        assert!(
+            during.large_held_by_workers >= 512 << 10,
+            "the worker keeps the request's run for the reply: {during:?}"
+        );
+        assert!(
+            during.in_use.iter().all(|u| u.large_bytes == 0),
+            "the slot records no run while the worker keeps it: {during:?}"
         );
         let reversed: Vec<u8> = msg.iter().rev().copied().collect();
         assert!(
@@ -370,6 +374,70 @@ fn a_large_request_that_fits_the_cache_is_read_from_a_copy_and_its_run_given_bac
             "the reply is the reversed request"
         );
     });
+    let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
+    assert_eq!(after.large_held_by_workers, 0, "{after:?}");
+}
+
+/// Two callers of 2 MiB requests (copied out: at the copy limit) being served, and six callers
+/// of 1 MiB requests queued behind them, against 7.5 MiB of large-message memory: every call
+/// succeeds. Fails if a worker gives its request's run back before its reply is written: the
+/// queued requests then take that room (all six fit, leaving 1.5 MiB), and both workers wait for
+/// room that only their own callers could free, giving up after `WORKER_WAIT` with
+/// `PayloadTooLarge` (what the allocator did before `Purpose::ReplyReusing`).
+#[test]
+fn copied_requests_keep_their_room_for_the_replies_while_others_queue() {
+    const SERVED: usize = (2 << 20) - 4096;
+    const QUEUED: usize = 6;
+    let name = unique_name("inplace-reuse");
+    let (gate, entered, proceed) = Gate::new(2 + QUEUED, 2 + QUEUED);
+    let _server = Server::builder(&name)
+        .workers(2)
+        .large_memory(15 << 19)
+        .serve_in_place(
+            move |req: Request<'_, Vec<u8>>, out: Responder<'_, Vec<u8>>| {
+                gate.pass();
+                reverse_in_place(req, out)
+            },
+        )
+        .unwrap();
+    let client: Client<Vec<u8>> = Client::connect(&name).unwrap();
+    let call = |i: u64, len: usize| {
+        let msg = message(i, len);
+        let want: Vec<u8> = msg.iter().rev().copied().collect();
+        client
+            .request_timeout(&msg, Duration::from_secs(60))
+            .map(|r| r.as_slice() == want.as_slice())
+            .map_err(|e| format!("call {i} ({len} bytes): {e}"))
+    };
+    std::thread::scope(|s| {
+        let mut calls: Vec<_> = (0..2).map(|i| s.spawn(move || call(i, SERVED))).collect();
+        // Both are being served...
+        for _ in 0..2 {
+            entered
+                .recv_timeout(Duration::from_secs(60))
+                .expect("both large requests reach a handler");
+        }
+        // ...when the others come: each places its request or waits for room, until all are
+        // placed or all but those that fit wait.
+        calls.extend((2..2 + QUEUED as u64).map(|i| s.spawn(move || call(i, (1 << 20) - 64))));
+        let during = wait_for_stats(&name, "the queued callers placed or waiting", |s| {
+            let placed = s.in_use.iter().filter(|u| u.large_bytes > 0).count();
+            let waiting = s.large_waiters as usize;
+            placed == QUEUED || (placed + waiting >= QUEUED && waiting >= QUEUED - 1)
+        });
+        // Let the handlers go before any assertion, so that a failure fails, not hangs.
+        for _ in 0..2 + QUEUED {
+            proceed.send(()).unwrap();
+        }
+        let replies: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        assert_eq!(replies, vec![Ok(true); 2 + QUEUED], "{during:?}");
+        assert!(
+            during.large_held_by_workers >= 2 * SERVED,
+            "both workers keep their requests' runs: {during:?}"
+        );
+    });
+    let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
+    assert_eq!(after.large_held_by_workers, 0, "{after:?}");
 }
 
 /// A one-way message to an in-place server runs its handler, whose reply goes nowhere.

@@ -15,7 +15,7 @@ mod runner;
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
-use shmrpc::arena::{self, Alloc, ArenaMutant, ArenaWords, Extent};
+use shmrpc::arena::{self, Alloc, ArenaMutant, ArenaWords, Extent, Purpose};
 use shmrpc::sync::{AtomicU32, Ordering};
 use std::cell::Cell;
 
@@ -255,6 +255,56 @@ fn model_hold(mutant: ArenaMutant) {
     });
 }
 
+/// Model 4: a worker keeps its request's run (chunks 0-1) in its own record (2), having copied
+/// the request out, and writes its reply (slot 0) with `Purpose::ReplyReusing(2)`, while
+/// another process allocates a request (slot 1, as much as it may take). The reply always finds
+/// room (the reused run counts as free for it and for no one else), the held record is cleared
+/// in the same allocation, no chunk is touched by both, and at the end nothing is left
+/// recorded.
+fn model_reply_reusing(mutant: ArenaMutant) {
+    model("arena 4", move || {
+        let h = Heap::new(3, mutant, usize::MAX);
+        let request = Extent { first: 0, count: 2 };
+        h.ext[2].store(request.pack(), Ordering::SeqCst);
+        let other = {
+            let h = h.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    if let Alloc::Got(run) = arena::alloc_for(&*h, 2, 1, 1, 4, Purpose::Request) {
+                        use_and_free(&h, 1, run, 2);
+                        return;
+                    }
+                    thread::yield_now();
+                }
+            })
+        };
+        // The request was read (copied out) before the reply is written.
+        h.use_run(request, 1);
+        let mut reply = None;
+        // Busy (the other holds the lock) is retried; it takes the lock at most twice.
+        for _ in 0..3 {
+            match arena::alloc_for(&*h, 0, 0, 2, 2, Purpose::ReplyReusing(2)) {
+                Alloc::Got(run) => {
+                    reply = Some(run);
+                    break;
+                }
+                Alloc::Busy(_) => thread::yield_now(),
+                Alloc::Full => panic!("the reply found no room"),
+            }
+        }
+        let reply = reply.expect("the lock is free for one of three tries");
+        assert_eq!(
+            h.ext[2].load(Ordering::SeqCst),
+            0,
+            "the reused record stays"
+        );
+        h.use_run(reply, 1);
+        assert_eq!(arena::free(&*h, 0), 2);
+        other.join().unwrap();
+        h.assert_clean();
+    });
+}
+
 #[test]
 fn model_1_two_allocators_never_share_a_chunk() {
     model_two_allocators(ArenaMutant::None);
@@ -268,6 +318,17 @@ fn model_2_a_process_dying_anywhere_leaks_nothing_and_takes_nothing() {
 #[test]
 fn model_3_a_held_request_run_is_never_handed_out() {
     model_hold(ArenaMutant::None);
+}
+
+#[test]
+fn model_4_a_reply_reusing_its_requests_run_always_finds_room() {
+    model_reply_reusing(ArenaMutant::None);
+}
+
+#[test]
+#[ignore = "run by mutants_are_caught"]
+fn mutant_reuse_freed_first_breaks_model_4() {
+    model_reply_reusing(ArenaMutant::ReuseFreedFirst);
 }
 
 #[test]
@@ -320,6 +381,10 @@ fn mutants_are_caught() {
         (
             "mutant_hold_clears_first_breaks_model_3",
             "Causality violation|changed under",
+        ),
+        (
+            "mutant_reuse_freed_first_breaks_model_4",
+            "the reply found no room",
         ),
     ];
     runner::mutants_fail(&cases);
