@@ -342,6 +342,31 @@ fn find_request_run(used: &[u64], chunks: u32, min: u32, max: u32, largest: u32)
     best
 }
 
+/// Whether a run of `min` chunks would be free if only the records of the slots `keeps` picks
+/// held their runs: read without the lock, so only advice (a worker deciding whether its wait
+/// for room can end without the requests that wait for it).
+pub fn fits_with_only<W: ArenaWords + ?Sized>(
+    w: &W,
+    min: u32,
+    keeps: impl Fn(u32) -> bool,
+) -> bool {
+    let chunks = w.arena_chunks().min(MAX_CHUNKS);
+    let mut used = [0u64; MAP_WORDS];
+    for s in (0..w.ext_slots()).filter(|&s| keeps(s)) {
+        let Some(run) = Extent::unpack(w.slot_ext(s).load(Ordering::Relaxed)) else {
+            continue;
+        };
+        if run.within(chunks) {
+            for c in run.first..run.first + run.count {
+                used[(c / 64) as usize] |= 1 << (c % 64);
+            }
+        }
+    }
+    let fits =
+        free_runs(&used[..chunks.div_ceil(64) as usize], chunks).any(|r| r.count >= min.max(1));
+    fits
+}
+
 /// Frees the run `slot` records, if any (its owner's step before the slot goes FREE; also the
 /// reaper's for a dead owner's slot): one swap of the record to 0. Returns the run's chunks
 /// (0 if none).

@@ -13,14 +13,21 @@ use crate::arena::{self, chunks_for, Alloc, Extent, Purpose};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::message::{self, Encode};
+use crate::protocol::State;
 use crate::shm::Mapping;
 use crate::sync::Ordering;
 use crate::wait::ticks_to_duration;
 use std::time::{Duration, Instant};
 
-/// Longest a worker waits for arena room for a reply before it reports the reply too large:
-/// the requests that hold the arena may all be waiting for this very worker.
+/// How long a worker waits for arena room for a reply before it looks at who holds the room:
+/// if only the requests waiting to be served could free enough of it (they may all be waiting
+/// for this very worker), it reports the reply too large; else it waits on, as long as its
+/// caller waits ([`Deadline::Serving`]).
 pub(crate) const WORKER_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest a worker waits for room for a reply in any case (a caller may wait longer,
+/// and a peer may hold its replies for ever): the clients' default timeout.
+const WORKER_WAIT_MAX: Duration = crate::client::DEFAULT_TIMEOUT;
 
 /// Longest one wait for arena room lasts before the waiter looks again.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
@@ -68,18 +75,23 @@ pub(crate) struct ArenaRoom<'m> {
 pub(crate) enum Deadline {
     /// `timeout` after the call began (`begun`, in clock ticks): a client's call.
     Call { begun: u64, timeout: Duration },
-    /// A fixed time from now, or none yet.
-    For(Duration),
     /// Fixed once first needed.
     At(Instant),
+    /// A worker's reply for the slot: as long as its caller waits (the slot SERVING) and the
+    /// server runs, at most [`WORKER_WAIT_MAX`]; past [`WORKER_WAIT`] (from the first wait,
+    /// when it began), only while something other than the requests waiting to be served
+    /// holds room the reply needs (replies being read, runs the workers hold), which frees
+    /// without this worker.
+    Serving(Option<Instant>),
 }
 
 impl<'m> ArenaRoom<'m> {
     #[inline(always)]
     pub(crate) fn new(map: &'m Mapping, slot: u32, writer: Writer, deadline: Deadline) -> Self {
         let timeout = match deadline {
-            Deadline::Call { timeout, .. } | Deadline::For(timeout) => timeout,
+            Deadline::Call { timeout, .. } => timeout,
             Deadline::At(at) => at.saturating_duration_since(Instant::now()),
+            Deadline::Serving(_) => WORKER_WAIT,
         };
         ArenaRoom {
             map,
@@ -98,10 +110,46 @@ impl<'m> ArenaRoom<'m> {
                 let spent = ticks_to_duration(clock::ticks().wrapping_sub(begun), q32);
                 Instant::now() + timeout.saturating_sub(spent)
             }
-            Deadline::For(d) => Instant::now() + d,
+            // Looked at again after each slice of waiting (`worker_waits_on`).
+            Deadline::Serving(since) => {
+                let now = Instant::now();
+                self.deadline = Deadline::Serving(Some(since.unwrap_or(now)));
+                return now + WAIT_SLICE;
+            }
         };
         self.deadline = Deadline::At(at);
         at
+    }
+
+    /// For [`Deadline::Serving`]: whether the worker waits on for a run of `min` chunks.
+    #[cold]
+    fn worker_waits_on(&self, min: u32) -> bool {
+        let Deadline::Serving(since) = self.deadline else {
+            return true;
+        };
+        let map = self.map;
+        let kind = State(map.slot(self.slot).state.load(Ordering::Acquire)).kind();
+        if kind != State::SERVING || !map.running_state() {
+            // The caller gave up, or the server stops: no one waits for this reply.
+            return false;
+        }
+        let waited = since.map_or(Duration::ZERO, |t| t.elapsed());
+        if waited < WORKER_WAIT {
+            return true;
+        }
+        if waited >= WORKER_WAIT_MAX {
+            return false;
+        }
+        // Would the room be there with only the requests published or being written holding
+        // theirs? If not, only they could make it, and they may be waiting for this worker.
+        let slots = map.layout().slot_count;
+        arena::fits_with_only(map, min, |s| {
+            s < slots
+                && matches!(
+                    State(map.slot(s).state.load(Ordering::Relaxed)).kind(),
+                    State::CLAIMED | State::REQUEST
+                )
+        })
     }
 
     /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,
@@ -127,6 +175,9 @@ impl<'m> ArenaRoom<'m> {
                     }
                 }
                 Alloc::Full => {}
+            }
+            if !self.worker_waits_on(min) {
+                return None;
             }
             let until = self.until();
             let now = Instant::now();
@@ -360,21 +411,13 @@ unsafe fn reply_into<T: Encode>(
     writer: Writer,
 ) -> Result<(usize, u32)> {
     // SAFETY: the caller's contract.
-    unsafe {
-        serialize_large(
-            map,
-            slot,
-            writer,
-            value,
-            checked,
-            Deadline::For(WORKER_WAIT),
-        )
-    }
-    .map_err(|e| match e {
-        Error::Timeout { .. } => Error::PayloadTooLarge {
-            len: 0,
-            max: map.layout().max_message(),
+    unsafe { serialize_large(map, slot, writer, value, checked, Deadline::Serving(None)) }.map_err(
+        |e| match e {
+            Error::Timeout { .. } => Error::PayloadTooLarge {
+                len: 0,
+                max: map.layout().max_message(),
+            },
+            e => e,
         },
-        e => e,
-    })
+    )
 }

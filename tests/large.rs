@@ -329,6 +329,103 @@ fn a_call_waits_for_large_memory_within_its_timeout() {
     });
 }
 
+/// `grow_or_echo`'s reply to a request shorter than 16 bytes: longer than the request.
+const GROWN: usize = 2 << 20;
+
+/// Replies to a request shorter than 16 bytes with `GROWN` bytes, else echoes it.
+fn grow_or_echo(req: Request<'_, Vec<u8>>) -> Vec<u8> {
+    if req.len() < 16 {
+        vec![7; GROWN]
+    } else {
+        req.to_vec()
+    }
+}
+
+/// A worker whose reply finds no room while a reply its caller has not read yet holds it
+/// waits on past its first wait (`WORKER_WAIT`, 2 s) as long as its own caller waits: that room
+/// frees without the worker. Here the holder reads for 3 s. Fails if the worker gives up at
+/// 2 s (the caller then gets `PayloadTooLarge` with length 0, as a slow reader under qemu made
+/// a worker do in CI).
+#[test]
+fn a_reply_waits_past_the_first_wait_for_room_that_a_slow_reader_holds() {
+    let name = unique_name("largeslowread");
+    let _server = Server::builder(&name)
+        .large_memory(4 << 20)
+        .workers(2)
+        .serve(grow_or_echo)
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    let held = client.request(&message(1, 3 << 20)).unwrap();
+    std::thread::scope(|s| {
+        // 1 MiB left: the 2 MiB reply waits for room, which `held` keeps.
+        let waiter = s.spawn(|| {
+            client
+                .request_timeout(&vec![1], Duration::from_secs(20))
+                .map(|r| r.len())
+        });
+        wait_for_stats(&name, "the worker waiting for room", |s| {
+            s.large_waiters > 0
+        });
+        // The reader is slow: it holds its reply past the worker's first wait (the subject of
+        // this test is that time, not a synchronization).
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(held.as_slice(), message(1, 3 << 20).as_slice());
+        drop(held);
+        assert_eq!(waiter.join().unwrap().unwrap(), GROWN);
+    });
+}
+
+/// A worker whose reply (longer than its request) finds no room that anything but the requests
+/// waiting to be served could free gives up after its first wait (`WORKER_WAIT`, 2 s), with
+/// `PayloadTooLarge` of length 0: those requests wait for this very worker (one here). Then the
+/// queued request is served. Fails if the worker waits on for its longest wait (30 s) or for
+/// ever.
+#[test]
+fn a_reply_that_only_queued_requests_could_make_room_for_gives_up_after_the_first_wait() {
+    let name = unique_name("largequeued");
+    let (go, gate) = std::sync::mpsc::sync_channel::<()>(1);
+    let gate = std::sync::Mutex::new(gate);
+    let _server = Server::builder(&name)
+        .large_memory(4 << 20)
+        .workers(1)
+        .serve(move |req: Request<'_, Vec<u8>>| {
+            if req.len() < 16 {
+                let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(60));
+            }
+            grow_or_echo(req)
+        })
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    std::thread::scope(|s| {
+        let grown = s.spawn(|| client.request_timeout(&vec![1], Duration::from_secs(60)));
+        wait_for_stats(&name, "the first call being served", |s| {
+            s.in_use.iter().any(|u| u.state == SlotState::Serving)
+        });
+        // Queued behind it, alone in the arena: it takes 3 MiB of the 4.
+        let queued = s.spawn(|| {
+            client
+                .request_timeout(&message(2, 3 << 20), Duration::from_secs(60))
+                .map(|r| r.as_slice() == message(2, 3 << 20).as_slice())
+        });
+        wait_for_stats(&name, "the large request queued", |s| {
+            s.in_use
+                .iter()
+                .any(|u| u.state == SlotState::Queued && u.large_bytes >= 3 << 20)
+        });
+        let t0 = Instant::now();
+        go.send(()).unwrap();
+        let out = grown.join().unwrap();
+        let took = t0.elapsed();
+        assert!(
+            matches!(out, Err(Error::PayloadTooLarge { len: 0, .. })),
+            "{:?}",
+            out.map(|r| r.len())
+        );
+        assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+        assert!(matches!(queued.join().unwrap(), Ok(true)));
+    });
+}
+
 /// A caller killed while it waits for large-message memory leaves no announced wait behind:
 /// its entry's share of the waiters is taken back when the reaper finds it dead (otherwise
 /// every later free of a run would make a futex wake for nobody). Fails if the count stays.
