@@ -40,6 +40,11 @@ pub trait ArenaWords {
     /// Record `slot`: the `ext` word of that slot (or a worker's record past the slots): the
     /// run it records ([`Extent::pack`]), or 0.
     fn slot_ext(&self, slot: u32) -> &AtomicU32;
+    /// The request that has waited long for room and now goes first ([`want`]), if these
+    /// words have such a word.
+    fn arena_want(&self) -> Option<&AtomicU32> {
+        None
+    }
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
     fn arena_mutant(&self) -> ArenaMutant {
@@ -240,12 +245,26 @@ pub fn alloc_for<W: ArenaWords + ?Sized>(
         }
     }
     let (min, max) = (min.max(1), max.max(min).max(1));
-    let found = match purpose {
+    let mut found = match purpose {
         Purpose::Request if largest > 0 => {
             find_request_run(&used[..words], chunks, min, max, largest)
         }
         _ => find_run(&used[..words], chunks, min, max),
     };
+    if let (Purpose::Request, Some(run)) = (purpose, found) {
+        // Another request has waited long and goes first: leave it a run for itself and its
+        // reply, or wait.
+        if let Some(need) = wanted_by_other(w, slot) {
+            if !leaves_free_run(
+                &used[..words],
+                chunks,
+                run,
+                need.saturating_mul(2).min(chunks),
+            ) {
+                found = None;
+            }
+        }
+    }
     let early_unlock = locking && mutated(w, ArenaMutant::UnlockBeforeRecord);
     if early_unlock {
         unlock(w, owner);
@@ -340,6 +359,68 @@ fn find_request_run(used: &[u64], chunks: u32, min: u32, max: u32, largest: u32)
         });
     }
     best
+}
+
+/// Bits of a [`want`] word below the wanting slot (its chunk count).
+const WANT_SLOT_SHIFT: u32 = 16;
+
+/// The chunks the request of another slot than `slot` waits for with priority ([`want`]).
+fn wanted_by_other<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> Option<u32> {
+    let v = w.arena_want()?.load(Ordering::Relaxed);
+    (v != 0 && v >> WANT_SLOT_SHIFT != slot + 1).then_some(v & 0xffff)
+}
+
+/// Whether, with `run` taken too, a free run of `need` chunks is left in `used`.
+fn leaves_free_run(used: &[u64], chunks: u32, run: Extent, need: u32) -> bool {
+    let mut after = [0u64; MAP_WORDS];
+    after[..used.len()].copy_from_slice(used);
+    for c in run.first..run.first + run.count {
+        after[(c / 64) as usize] |= 1 << (c % 64);
+    }
+    let left = free_runs(&after[..used.len()], chunks).any(|r| r.count >= need.max(1));
+    left
+}
+
+/// Priority for a request of `slot` that has waited long for a run of `chunks`: while its
+/// word names it, other requests are placed only where they leave a free run of twice that
+/// (the request and its reply), so that a stream of smaller requests cannot starve a larger
+/// one. One request at a time holds it (a CAS from 0); it lets go once it has its run or gives
+/// up ([`unwant`]), and the reaper clears a word whose slot is no longer being written
+/// ([`clear_stale_want`]). Only advice for placement: the records stay the only truth about
+/// what is in use. Returns whether this request holds it now.
+pub fn want<W: ArenaWords + ?Sized>(w: &W, slot: u32, chunks: u32) -> bool {
+    let Some(word) = w.arena_want() else {
+        return false;
+    };
+    let mine = ((slot + 1) << WANT_SLOT_SHIFT) | chunks.min(0xffff);
+    word.compare_exchange(0, mine, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Lets go of the priority [`want`] gave `slot`.
+pub fn unwant<W: ArenaWords + ?Sized>(w: &W, slot: u32) {
+    if let Some(word) = w.arena_want() {
+        let v = word.load(Ordering::Relaxed);
+        if v >> WANT_SLOT_SHIFT == slot + 1 {
+            let _ = word.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Clears the [`want`] word if the slot it names is not `writing` (a request waiting for room
+/// is being written: its slot CLAIMED), as one left by a process that died or a caller that
+/// did not let go. Returns whether it cleared it.
+pub fn clear_stale_want<W: ArenaWords + ?Sized>(w: &W, writing: impl Fn(u32) -> bool) -> bool {
+    let Some(word) = w.arena_want() else {
+        return false;
+    };
+    let v = word.load(Ordering::Relaxed);
+    let slot = (v >> WANT_SLOT_SHIFT).wrapping_sub(1);
+    v != 0
+        && !(slot < w.ext_slots() && writing(slot))
+        && word
+            .compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Whether a run of `min` chunks would be free if only the records of the slots `keeps` picks

@@ -29,6 +29,9 @@ pub(crate) const WORKER_WAIT: Duration = Duration::from_secs(2);
 /// and a peer may hold its replies for ever): the clients' default timeout.
 const WORKER_WAIT_MAX: Duration = crate::client::DEFAULT_TIMEOUT;
 
+/// How long a request waits for arena room before it asks to go first (`arena::want`).
+const WANT_AFTER: Duration = Duration::from_millis(100);
+
 /// Longest one wait for arena room lasts before the waiter looks again.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
@@ -143,21 +146,55 @@ impl<'m> ArenaRoom<'m> {
         // Would the room be there with only the requests published or being written holding
         // theirs? If not, only they could make it, and they may be waiting for this worker.
         let slots = map.layout().slot_count;
-        arena::fits_with_only(map, min, |s| {
+        let r = arena::fits_with_only(map, min, |s| {
             s < slots
                 && matches!(
                     State(map.slot(s).state.load(Ordering::Relaxed)).kind(),
                     State::CLAIMED | State::REQUEST
                 )
-        })
+        });
+        if !r {
+            use crate::arena::ArenaWords;
+            let recs: Vec<String> = (0..map.ext_slots())
+                .filter_map(|s| {
+                    let w = map.slot_ext(s).load(Ordering::Relaxed);
+                    let st = if s < slots {
+                        State(map.slot(s).state.load(Ordering::Relaxed)).kind()
+                    } else {
+                        99
+                    };
+                    crate::arena::Extent::unpack(w)
+                        .map(|e| format!("{s}:{}+{}/{st}", e.first, e.count))
+                })
+                .collect();
+            eprintln!(
+                "DEBUG give-up slot {} min {min} purpose {:?}: {recs:?}",
+                self.slot, self.writer.purpose
+            );
+        }
+        r
     }
 
     /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,
     /// waiting for frees until the deadline; `None` once it passed.
     pub(crate) fn alloc(&mut self, min: u32, max: u32) -> Option<Extent> {
+        let mut wanting = false;
+        let got = self.alloc_waiting(min, max, &mut wanting);
+        if wanting {
+            arena::unwant(self.map, self.slot);
+            // The requests held back for this one may go now.
+            self.map.notify_arena();
+        }
+        got
+    }
+
+    /// [`ArenaRoom::alloc`]; a request that has waited [`WANT_AFTER`] takes the arena's
+    /// priority word if it is free (`wanting`: whether it holds it, for the caller to let go).
+    fn alloc_waiting(&mut self, min: u32, max: u32, wanting: &mut bool) -> Option<Extent> {
         let (map, slot) = (self.map, self.slot);
         let Writer { owner, purpose } = self.writer;
         let mut busy = 0u32;
+        let mut since: Option<Instant> = None;
         loop {
             match arena::alloc_for(map, owner, slot, min, max, purpose) {
                 Alloc::Got(run) => return Some(self.got(run)),
@@ -178,6 +215,12 @@ impl<'m> ArenaRoom<'m> {
             }
             if !self.worker_waits_on(min) {
                 return None;
+            }
+            if purpose == Purpose::Request && !*wanting {
+                let t = *since.get_or_insert_with(Instant::now);
+                if t.elapsed() >= WANT_AFTER {
+                    *wanting = arena::want(map, slot, min);
+                }
             }
             let until = self.until();
             let now = Instant::now();

@@ -299,7 +299,9 @@ pub struct Header {
     pub arena_chunks: AtomicU32,
     /// The arena lock: 0, or `arena::LOCKED` | the holder's process entry (0: the server).
     pub arena_lock: AtomicU32,
-    _reserved2: [u8; 4],
+    /// The large request that waits for room with priority: (its slot + 1) << 16 | the chunks
+    /// it needs, or 0 (`arena::want`).
+    pub arena_want: AtomicU32,
     /// Futex word of callers waiting for arena room; bumped by whoever frees a run while
     /// someone waits.
     pub arena_seq: AtomicU32,

@@ -126,6 +126,12 @@ impl Reaper {
                 map.let_go(k);
             }
         }
+        // A priority for arena room whose request is no longer being written (its process
+        // died, or it did not let go) goes.
+        let slots = map.layout().slot_count;
+        arena::clear_stale_want(map, |s| {
+            s < slots && State(map.slot(s).state.load(Ordering::Relaxed)).kind() == State::CLAIMED
+        });
         self.report_hogs(map);
         map.header().reaper_scans.fetch_add(1, Ordering::Relaxed);
         out

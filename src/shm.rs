@@ -802,6 +802,9 @@ impl crate::arena::ArenaWords for Mapping {
             Some(w) => self.worker_record(w),
         }
     }
+    fn arena_want(&self) -> Option<&AtomicU32> {
+        Some(&self.header().arena_want)
+    }
 }
 
 /// The production [`Park`]: a shared futex on a word of the mapping.

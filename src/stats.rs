@@ -161,6 +161,10 @@ pub struct Stats {
     pub large_held_by_workers: usize,
     /// Callers (and workers) announced as waiting for large-message memory.
     pub large_waiters: u32,
+    /// The slot of the large request that has waited long for memory and goes first (other
+    /// requests leave it room: DESIGN.md section 4b, "Waiting for room"), with the bytes it
+    /// waits for.
+    pub large_first: Option<(u32, usize)>,
 }
 
 impl Stats {
@@ -234,6 +238,10 @@ impl Stats {
             large_in_use,
             large_held_by_workers,
             large_waiters: h.arena_waiters.load(Ordering::Relaxed),
+            large_first: match h.arena_want.load(Ordering::Relaxed) {
+                0 => None,
+                v => Some(((v >> 16).wrapping_sub(1), (v & 0xffff) as usize * crate::arena::CHUNK)),
+            },
         }
     }
 }

@@ -426,6 +426,70 @@ fn a_reply_that_only_queued_requests_could_make_room_for_gives_up_after_the_firs
     });
 }
 
+/// A large request that needs most of the memory, waiting while a smaller call holds part of
+/// it, is not overtaken by smaller requests that keep coming: once it has waited
+/// (`WANT_AFTER`, 100 ms) it goes first (`Stats::large_first`), a new smaller request that
+/// would fit waits behind it, and it is served first. Fails if the newcomer is placed while the
+/// large request waits (a steady stream of such calls would starve it until its timeout, as
+/// six callers under qemu did in CI).
+#[test]
+fn a_large_request_is_not_overtaken_by_smaller_ones_once_it_has_waited() {
+    const SMALL: usize = (1 << 20) - 64;
+    const BIG: usize = (4 << 20) - 4096;
+    let name = unique_name("largefirst");
+    let (go, gate) = std::sync::mpsc::sync_channel::<()>(1);
+    let gate = std::sync::Mutex::new(gate);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let served = order.clone();
+    let _server = Server::builder(&name)
+        .large_memory(8 << 20)
+        .workers(2)
+        .serve(move |req: Request<'_, Vec<u8>>| {
+            let tag = req[0];
+            if tag == 1 {
+                let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(60));
+            }
+            served.lock().unwrap().push(tag);
+            req.to_vec()
+        })
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    let call = |tag: u8, len: usize| {
+        let mut msg = message(u64::from(tag), len);
+        msg[0] = tag;
+        client
+            .request_timeout(&msg, Duration::from_secs(60))
+            .map(|r| r.as_slice() == msg.as_slice())
+    };
+    std::thread::scope(|s| {
+        // 1 MiB held while its handler waits: the 4 MiB request cannot leave room for itself
+        // and its reply until it goes.
+        let first = s.spawn(|| call(1, SMALL));
+        wait_for_stats(&name, "the first call being served", |s| {
+            s.in_use.iter().any(|u| u.state == SlotState::Serving)
+        });
+        let big = s.spawn(|| call(2, BIG));
+        let waiting = wait_for_stats(&name, "the large request going first", |s| {
+            s.large_first.is_some()
+        });
+        assert!(waiting.large_first.unwrap().1 >= BIG, "{waiting:?}");
+        // A newcomer that would fit beside the first call: it waits behind the large one.
+        let newcomer = s.spawn(|| call(3, SMALL));
+        let during = wait_for_stats(&name, "the newcomer waiting", |s| s.large_waiters >= 2);
+        go.send(()).unwrap();
+        let results = [first, big, newcomer].map(|c| c.join().unwrap());
+        assert_eq!(
+            during.large_in_use,
+            SMALL.next_multiple_of(64 << 10),
+            "only the first call holds memory while the large one waits: {during:?}"
+        );
+        assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
+        assert_eq!(*order.lock().unwrap(), [1, 2, 3], "served in that order");
+    });
+    let after = wait_for_stats(&name, "nothing held", |s| s.large_in_use == 0);
+    assert_eq!(after.large_first, None, "{after:?}");
+}
+
 /// A caller killed while it waits for large-message memory leaves no announced wait behind:
 /// its entry's share of the waiters is taken back when the reaper finds it dead (otherwise
 /// every later free of a run would make a futex wake for nobody). Fails if the count stays.

@@ -285,6 +285,13 @@ fn render(name: &str, s: &Stats) -> String {
         s.large_memory / 1024,
         s.large_waiters
     );
+    if let Some((slot, bytes)) = s.large_first {
+        let _ = writeln!(
+            o,
+            "  slot {slot} has waited long for {} KiB and goes first",
+            bytes / 1024
+        );
+    }
     if s.large_held_by_workers > 0 {
         let _ = writeln!(
             o,
