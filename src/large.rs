@@ -146,33 +146,13 @@ impl<'m> ArenaRoom<'m> {
         // Would the room be there with only the requests published or being written holding
         // theirs? If not, only they could make it, and they may be waiting for this worker.
         let slots = map.layout().slot_count;
-        let r = arena::fits_with_only(map, min, |s| {
+        arena::fits_with_only(map, min, |s| {
             s < slots
                 && matches!(
                     State(map.slot(s).state.load(Ordering::Relaxed)).kind(),
                     State::CLAIMED | State::REQUEST
                 )
-        });
-        if !r {
-            use crate::arena::ArenaWords;
-            let recs: Vec<String> = (0..map.ext_slots())
-                .filter_map(|s| {
-                    let w = map.slot_ext(s).load(Ordering::Relaxed);
-                    let st = if s < slots {
-                        State(map.slot(s).state.load(Ordering::Relaxed)).kind()
-                    } else {
-                        99
-                    };
-                    crate::arena::Extent::unpack(w)
-                        .map(|e| format!("{s}:{}+{}/{st}", e.first, e.count))
-                })
-                .collect();
-            eprintln!(
-                "DEBUG give-up slot {} min {min} purpose {:?}: {recs:?}",
-                self.slot, self.writer.purpose
-            );
-        }
-        r
+        })
     }
 
     /// A run of at least `min` chunks (as many as are free up to `max`) recorded in the slot,

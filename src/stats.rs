@@ -240,7 +240,10 @@ impl Stats {
             large_waiters: h.arena_waiters.load(Ordering::Relaxed),
             large_first: match h.arena_want.load(Ordering::Relaxed) {
                 0 => None,
-                v => Some(((v >> 16).wrapping_sub(1), (v & 0xffff) as usize * crate::arena::CHUNK)),
+                v => Some((
+                    (v >> 16).wrapping_sub(1),
+                    (v & 0xffff) as usize * crate::arena::CHUNK,
+                )),
             },
         }
     }
