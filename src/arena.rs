@@ -45,6 +45,13 @@ pub trait ArenaWords {
     fn arena_want(&self) -> Option<&AtomicU32> {
         None
     }
+    /// Whether the [`want`] word was renewed within [`WANT_FRESH`] (words without a clock:
+    /// always).
+    fn arena_want_fresh(&self) -> bool {
+        true
+    }
+    /// Renews the [`want`] word's time (its holder, while it waits).
+    fn renew_arena_want(&self) {}
     /// The deliberate bug these words run with (loom models only).
     #[cfg(loom)]
     fn arena_mutant(&self) -> ArenaMutant {
@@ -364,10 +371,14 @@ fn find_request_run(used: &[u64], chunks: u32, min: u32, max: u32, largest: u32)
 /// Bits of a [`want`] word below the wanting slot (its chunk count).
 const WANT_SLOT_SHIFT: u32 = 16;
 
+/// How long a [`want`] word holds without its holder renewing it (every wait slice, 10 ms):
+/// a holder that paused or hung loses its priority after this.
+pub const WANT_FRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The chunks the request of another slot than `slot` waits for with priority ([`want`]).
 fn wanted_by_other<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> Option<u32> {
     let v = w.arena_want()?.load(Ordering::Relaxed);
-    (v != 0 && v >> WANT_SLOT_SHIFT != slot + 1).then_some(v & 0xffff)
+    (v != 0 && v >> WANT_SLOT_SHIFT != slot + 1 && w.arena_want_fresh()).then_some(v & 0xffff)
 }
 
 /// Whether, with `run` taken too, a free run of `need` chunks is left in `used`.
@@ -393,7 +404,13 @@ pub fn want<W: ArenaWords + ?Sized>(w: &W, slot: u32, chunks: u32) -> bool {
         return false;
     };
     let mine = ((slot + 1) << WANT_SLOT_SHIFT) | chunks.min(0xffff);
-    word.compare_exchange(0, mine, Ordering::Relaxed, Ordering::Relaxed)
+    let v = word.load(Ordering::Relaxed);
+    if v != 0 && w.arena_want_fresh() {
+        return false;
+    }
+    // Renewed first, so that the word is fresh once it names us (a stale holder's is taken).
+    w.renew_arena_want();
+    word.compare_exchange(v, mine, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
 }
 
@@ -403,6 +420,15 @@ pub fn unwant<W: ArenaWords + ?Sized>(w: &W, slot: u32) {
         let v = word.load(Ordering::Relaxed);
         if v >> WANT_SLOT_SHIFT == slot + 1 {
             let _ = word.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Renews the priority [`want`] gave `slot`, while it still waits.
+pub fn renew_want<W: ArenaWords + ?Sized>(w: &W, slot: u32) {
+    if let Some(word) = w.arena_want() {
+        if word.load(Ordering::Relaxed) >> WANT_SLOT_SHIFT == slot + 1 {
+            w.renew_arena_want();
         }
     }
 }

@@ -196,10 +196,14 @@ impl<'m> ArenaRoom<'m> {
             if !self.worker_waits_on(min) {
                 return None;
             }
-            if purpose == Purpose::Request && !*wanting {
-                let t = *since.get_or_insert_with(Instant::now);
-                if t.elapsed() >= WANT_AFTER {
-                    *wanting = arena::want(map, slot, min);
+            if purpose == Purpose::Request {
+                if *wanting {
+                    arena::renew_want(map, slot);
+                } else {
+                    let t = *since.get_or_insert_with(Instant::now);
+                    if t.elapsed() >= WANT_AFTER {
+                        *wanting = arena::want(map, slot, min);
+                    }
                 }
             }
             let until = self.until();

@@ -307,7 +307,10 @@ pub struct Header {
     pub arena_seq: AtomicU32,
     /// Callers parked (or about to park) on `arena_seq`.
     pub arena_waiters: AtomicU32,
-    _pad5: [u8; 20],
+    /// When the request named in `arena_want` last said it still waits (`clock::stamp`):
+    /// a word not renewed for `arena::WANT_FRESH` is ignored (its process paused or hung).
+    pub arena_want_at: AtomicU32,
+    _pad5: [u8; 16],
     /// The park counter of `arena_seq` ([`PARKED_DELTA`] bytes after it).
     pub arena_seq_parked: AtomicU32,
     _pad6: [u8; HEADER_SIZE - 952],

@@ -805,6 +805,19 @@ impl crate::arena::ArenaWords for Mapping {
     fn arena_want(&self) -> Option<&AtomicU32> {
         Some(&self.header().arena_want)
     }
+    fn arena_want_fresh(&self) -> bool {
+        let h = self.header();
+        let ticks = crate::clock::since_stamp(
+            h.arena_want_at.load(Ordering::Relaxed),
+            crate::clock::ticks(),
+        );
+        let q32 = h.ns_per_tick_q32.load(Ordering::Relaxed);
+        crate::wait::ticks_to_duration(ticks, q32) < crate::arena::WANT_FRESH
+    }
+    fn renew_arena_want(&self) {
+        let stamp = crate::clock::stamp(crate::clock::ticks());
+        self.header().arena_want_at.store(stamp, Ordering::Relaxed);
+    }
 }
 
 /// The production [`Park`]: a shared futex on a word of the mapping.

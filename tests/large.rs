@@ -490,6 +490,42 @@ fn a_large_request_is_not_overtaken_by_smaller_ones_once_it_has_waited() {
     assert_eq!(after.large_first, None, "{after:?}");
 }
 
+/// A caller that goes first (it waited for room) and is then paused holds no one back: its
+/// priority lapses once it stops renewing it (`arena::WANT_FRESH`, 250 ms), and a smaller
+/// request that fits is placed. Fails if a paused holder's word is honoured for good (the
+/// newcomer then waits until its timeout).
+#[cfg(unix)]
+#[test]
+fn a_paused_caller_that_goes_first_holds_no_one_back() {
+    let name = unique_name("largepaused");
+    let _server = Server::builder(&name)
+        .large_memory(8 << 20)
+        .serve(echo_bytes)
+        .unwrap();
+    let client = Client::<Vec<u8>>::connect(&name).unwrap();
+    // 3 MiB held: the child's 2 MiB request cannot leave room for its reply and for the held
+    // one; a 1 MiB request can.
+    let held = client.request(&message(1, 3 << 20)).unwrap();
+    let mut waiter = Proc::spawn(&["wait-room", &name]);
+    assert_eq!(waiter.line(), "calling");
+    wait_for_stats(&name, "the child going first", |s| s.large_first.is_some());
+    let pid = waiter.child.id();
+    common::signal(pid, libc::SIGSTOP);
+    common::wait_stopped(pid);
+    let t0 = Instant::now();
+    let small = message(2, (1 << 20) - 64);
+    let out = client.request_timeout(&small, Duration::from_secs(10));
+    let took = t0.elapsed();
+    waiter.child.kill().unwrap();
+    waiter.child.wait().unwrap();
+    assert!(
+        matches!(&out, Ok(r) if r.as_slice() == small.as_slice()),
+        "{:?} after {took:?}",
+        out.map(|r| r.len())
+    );
+    drop(held);
+}
+
 /// A caller killed while it waits for large-message memory leaves no announced wait behind:
 /// its entry's share of the waiters is taken back when the reaper finds it dead (otherwise
 /// every later free of a run would make a futex wake for nobody). Fails if the count stays.
