@@ -383,7 +383,7 @@ pub(crate) fn drop_run(map: &Mapping, slot: u32) {
 }
 
 /// Serializes a worker's reply for `slot` (SERVING, ours) like a client's message (payload
-/// area, then a run), waiting at most [`WORKER_WAIT`] for room. The request is dead once the
+/// area, then a run), waiting for room as [`Deadline::Serving`] says. The request is dead once the
 /// handler returned, and its run, if it had one (recorded in the slot, or in the worker's
 /// record `held` where `InPlace::serve` moved it there), is the reply's to reuse
 /// ([`Purpose::ReplyReusing`]): no other allocation can take that room first, so a reply no
