@@ -247,9 +247,7 @@ pub fn alloc_for<W: ArenaWords + ?Sized>(
             continue;
         }
         largest = largest.max(run.count);
-        for c in run.first..run.first + run.count {
-            used[(c / 64) as usize] |= 1 << (c % 64);
-        }
+        mark(&mut used, run);
     }
     let (min, max) = (min.max(1), max.max(min).max(1));
     let mut found = match purpose {
@@ -381,13 +379,18 @@ fn wanted_by_other<W: ArenaWords + ?Sized>(w: &W, slot: u32) -> Option<u32> {
     (v != 0 && v >> WANT_SLOT_SHIFT != slot + 1 && w.arena_want_fresh()).then_some(v & 0xffff)
 }
 
+/// Marks the chunks of `run` (within the map) in the occupancy map `used`.
+fn mark(used: &mut [u64], run: Extent) {
+    for c in run.first..run.first + run.count {
+        used[(c / 64) as usize] |= 1 << (c % 64);
+    }
+}
+
 /// Whether, with `run` taken too, a free run of `need` chunks is left in `used`.
 fn leaves_free_run(used: &[u64], chunks: u32, run: Extent, need: u32) -> bool {
     let mut after = [0u64; MAP_WORDS];
     after[..used.len()].copy_from_slice(used);
-    for c in run.first..run.first + run.count {
-        after[(c / 64) as usize] |= 1 << (c % 64);
-    }
+    mark(&mut after, run);
     let left = free_runs(&after[..used.len()], chunks).any(|r| r.count >= need.max(1));
     left
 }
@@ -464,9 +467,7 @@ pub fn fits_with_only<W: ArenaWords + ?Sized>(
             continue;
         };
         if run.within(chunks) {
-            for c in run.first..run.first + run.count {
-                used[(c / 64) as usize] |= 1 << (c % 64);
-            }
+            mark(&mut used, run);
         }
     }
     let fits =
