@@ -339,10 +339,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// unchanged by this process while the `Held` lives (a trusting caller reads them in the
     /// slot, where only a peer breaking the protocol could change them).
     #[inline(always)]
-    pub(crate) fn reply_bytes<'c>(
-        &'c self,
-        done: Done<'c>,
-    ) -> Result<(Held<'c>, *const u8, usize)> {
+    pub(crate) fn reply_bytes<'c>(&self, done: Done<'c>) -> Result<(Held<'c>, *const u8, usize)> {
         let map = done.map.map();
         if done.state.kind() != State::REPLY {
             // ACCEPTED for a request, or the slot moved on to another generation: only a peer
@@ -422,7 +419,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 
     /// `CallLost`, naming this handle's server.
     #[cold]
-    fn lost(&self) -> Error {
+    pub(crate) fn lost(&self) -> Error {
         Error::CallLost {
             name: self.inner.name.clone(),
         }
@@ -683,20 +680,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let q32 = &map.header().ns_per_tick_q32;
         let cpus = &map.header().worker_cpus;
         let mut waiting = CallWait::new(inner.wait, deadline, q32, cpus, &alive);
-        let wait_error = |e| match e {
-            WaitError::Timeout => {
-                map.header().timeouts.fetch_add(1, Ordering::Relaxed);
-                Error::Timeout {
-                    after: timeout,
-                    name: self.inner.name.clone(),
-                }
-            }
-            WaitError::Gone => {
-                // Remember it (for every handle in this process) if the server is really gone.
-                let _ = conn.server_alive();
-                self.gone()
-            }
-        };
+        let wait_error = |e| self.wait_error(conn, e, timeout);
         let within_share = || within_share(map);
         let (slot, gen) = protocol::claim_if(
             map,
@@ -738,6 +722,189 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             state,
             id,
         })
+    }
+}
+
+impl<Req: Message, Resp: Message> Client<Req, Resp> {
+    /// The error a failed wait of a call to `conn` reports.
+    #[cold]
+    fn wait_error(&self, conn: &Connection, e: WaitError, timeout: Duration) -> Error {
+        match e {
+            WaitError::Timeout => {
+                conn.map().header().timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::Timeout {
+                    after: timeout,
+                    name: self.inner.name.clone(),
+                }
+            }
+            WaitError::Gone => {
+                // Remember it (for every handle in this process) if the server is really gone.
+                let _ = conn.server_alive();
+                self.gone()
+            }
+        }
+    }
+
+    /// The first half of [`Client::call_tagged`]: claims a slot, writes the call and publishes
+    /// it, and returns without waiting for the server. With `first` (earlier than the call's
+    /// deadline), it waits for a free slot or for large-message room only until then, and
+    /// returns `Ok(None)`, holding nothing, if it had to wait longer.
+    pub(crate) fn publish_tagged<M: Message>(
+        &self,
+        msg: Option<&M>,
+        kind: u32,
+        timeout: Duration,
+        tag: CallTag,
+        first: Option<Duration>,
+    ) -> Result<Option<Published>> {
+        let conn = self.mapping()?;
+        let map = conn.map();
+        let q32 = &map.header().ns_per_tick_q32;
+        let mut deadline = Deadline::after(timeout);
+        let begun = deadline.begun();
+        let at = deadline.get(q32);
+        let first = first.filter(|f| *f < timeout);
+        let bound = first.unwrap_or(timeout);
+        let claim_deadline = match first {
+            Some(f) => Deadline::at(Instant::now() + f),
+            None => deadline,
+        };
+        let alive = || conn.server_alive();
+        let cpus = &map.header().worker_cpus;
+        let mut waiting = CallWait::new(self.inner.wait, claim_deadline, q32, cpus, &alive);
+        let within_share = || within_share(map);
+        let claimed = protocol::claim_if(
+            map,
+            &Futex,
+            map.entry(),
+            SLOT_HINT.get(),
+            &mut waiting,
+            &within_share,
+        );
+        let (slot, gen) = match claimed {
+            Ok(claimed) => claimed,
+            Err(WaitError::Timeout) if first.is_some() => return Ok(None),
+            Err(e) => return Err(self.wait_error(&conn, e, timeout)),
+        };
+        SLOT_HINT.set(slot);
+        // The large-message memory is waited for until `bound` too.
+        let (id, len) = match self.write_and_publish(map, slot, gen, msg, kind, (begun, bound), tag)
+        {
+            Ok(written) => written,
+            Err(Error::Timeout { .. }) if first.is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let stretch = if len > map.layout().max_payload() {
+            // As in `call_tagged`: a large request's worker takes about as long again.
+            let spent = clock::ticks().wrapping_sub(begun);
+            2 * crate::wait::ticks_to_duration(spent, q32.load(Ordering::Relaxed))
+        } else {
+            Duration::ZERO
+        };
+        Ok(Some(Published {
+            map: Some(conn),
+            slot,
+            gen,
+            id,
+            deadline: at,
+            timeout,
+            stretch,
+        }))
+    }
+
+    /// The second half of [`Client::call_tagged`] for a call of [`Client::publish_tagged`]:
+    /// waits until the server replies or accepts it, or gives up at the call's deadline; with
+    /// `until` (earlier than the deadline), returns `None` at `until`, the call still pending,
+    /// for this or another thread to wait again. Once it returns `Some`, `p` holds nothing.
+    pub(crate) fn wait_published(
+        &self,
+        p: &mut Published,
+        until: Option<Instant>,
+    ) -> Option<Result<Done<'static>>> {
+        let conn = Arc::clone(p.map.as_ref()?);
+        let map = conn.map();
+        let until = until.filter(|u| *u < p.deadline);
+        let alive = || conn.server_alive();
+        let (q32, cpus) = (&map.header().ns_per_tick_q32, &map.header().worker_cpus);
+        let deadline = Deadline::at(until.unwrap_or(p.deadline));
+        let mut waiting = CallWait::new(self.inner.wait, deadline, q32, cpus, &alive);
+        waiting.stretch(p.stretch);
+        let state = match protocol::wait_done(map, &Futex, p.slot, p.gen, &mut waiting) {
+            Ok(state) => {
+                map.prefetch_slot(p.slot);
+                state
+            }
+            Err(WaitError::Timeout) if until.is_some() && Instant::now() < p.deadline => {
+                return None;
+            }
+            Err(e) => match protocol::abandon(map, p.slot, p.gen) {
+                Ok(()) => {
+                    map.header().abandoned.fetch_add(1, Ordering::Relaxed);
+                    p.map = None;
+                    return Some(Err(self.wait_error(&conn, e, p.timeout)));
+                }
+                // It completed as we gave up: take it after all.
+                Err(state) => state,
+            },
+        };
+        p.map = None;
+        Some(Ok(Done {
+            map: MapRef::Arc(conn),
+            slot: p.slot,
+            gen: p.gen,
+            state,
+            id: p.id,
+        }))
+    }
+}
+
+/// A call published and not yet taken ([`Client::publish_tagged`]): it keeps its mapping by
+/// an `Arc`, so any thread may wait for it ([`Client::wait_published`]). Dropped untaken, it
+/// gives the call up as a call that timed out does: the worker frees the slot, or, if the
+/// reply had come, the drop does.
+pub(crate) struct Published {
+    /// `None` once taken.
+    map: Option<Arc<Connection>>,
+    slot: u32,
+    gen: u32,
+    id: Uuid,
+    /// The call's deadline, and its timeout (for `Error::Timeout`).
+    deadline: Instant,
+    timeout: Duration,
+    /// How much longer than its wait mode says the wait spins (a large request's).
+    stretch: Duration,
+}
+
+impl Published {
+    /// The call's id.
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        let Some(map) = self.map.take() else { return };
+        match protocol::abandon(map.map(), self.slot, self.gen) {
+            Ok(()) => {
+                map.header().abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+            // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
+            Err(s) if s.kind() == State::REPLY => {
+                let _ = protocol::release(map.map(), &Futex, self.slot, s);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("slot", &self.slot)
+            .field("id", &self.id)
+            .field("taken", &self.map.is_none())
+            .finish_non_exhaustive()
     }
 }
 

@@ -10,14 +10,14 @@
 //! slot's payload area and an arena run are 16-byte aligned like the buffer rkyv serialized it
 //! into, so the copy is the same archive.
 
-use crate::client::{CallTag, Client, ClientBuilder, Held};
+use crate::client::{CallTag, Client, ClientBuilder, Held, Published};
 use crate::error::{Error, Result};
 use crate::layout::kind;
 use crate::message;
 use rkyv::rancor::Fallible;
 use rkyv::ser::Writer;
 use rkyv::{Archive, Deserialize, Place, Serialize};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// An archive made elsewhere, which "serializes" by writing its pieces as they are, one after
@@ -113,6 +113,34 @@ impl RawClient {
         Ok(RawReply { id, held, ptr, len })
     }
 
+    /// Publishes a forwarded request or one-way message (`kind`) and returns without waiting
+    /// for the server: a [`RawPending`], which this or any other thread then waits for. With
+    /// `first` (shorter than `timeout`), it waits for a free slot or for large-message memory
+    /// at most that long and returns `Ok(None)`, holding nothing, if it would have to wait
+    /// longer; a caller that must not block (a network library's receive path) tries this
+    /// first and hands the call to a thread that may block otherwise.
+    pub fn publish(
+        &self,
+        call: &RawCall<'_>,
+        kind: RawKind,
+        timeout: Duration,
+        first: Option<Duration>,
+    ) -> Result<Option<RawPending>> {
+        let k = match kind {
+            RawKind::Request => kind::REQUEST,
+            RawKind::OneWay => kind::ONEWAY,
+        };
+        let published = self
+            .client
+            .publish_tagged(Some(&Prebuilt(call.archive)), k, timeout, tag(call), first)
+            .map_err(unlabel)?;
+        Ok(published.map(|published| RawPending {
+            client: self.clone(),
+            published,
+            kind,
+        }))
+    }
+
     /// Forwards a one-way message; returns once the server has taken it, at most `timeout`.
     pub fn send(&self, call: &RawCall<'_>, timeout: Duration) -> Result<()> {
         let done = self
@@ -150,6 +178,82 @@ fn unlabel(e: Error) -> Error {
             server,
         },
         e => e,
+    }
+}
+
+/// What a [`RawClient::publish`]ed call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawKind {
+    /// A request, answered by a reply.
+    Request,
+    /// A one-way message, done once the server has taken it.
+    OneWay,
+}
+
+/// How a [`RawPending`] call ended.
+#[derive(Debug)]
+pub enum RawDone {
+    /// A request's reply.
+    Reply(RawReply<'static>),
+    /// A one-way message the server has taken.
+    Accepted,
+}
+
+/// A call published by [`RawClient::publish`] and not yet answered. It is `Send`: the thread
+/// that published it may hand it to another to wait. Dropped before it is answered, it gives
+/// the call up, as a call that timed out does (the server frees the slot, or the drop frees the
+/// reply that came).
+#[derive(Debug)]
+pub struct RawPending {
+    client: RawClient,
+    published: Published,
+    kind: RawKind,
+}
+
+impl RawPending {
+    /// The call's id.
+    pub fn id(&self) -> Uuid {
+        self.published.id()
+    }
+
+    /// Waits for the call's end, at most until its deadline (the `timeout` it was published
+    /// with): the errors of [`RawClient::request`] and [`RawClient::send`].
+    pub fn wait(mut self) -> Result<RawDone> {
+        // `None` only for a call already taken, which an owned `RawPending` never is.
+        self.finish(None)
+            .unwrap_or_else(|| Err(self.client.client.lost()))
+    }
+
+    /// Waits for the call's end until `until` at most (or its deadline, if earlier), and
+    /// gives the call back, still pending, if it has not ended by then: to wait for again, here
+    /// or in another thread.
+    pub fn wait_until(
+        mut self,
+        until: Instant,
+    ) -> std::result::Result<Result<RawDone>, RawPending> {
+        self.finish(Some(until)).ok_or(self)
+    }
+
+    fn finish(&mut self, until: Option<Instant>) -> Option<Result<RawDone>> {
+        let client = &self.client.client;
+        let done = match client.wait_published(&mut self.published, until)? {
+            Ok(done) => done,
+            Err(e) => return Some(Err(unlabel(e))),
+        };
+        Some(
+            match self.kind {
+                RawKind::Request => client.reply_bytes(done).map(|(held, ptr, len)| {
+                    RawDone::Reply(RawReply {
+                        id: self.published.id(),
+                        held,
+                        ptr,
+                        len,
+                    })
+                }),
+                RawKind::OneWay => client.take_accept(done).map(|()| RawDone::Accepted),
+            }
+            .map_err(unlabel),
+        )
     }
 }
 

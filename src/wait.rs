@@ -165,6 +165,15 @@ impl Deadline {
         }
     }
 
+    /// A deadline at `at` (a wait that began now).
+    pub(crate) fn at(at: Instant) -> Self {
+        Deadline {
+            begun: clock::ticks(),
+            timeout: at.saturating_duration_since(Instant::now()),
+            at: Some(at),
+        }
+    }
+
     /// When the call began ([`clock::ticks`]).
     #[inline]
     pub(crate) fn begun(&self) -> u64 {

@@ -2,12 +2,12 @@
 
 use crate::wire::{Code, Failure, Header, Kind};
 use crate::{exact_key, transport, Error, Result};
-use shmrpc::raw::{RawCall, RawClient};
+use shmrpc::raw::{RawCall, RawClient, RawDone, RawKind, RawPending};
 use shmrpc::{Client, Trust};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zenoh::query::{Query, Queryable};
 use zenoh::{Config, Session, Wait};
 
@@ -18,6 +18,9 @@ pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Queries waiting for a forwarding thread, per thread, before the bridge answers `Busy`.
 const QUEUE_PER_WORKER: usize = 64;
+/// How long Zenoh's callback waits for a call it started itself, unless
+/// [`BridgeBuilder::inline_wait`] says otherwise.
+pub const DEFAULT_INLINE_WAIT: Duration = Duration::from_micros(200);
 
 /// Configures a [`Bridge`].
 #[derive(Debug)]
@@ -26,6 +29,7 @@ pub struct BridgeBuilder {
     key: Option<String>,
     workers: usize,
     max_timeout: Duration,
+    inline_wait: Duration,
     trust: Trust,
     session: Option<Session>,
     config: Option<Config>,
@@ -54,6 +58,19 @@ impl BridgeBuilder {
     /// which a call gets `Busy` at once.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// How long Zenoh's callback may wait for a call it makes itself (default 200 µs; zero:
+    /// never). When a call arrives while the bridge carries no other, the callback makes it at
+    /// once instead of waking a forwarding thread (a thread wake-up saved per call, and the
+    /// reply sent from Zenoh's own thread: BENCHMARKS.md). If the server has not answered
+    /// within this wait, or the call would first have to wait that long for a slot or for
+    /// large-message memory, a forwarding thread takes the call over, and the callback
+    /// returns. So Zenoh's receive path is held up by at most about this long per call, and
+    /// only while calls come one at a time.
+    pub fn inline_wait(mut self, wait: Duration) -> Self {
+        self.inline_wait = wait;
         self
     }
 
@@ -101,33 +118,20 @@ impl BridgeBuilder {
             raw,
             key: key.clone(),
             max_timeout: self.max_timeout,
+            inline_wait: self.inline_wait,
             forwarded: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
+            carried: AtomicUsize::new(0),
         });
-        // `None` tells a thread to end (`Bridge::drop`).
-        let (tx, rx) = flume::bounded::<Option<Query>>(self.workers * QUEUE_PER_WORKER);
+        let (tx, rx) = flume::bounded::<Job>(self.workers * QUEUE_PER_WORKER);
         let stop = tx.clone();
-        let busy = {
-            let key = key.clone();
-            move |query: Query| {
-                let f = Failure::new(
-                    Code::Busy,
-                    format!("the bridge of {key:?} has a full queue of calls"),
-                );
-                let _ = query.reply_err(f.encode()).wait();
-            }
-        };
+        let on_query = Arc::clone(&shared);
         let queryable = session
             .declare_queryable(ke)
             // Complete: it answers every call on its key, so a caller's BestMatching target
             // picks one such bridge instead of querying them all.
             .complete(true)
-            .callback(move |query| {
-                if let Err(e) = tx.try_send(Some(query)) {
-                    if let Some(query) = e.into_inner() {
-                        busy(query);
-                    }
-                }
-            })
+            .callback(move |query| on_query.take(query, &tx))
             .wait()
             .map_err(|e| transport(&format!("cannot declare a queryable on {key:?}"), e))?;
         let threads = (0..self.workers)
@@ -135,9 +139,14 @@ impl BridgeBuilder {
                 let (rx, shared) = (rx.clone(), Arc::clone(&shared));
                 std::thread::Builder::new()
                     .name(format!("shmrpc-bridge-{i}"))
-                    .spawn(move || {
-                        while let Ok(Some(query)) = rx.recv() {
-                            shared.forward(query);
+                    .spawn(move || loop {
+                        match rx.recv() {
+                            Ok(Job::Query(query)) => shared.forward(query),
+                            Ok(Job::Pending(query, pending)) => {
+                                let outcome = pending.wait().map(done_bytes);
+                                shared.answer(&query, outcome.map_err(|e| Failure::of(&e)));
+                            }
+                            Ok(Job::Stop) | Err(_) => break,
                         }
                     })
                     .map_err(|e| Error::InvalidConfig(format!("cannot start a thread: {e}")))
@@ -155,39 +164,155 @@ impl BridgeBuilder {
     }
 }
 
-/// What the forwarding threads share.
+/// What Zenoh's callback hands the forwarding threads.
+enum Job {
+    /// A query to forward.
+    Query(Query),
+    /// A query whose call the callback published and did not see answered in time.
+    Pending(Query, RawPending),
+    /// Ends the thread that takes it (`Bridge::drop`).
+    Stop,
+}
+
+/// What Zenoh's callback and the forwarding threads share.
 struct Shared {
     raw: RawClient,
     key: String,
     max_timeout: Duration,
+    inline_wait: Duration,
     forwarded: AtomicU64,
+    /// Calls answered by Zenoh's callback itself.
+    inline: AtomicU64,
+    /// Queries taken and not yet answered.
+    carried: AtomicUsize,
+}
+
+/// A query's call, decoded and checked: its header, its archive in the pieces Zenoh received
+/// it in (a large message arrives in fragments: the slot takes them one after the other,
+/// without a join), and its time, capped.
+struct Decoded<'q> {
+    header: Header,
+    archive: Vec<&'q [u8]>,
+    timeout: Duration,
+}
+
+impl Decoded<'_> {
+    fn call(&self) -> RawCall<'_> {
+        RawCall {
+            archive: &self.archive,
+            request_type: self.header.request_type,
+            reply_type: self.header.reply_type,
+            id: self.header.id,
+        }
+    }
+}
+
+/// What the bridge sends back for a call that ended: the reply's archive, or nothing for a
+/// one-way message.
+fn done_bytes(done: RawDone) -> Vec<u8> {
+    match done {
+        RawDone::Reply(reply) => reply.bytes().to_vec(),
+        RawDone::Accepted => Vec::new(),
+    }
 }
 
 impl Shared {
+    /// Zenoh's callback: a query arrives. With no other call in the bridge, the call is made
+    /// here for up to `inline_wait` (see [`BridgeBuilder::inline_wait`]); otherwise, or if it
+    /// takes longer, a forwarding thread carries it.
+    fn take(&self, query: Query, tx: &flume::Sender<Job>) {
+        let alone = self.carried.fetch_add(1, Ordering::AcqRel) == 0;
+        let job = if alone && !self.inline_wait.is_zero() {
+            match self.start(query) {
+                Some(job) => job,
+                None => return,
+            }
+        } else {
+            Job::Query(query)
+        };
+        if let Err(e) = tx.try_send(job) {
+            let query = match e.into_inner() {
+                Job::Query(query) => query,
+                // Dropping the pending call gives it up (the server frees its slot).
+                Job::Pending(query, _) => query,
+                Job::Stop => return,
+            };
+            let busy = Failure::new(
+                Code::Busy,
+                format!("the bridge of {:?} has a full queue of calls", self.key),
+            );
+            self.answer(&query, Err(busy));
+        }
+    }
+
+    /// Starts a query's call in Zenoh's callback and answers it if it ends within
+    /// `inline_wait`; else the job that carries it on (`None`: answered).
+    fn start(&self, query: Query) -> Option<Job> {
+        let decoded = match self.decode(&query) {
+            Ok(decoded) => decoded,
+            Err(f) => {
+                self.answer(&query, Err(f));
+                return None;
+            }
+        };
+        let kind = match decoded.header.kind {
+            Kind::Request => RawKind::Request,
+            Kind::OneWay => RawKind::OneWay,
+            // A ping may wait for a slot as long as its caller allows: a thread's job.
+            Kind::Ping => return Some(Job::Query(query)),
+        };
+        let first = Some(self.inline_wait);
+        let pending = match self
+            .raw
+            .publish(&decoded.call(), kind, decoded.timeout, first)
+        {
+            Ok(Some(pending)) => pending,
+            // No slot or no room at once: a thread waits for it.
+            Ok(None) => return Some(Job::Query(query)),
+            Err(e) => {
+                self.answer(&query, Err(Failure::of(&e)));
+                return None;
+            }
+        };
+        drop(decoded);
+        match pending.wait_until(Instant::now() + self.inline_wait) {
+            Ok(outcome) => {
+                self.inline.fetch_add(1, Ordering::Relaxed);
+                let outcome = outcome.map(done_bytes);
+                self.answer(&query, outcome.map_err(|e| Failure::of(&e)));
+                None
+            }
+            Err(pending) => Some(Job::Pending(query, pending)),
+        }
+    }
+
     /// Forwards one query to the local server and answers it.
     fn forward(&self, query: Query) {
         let outcome = self.call(&query);
+        self.answer(&query, outcome);
+    }
+
+    /// Answers a query taken (and counts it as answered).
+    fn answer(&self, query: &Query, outcome: std::result::Result<Vec<u8>, Failure>) {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
         let sent = match outcome {
             Ok(reply) => query.reply(query.key_expr().clone(), reply).wait(),
             Err(f) => query.reply_err(f.encode()).wait(),
         };
+        self.carried.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = sent {
             tracing::debug!(key = %self.key, "could not answer a call: {e}");
         }
     }
 
-    /// The local call a query asks for: the reply's archive (empty for a one-way message or a
-    /// ping), or why it failed.
-    fn call(&self, query: &Query) -> std::result::Result<Vec<u8>, Failure> {
+    /// The call a query asks for, decoded, with the server's bound enforced.
+    fn decode<'q>(&self, query: &'q Query) -> std::result::Result<Decoded<'q>, Failure> {
         let header = query
             .attachment()
             .ok_or_else(|| Failure::new(Code::BadCall, "the call has no shmrpc header"))
             .and_then(|a| {
                 Header::decode(&a.to_bytes()).map_err(|why| Failure::new(Code::BadCall, why))
             })?;
-        // The archive as Zenoh received it, in one piece or several (a large message arrives
-        // in fragments): the slot takes the pieces one after the other, without a join.
         let archive: Vec<&[u8]> = query
             .payload()
             .map_or_else(Vec::new, |p| p.slices().collect());
@@ -198,14 +323,20 @@ impl Shared {
             return Err(Failure::of(&shmrpc::Error::PayloadTooLarge { len, max }));
         }
         let timeout = header.timeout.min(self.max_timeout);
-        let call = RawCall {
-            archive: &archive,
-            request_type: header.request_type,
-            reply_type: header.reply_type,
-            id: header.id,
-        };
+        Ok(Decoded {
+            header,
+            archive,
+            timeout,
+        })
+    }
+
+    /// The local call a query asks for: the reply's archive (empty for a one-way message or a
+    /// ping), or why it failed.
+    fn call(&self, query: &Query) -> std::result::Result<Vec<u8>, Failure> {
+        let decoded = self.decode(query)?;
+        let (call, timeout) = (decoded.call(), decoded.timeout);
         let failed = |e: shmrpc::Error| Failure::of(&e);
-        match header.kind {
+        match decoded.header.kind {
             Kind::Request => {
                 let reply = self.raw.request(&call, timeout).map_err(failed)?;
                 Ok(reply.bytes().to_vec())
@@ -226,7 +357,7 @@ pub struct Bridge {
     name: String,
     shared: Arc<Shared>,
     queryable: Option<Queryable<()>>,
-    stop: flume::Sender<Option<Query>>,
+    stop: flume::Sender<Job>,
     threads: Vec<JoinHandle<()>>,
     session: Session,
 }
@@ -239,6 +370,7 @@ impl Bridge {
             key: None,
             workers: DEFAULT_WORKERS,
             max_timeout: DEFAULT_MAX_TIMEOUT,
+            inline_wait: DEFAULT_INLINE_WAIT,
             trust: Trust::Trusted,
             session: None,
             config: None,
@@ -260,6 +392,12 @@ impl Bridge {
         self.shared.forwarded.load(Ordering::Relaxed)
     }
 
+    /// Of [`Bridge::forwarded`], the calls that Zenoh's callback made and answered itself
+    /// (see [`BridgeBuilder::inline_wait`]).
+    pub fn answered_inline(&self) -> u64 {
+        self.shared.inline.load(Ordering::Relaxed)
+    }
+
     /// The Zenoh session the bridge runs on.
     pub fn session(&self) -> &Session {
         &self.session
@@ -268,12 +406,13 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        // No new calls; the threads answer what is queued, then each takes one `None` and ends.
+        // No new calls; the threads answer what is queued, then each takes one `Stop` and
+        // ends.
         if let Some(q) = self.queryable.take() {
             let _ = q.undeclare().wait();
         }
         for _ in &self.threads {
-            let _ = self.stop.send(None);
+            let _ = self.stop.send(Job::Stop);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
