@@ -295,11 +295,13 @@ impl Shared {
     /// Answers a query taken (and counts it as answered).
     fn answer(&self, query: &Query, outcome: std::result::Result<Vec<u8>, Failure>) {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
+        // No longer carried once its answer is ready: a call that arrives as soon as its
+        // caller has this answer finds the bridge idle.
+        self.carried.fetch_sub(1, Ordering::AcqRel);
         let sent = match outcome {
             Ok(reply) => query.reply(query.key_expr().clone(), reply).wait(),
             Err(f) => query.reply_err(f.encode()).wait(),
         };
-        self.carried.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = sent {
             tracing::debug!(key = %self.key, "could not answer a call: {e}");
         }

@@ -869,3 +869,72 @@ impl Drop for Netns {
         }
     }
 }
+
+/// A call that outlasts the bridge's inline wait moves to a forwarding thread and frees Zenoh's
+/// callback: a second call made while the first is held in its handler is answered, the
+/// first's own reply comes once its handler goes on, and a quick call made while the bridge is
+/// idle is answered by the callback itself.
+#[test]
+fn a_call_that_outlasts_the_inline_wait_frees_zenohs_callback_for_the_next() {
+    let (name, key) = unique("inline");
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let (entered, entries) = std::sync::mpsc::channel::<()>();
+    let (gate, entered) = (std::sync::Mutex::new(gate), std::sync::Mutex::new(entered));
+    let _server = Server::builder(&name)
+        .workers(2)
+        .serve(move |req: Request<'_, Vec<u8>>| {
+            if req.first() == Some(&0) {
+                let _ = entered.lock().unwrap().send(());
+                let _ = gate.lock().unwrap().recv();
+            }
+            req.as_slice().to_vec()
+        })
+        .unwrap();
+    // Dropped before the server (declared after it), so that a failing run does not leave the
+    // server's stop waiting for a handler held at the gate.
+    let open = open;
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let host = shmrpc_zenoh::open(config::peer(&[&endpoint], &[]).unwrap()).unwrap();
+    let bridge = Bridge::builder(&name)
+        .key(&key)
+        .session(host.clone())
+        .inline_wait(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let caller = shmrpc_zenoh::open(config::peer(&[], &[&endpoint]).unwrap()).unwrap();
+    let t0 = Instant::now();
+    let remote = loop {
+        match RemoteClient::<Vec<u8>>::connect(&caller, &key) {
+            Ok(remote) => break remote,
+            Err(e) => assert!(t0.elapsed() < LINE_WAIT, "{e}"),
+        }
+        std::thread::yield_now();
+    };
+    let wait = Duration::from_secs(20);
+    std::thread::scope(|s| {
+        let held = s.spawn(|| {
+            remote
+                .request_timeout(&vec![0u8, 9, 9], wait)
+                .map(|r| r.as_slice().to_vec())
+        });
+        entries.recv_timeout(LINE_WAIT).expect("the held call ran");
+        let next = remote.request_timeout(&vec![7u8; 3], wait);
+        assert_eq!(
+            next.map(|r| r.as_slice().to_vec())
+                .map_err(|e| e.to_string()),
+            Ok(vec![7u8; 3]),
+            "a call made while another was held in its handler"
+        );
+        assert_eq!(bridge.answered_inline(), 0, "the held call was handed on");
+        open.send(()).unwrap();
+        assert_eq!(held.join().unwrap().unwrap(), vec![0u8, 9, 9]);
+    });
+    let quick = remote.request_timeout(&vec![3u8; 5], wait).unwrap();
+    assert_eq!(quick.as_slice(), &[3u8; 5]);
+    assert_eq!(
+        bridge.answered_inline(),
+        1,
+        "the quick call was made inline"
+    );
+    assert_eq!(bridge.forwarded(), 3);
+}
