@@ -21,6 +21,10 @@ const QUEUE_PER_WORKER: usize = 64;
 /// How long Zenoh's callback waits for a call it started itself, unless
 /// [`BridgeBuilder::inline_wait`] says otherwise.
 pub const DEFAULT_INLINE_WAIT: Duration = Duration::from_micros(200);
+/// The largest request Zenoh's callback makes a call of itself: writing a larger one into the
+/// server's memory would take about as long as the inline wait by itself (a few GB/s here), so
+/// a forwarding thread does it.
+const INLINE_MAX_BYTES: usize = 1 << 20;
 
 /// Configures a [`Bridge`].
 #[derive(Debug)]
@@ -255,11 +259,19 @@ impl Shared {
                 return None;
             }
         };
+        let len: usize = decoded.archive.iter().map(|piece| piece.len()).sum();
         let kind = match decoded.header.kind {
+            _ if len > INLINE_MAX_BYTES => {
+                drop(decoded);
+                return Some(Job::Query(query));
+            }
             Kind::Request => RawKind::Request,
             Kind::OneWay => RawKind::OneWay,
-            // A ping may wait for a slot as long as its caller allows: a thread's job.
-            Kind::Ping => return Some(Job::Query(query)),
+            // A ping may wait for a worker as long as its caller allows: a thread's job.
+            Kind::Ping => {
+                drop(decoded);
+                return Some(Job::Query(query));
+            }
         };
         let first = Some(self.inline_wait);
         let pending = match self

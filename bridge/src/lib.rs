@@ -6,7 +6,9 @@
 //!   Zenoh key expression (by default `shmrpc/<host>/<name>`, [`default_key`]). Each query is
 //!   forwarded to the server by a [`shmrpc::raw::RawClient`], with the caller's message id,
 //!   type fingerprints and time left; one-way messages and pings too. A fixed set of
-//!   forwarding threads carries the calls (no thread per call), each in its own slot.
+//!   forwarding threads carries the calls (no thread per call), each in its own slot; while
+//!   the bridge carries no other call, Zenoh's callback makes the call itself for up to
+//!   [`BridgeBuilder::inline_wait`] before a thread takes it over.
 //! - [`RemoteClient`] calls it: `request`, `request_timeout`, `send`, `ping` and their async
 //!   forms, typed messages (rkyv archives on the wire, validated on arrival and read in the
 //!   received buffer where it is one aligned piece), and the type check of a local call: the

@@ -102,6 +102,10 @@ struct BridgeArgs {
     /// Calls forwarded at once.
     #[arg(long, default_value_t = 16)]
     workers: usize,
+    /// How long Zenoh's callback may wait for a call it makes itself while the bridge carries
+    /// no other, in microseconds (0: never; longer calls go on in a forwarding thread).
+    #[arg(long, default_value_t = 200)]
+    inline_wait_us: u64,
 }
 
 /// The exit-code convention, printed by `--help` (README.md says the same).
@@ -578,6 +582,7 @@ fn bridge(args: BridgeArgs) -> Result<(), Fail> {
     }
     let mut builder = Bridge::builder(&args.name)
         .workers(args.workers)
+        .inline_wait(std::time::Duration::from_micros(args.inline_wait_us))
         .config(cfg);
     if let Some(key) = &args.key {
         builder = builder.key(key.clone());
