@@ -10,7 +10,7 @@ use crate::protocol::{self, State, WaitError};
 use crate::shm::{validate_name, Futex, Mapping};
 use crate::sync::{AtomicPtr, Ordering};
 use crate::trust::{copy_out, Trust};
-use crate::wait::{CallWait, Deadline, WaitMode};
+use crate::wait::{far_future, CallWait, Deadline, WaitMode};
 use arc_swap::ArcSwap;
 use rkyv::util::AlignedVec;
 use std::cell::Cell;
@@ -766,12 +766,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let first = first.filter(|f| *f < timeout);
         let bound = first.unwrap_or(timeout);
         let claim_deadline = match first {
-            Some(f) => Deadline::at(Instant::now() + f),
+            Some(f) => Deadline::at(Instant::now().checked_add(f).unwrap_or_else(far_future)),
             None => deadline,
         };
         let alive = || conn.server_alive();
         let cpus = &map.header().worker_cpus;
         let mut waiting = CallWait::new(self.inner.wait, claim_deadline, q32, cpus, &alive);
+        if let Some(f) = first {
+            waiting.limit_spin(f);
+        }
         let within_share = || within_share(map);
         let claimed = protocol::claim_if(
             map,
@@ -829,6 +832,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let deadline = Deadline::at(until.unwrap_or(p.deadline));
         let mut waiting = CallWait::new(self.inner.wait, deadline, q32, cpus, &alive);
         waiting.stretch(p.stretch);
+        if let Some(until) = until {
+            waiting.limit_spin(until.saturating_duration_since(Instant::now()));
+        }
         let state = match protocol::wait_done(map, &Futex, p.slot, p.gen, &mut waiting) {
             Ok(state) => {
                 map.prefetch_slot(p.slot);

@@ -274,6 +274,12 @@ impl<'a> CallWait<'a> {
     pub(crate) fn stretch(&mut self, expected: Duration) {
         self.spin = stretched(self.spin, expected);
     }
+
+    /// Spins at most `max`: a wait that must end by then (the spin does not look at the
+    /// deadline; parking does).
+    pub(crate) fn limit_spin(&mut self, max: Duration) {
+        self.spin = self.spin.min(max);
+    }
 }
 
 /// An instant no call waits for (30 years from now): the deadline of an unbounded timeout.

@@ -62,16 +62,17 @@ fn call_of<'a>(archive: &'a [&'a [u8]]) -> RawCall<'a> {
     }
 }
 
-/// A server of `slots` slots and one worker whose handler echoes, but first, for a request
-/// that starts with 0, says so on the returned receiver and waits until the returned sender
-/// sends (or is dropped).
-fn gated_server(name: &str, slots: u32) -> (Server, Sender<()>, Receiver<()>) {
+/// A server of `slots` slots, `large` bytes of large-message memory and one worker whose
+/// handler echoes, but first, for a request that starts with 0, says so on the returned
+/// receiver and waits until the returned sender sends (or is dropped).
+fn gated_server(name: &str, slots: u32, large: usize) -> (Server, Sender<()>, Receiver<()>) {
     let (open, gate) = channel::<()>();
     let (entered, entries) = channel::<()>();
     let gate = Mutex::new(gate);
     let entered = Mutex::new(entered);
     let server = Server::builder(name)
         .slots(slots)
+        .large_memory(large)
         .workers(1)
         .serve(move |req: Request<'_, Vec<u8>>| {
             if req.first() == Some(&0) {
@@ -102,7 +103,7 @@ fn reply_of(done: RawDone) -> Vec<u8> {
 #[test]
 fn a_published_call_not_answered_by_the_first_wait_is_answered_in_the_thread_it_moves_to() {
     let name = unique_name("raw-publish");
-    let (_server, open, entries) = gated_server(&name, 4);
+    let (server, open, entries) = gated_server(&name, 4, 16 << 20);
     let client = RawClient::connect(&name).unwrap();
     let msg = vec![0u8, 1, 2, 3];
     let archive = archived(&msg);
@@ -119,6 +120,7 @@ fn a_published_call_not_answered_by_the_first_wait_is_answered_in_the_thread_it_
         Err(pending) => pending,
         Ok(r) => panic!("a held call ended: {r:?}"),
     };
+    assert_eq!(server.stats().timeouts, 0, "an early wait is no timeout");
     let waiter = std::thread::spawn(move || {
         let id = pending.id();
         (id, pending.wait())
@@ -142,7 +144,7 @@ fn a_published_call_not_answered_by_the_first_wait_is_answered_in_the_thread_it_
 #[test]
 fn a_first_wait_without_a_free_slot_holds_nothing_and_a_dropped_call_gives_its_slot_back() {
     let name = unique_name("raw-first");
-    let (server, open, entries) = gated_server(&name, 1);
+    let (server, open, entries) = gated_server(&name, 1, 16 << 20);
     let client = RawClient::connect(&name).unwrap();
     let timeout = Duration::from_secs(30);
     let held = archived(&vec![0u8; 8]);
@@ -156,7 +158,9 @@ fn a_first_wait_without_a_free_slot_holds_nothing_and_a_dropped_call_gives_its_s
     let first = Some(Duration::from_millis(20));
     let r = client.publish(&call_of(&[&quick]), RawKind::Request, timeout, first);
     assert!(matches!(r, Ok(None)), "{r:?}");
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(20), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     drop(pending);
     open.send(()).unwrap();
     // The one slot is free again once the worker has finished the abandoned call.
@@ -171,4 +175,39 @@ fn a_first_wait_without_a_free_slot_holds_nothing_and_a_dropped_call_gives_its_s
     let stats = server.stats();
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert_eq!(stats.abandoned, 1, "{stats:?}");
+}
+
+/// With a first wait, a large request that does not fit beside one in flight waits for room
+/// at most that long and then holds nothing: neither its slot nor any large-message memory.
+#[test]
+fn a_first_wait_without_large_memory_holds_neither_slot_nor_memory() {
+    let name = unique_name("raw-first-large");
+    let (server, open, entries) = gated_server(&name, 4, 4 << 20);
+    let client = RawClient::connect(&name).unwrap();
+    let timeout = Duration::from_secs(30);
+    let held = archived(&vec![0u8; 3 << 20]);
+    let pending = client
+        .publish(&call_of(&[&held]), RawKind::Request, timeout, None)
+        .unwrap()
+        .unwrap();
+    entries.recv_timeout(timeout).expect("the handler ran");
+    let before = server.stats();
+    let large = archived(&vec![7u8; 3 << 20]);
+    let first = Some(Duration::from_millis(20));
+    let r = client.publish(&call_of(&[&large]), RawKind::Request, timeout, first);
+    assert!(matches!(r, Ok(None)), "{r:?}");
+    let after = server.stats();
+    assert_eq!(after.slots_in_use, before.slots_in_use, "{after:?}");
+    assert_eq!(after.large_in_use, before.large_in_use, "{after:?}");
+    assert_eq!(after.timeouts, 0, "{after:?}");
+    open.send(()).unwrap();
+    assert_eq!(reply_of(pending.wait().unwrap()).len(), 3 << 20);
+    // With the room back, the same request goes through.
+    let reply = client.request(&call_of(&[&large]), timeout).unwrap();
+    assert_eq!(
+        raw::access::<Vec<u8>>(reply.bytes()).unwrap().len(),
+        3 << 20
+    );
+    drop(reply);
+    assert_eq!(server.stats().large_in_use, 0);
 }

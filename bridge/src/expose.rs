@@ -21,9 +21,11 @@ const QUEUE_PER_WORKER: usize = 64;
 /// How long Zenoh's callback waits for a call it started itself, unless
 /// [`BridgeBuilder::inline_wait`] says otherwise.
 pub const DEFAULT_INLINE_WAIT: Duration = Duration::from_micros(200);
-/// The largest request Zenoh's callback makes a call of itself: writing a larger one into the
-/// server's memory would take about as long as the inline wait by itself (a few GB/s here), so
-/// a forwarding thread does it.
+/// The longest [`BridgeBuilder::inline_wait`] may be.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
+/// The largest request Zenoh's callback makes a call of itself, and the largest reply it sends
+/// itself: copying more would take about as long as the inline wait by itself (a few GB/s
+/// here), so a forwarding thread does it.
 const INLINE_MAX_BYTES: usize = 1 << 20;
 
 /// Configures a [`Bridge`].
@@ -65,14 +67,16 @@ impl BridgeBuilder {
         self
     }
 
-    /// How long Zenoh's callback may wait for a call it makes itself (default 200 µs; zero:
-    /// never). When a call arrives while the bridge carries no other, the callback makes it at
-    /// once instead of waking a forwarding thread (a thread wake-up saved per call, and the
-    /// reply sent from Zenoh's own thread: BENCHMARKS.md). If the server has not answered
-    /// within this wait, or the call would first have to wait that long for a slot or for
-    /// large-message memory, a forwarding thread takes the call over, and the callback
-    /// returns. So Zenoh's receive path is held up by at most about this long per call, and
-    /// only while calls come one at a time.
+    /// How long Zenoh's callback may wait for a call it makes itself (default 200 µs, at
+    /// most [`MAX_INLINE_WAIT`]; zero: never). When a call arrives while the bridge carries no
+    /// other, the callback makes it at once instead of waking a forwarding thread (a thread
+    /// wake-up saved per call, and the reply sent from Zenoh's own thread: BENCHMARKS.md). If
+    /// the server has not answered within this wait (counted from the query's arrival, the
+    /// wait for a slot or for large-message memory included), a forwarding thread takes the
+    /// call over, and the callback returns. Requests and replies over 1 MiB and pings are
+    /// always a thread's. So Zenoh's receive path is held up by at most about this long per
+    /// call (plus writing a request of at most 1 MiB), and only while calls come one at a
+    /// time.
     pub fn inline_wait(mut self, wait: Duration) -> Self {
         self.inline_wait = wait;
         self
@@ -108,6 +112,12 @@ impl BridgeBuilder {
                 self.workers
             )));
         }
+        if self.inline_wait > MAX_INLINE_WAIT {
+            return Err(Error::InvalidConfig(format!(
+                "the inline wait must be at most {MAX_INLINE_WAIT:?}, not {:?}",
+                self.inline_wait
+            )));
+        }
         let key = match self.key {
             Some(k) => k,
             None => crate::default_key(&self.name)?,
@@ -126,8 +136,12 @@ impl BridgeBuilder {
             forwarded: AtomicU64::new(0),
             inline: AtomicU64::new(0),
             carried: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            max_queued: self.workers * QUEUE_PER_WORKER,
         });
-        let (tx, rx) = flume::bounded::<Job>(self.workers * QUEUE_PER_WORKER);
+        // Unbounded: `Shared::queued` bounds the queries in it, and the other jobs (a call
+        // already published, at most one at a time) are never refused.
+        let (tx, rx) = flume::unbounded::<Job>();
         let stop = tx.clone();
         let on_query = Arc::clone(&shared);
         let queryable = session
@@ -145,12 +159,8 @@ impl BridgeBuilder {
                     .name(format!("shmrpc-bridge-{i}"))
                     .spawn(move || loop {
                         match rx.recv() {
-                            Ok(Job::Query(query)) => shared.forward(query),
-                            Ok(Job::Pending(query, pending)) => {
-                                let outcome = pending.wait().map(done_bytes);
-                                shared.answer(&query, outcome.map_err(|e| Failure::of(&e)));
-                            }
                             Ok(Job::Stop) | Err(_) => break,
+                            Ok(job) => shared.run(job),
                         }
                     })
                     .map_err(|e| Error::InvalidConfig(format!("cannot start a thread: {e}")))
@@ -162,6 +172,7 @@ impl BridgeBuilder {
             shared,
             queryable: Some(queryable),
             stop,
+            rest: rx,
             threads,
             session,
         })
@@ -170,10 +181,12 @@ impl BridgeBuilder {
 
 /// What Zenoh's callback hands the forwarding threads.
 enum Job {
-    /// A query to forward.
-    Query(Query),
+    /// A query to forward, and when the bridge took it (its time counts from then).
+    Query(Query, Instant),
     /// A query whose call the callback published and did not see answered in time.
     Pending(Query, RawPending),
+    /// A query whose call the callback made, with a reply too large to send from there.
+    Reply(Query, RawDone),
     /// Ends the thread that takes it (`Bridge::drop`).
     Stop,
 }
@@ -189,6 +202,9 @@ struct Shared {
     inline: AtomicU64,
     /// Queries taken and not yet answered.
     carried: AtomicUsize,
+    /// Queries waiting in the queue for a thread, at most `max_queued` (then `Busy`).
+    queued: AtomicUsize,
+    max_queued: usize,
 }
 
 /// A query's call, decoded and checked: its header, its archive in the pieces Zenoh received
@@ -225,82 +241,135 @@ impl Shared {
     /// here for up to `inline_wait` (see [`BridgeBuilder::inline_wait`]); otherwise, or if it
     /// takes longer, a forwarding thread carries it.
     fn take(&self, query: Query, tx: &flume::Sender<Job>) {
+        let taken = Instant::now();
         let alone = self.carried.fetch_add(1, Ordering::AcqRel) == 0;
         let job = if alone && !self.inline_wait.is_zero() {
-            match self.start(query) {
+            match self.start(query, taken) {
                 Some(job) => job,
                 None => return,
             }
         } else {
-            Job::Query(query)
+            Job::Query(query, taken)
         };
-        if let Err(e) = tx.try_send(job) {
-            let query = match e.into_inner() {
-                Job::Query(query) => query,
-                // Dropping the pending call gives it up (the server frees its slot).
-                Job::Pending(query, _) => query,
-                Job::Stop => return,
-            };
-            let busy = Failure::new(
-                Code::Busy,
-                format!("the bridge of {:?} has a full queue of calls", self.key),
-            );
-            self.answer(&query, Err(busy));
+        match job {
+            Job::Query(query, taken) => self.enqueue(query, taken, tx),
+            // A call already made or under way is never refused (nor answered `Busy`, which
+            // would ask its caller to make it again).
+            job => {
+                if let Err(e) = tx.send(job) {
+                    // The threads are gone (the bridge is being dropped): finish it here.
+                    self.run(e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Queues a query for a thread, or answers `Busy` if the queue is full.
+    fn enqueue(&self, query: Query, taken: Instant, tx: &flume::Sender<Job>) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) < self.max_queued {
+            match tx.send(Job::Query(query, taken)) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    if let Job::Query(query, _) = e.into_inner() {
+                        let f = Failure::new(
+                            Code::Busy,
+                            format!("the bridge of {:?} is stopping", self.key),
+                        );
+                        self.answer(&query, Err(f));
+                    }
+                    return;
+                }
+            }
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let busy = Failure::new(
+            Code::Busy,
+            format!("the bridge of {:?} has a full queue of calls", self.key),
+        );
+        self.answer(&query, Err(busy));
+    }
+
+    /// A forwarding thread's work on one job.
+    fn run(&self, job: Job) {
+        match job {
+            Job::Query(query, taken) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.forward(query, taken);
+            }
+            Job::Pending(query, pending) => {
+                let outcome = pending.wait().map(done_bytes);
+                self.answer(&query, outcome.map_err(|e| Failure::of(&e)));
+            }
+            Job::Reply(query, done) => self.answer(&query, Ok(done_bytes(done))),
+            Job::Stop => {}
         }
     }
 
     /// Starts a query's call in Zenoh's callback and answers it if it ends within
-    /// `inline_wait`; else the job that carries it on (`None`: answered).
-    fn start(&self, query: Query) -> Option<Job> {
+    /// `inline_wait` of `taken`; else the job that carries it on (`None`: answered).
+    fn start(&self, query: Query, taken: Instant) -> Option<Job> {
+        let Some(until) = taken.checked_add(self.inline_wait) else {
+            return Some(Job::Query(query, taken));
+        };
         let decoded = match self.decode(&query) {
             Ok(decoded) => decoded,
             Err(f) => {
-                self.answer(&query, Err(f));
+                self.answer_here(&query, Err(f));
                 return None;
             }
         };
         let len: usize = decoded.archive.iter().map(|piece| piece.len()).sum();
         let kind = match decoded.header.kind {
-            _ if len > INLINE_MAX_BYTES => {
-                drop(decoded);
-                return Some(Job::Query(query));
-            }
-            Kind::Request => RawKind::Request,
-            Kind::OneWay => RawKind::OneWay,
-            // A ping may wait for a worker as long as its caller allows: a thread's job.
-            Kind::Ping => {
-                drop(decoded);
-                return Some(Job::Query(query));
-            }
+            _ if len > INLINE_MAX_BYTES => None,
+            Kind::Request => Some(RawKind::Request),
+            Kind::OneWay => Some(RawKind::OneWay),
+            // `RawClient::publish` makes requests and one-way messages; pings are rare.
+            Kind::Ping => None,
         };
-        let first = Some(self.inline_wait);
+        let Some(kind) = kind else {
+            drop(decoded);
+            return Some(Job::Query(query, taken));
+        };
+        let first = Some(until.saturating_duration_since(Instant::now()));
         let pending = match self
             .raw
             .publish(&decoded.call(), kind, decoded.timeout, first)
         {
             Ok(Some(pending)) => pending,
-            // No slot or no room at once: a thread waits for it.
-            Ok(None) => return Some(Job::Query(query)),
+            // No slot or no room in time: a thread waits for it.
+            Ok(None) => {
+                drop(decoded);
+                return Some(Job::Query(query, taken));
+            }
             Err(e) => {
-                self.answer(&query, Err(Failure::of(&e)));
+                self.answer_here(&query, Err(Failure::of(&e)));
                 return None;
             }
         };
         drop(decoded);
-        match pending.wait_until(Instant::now() + self.inline_wait) {
+        match pending.wait_until(until) {
+            Ok(Ok(RawDone::Reply(reply))) if reply.bytes().len() > INLINE_MAX_BYTES => {
+                Some(Job::Reply(query, RawDone::Reply(reply)))
+            }
             Ok(outcome) => {
-                self.inline.fetch_add(1, Ordering::Relaxed);
                 let outcome = outcome.map(done_bytes);
-                self.answer(&query, outcome.map_err(|e| Failure::of(&e)));
+                self.answer_here(&query, outcome.map_err(|e| Failure::of(&e)));
                 None
             }
             Err(pending) => Some(Job::Pending(query, pending)),
         }
     }
 
-    /// Forwards one query to the local server and answers it.
-    fn forward(&self, query: Query) {
-        let outcome = self.call(&query);
+    /// Answers a query from Zenoh's callback (counted in `inline`).
+    fn answer_here(&self, query: &Query, outcome: std::result::Result<Vec<u8>, Failure>) {
+        self.inline.fetch_add(1, Ordering::Relaxed);
+        self.answer(query, outcome);
+    }
+
+    /// Forwards one query, taken at `taken`, to the local server and answers it.
+    fn forward(&self, query: Query, taken: Instant) {
+        let outcome = self.call(&query, taken);
         self.answer(&query, outcome);
     }
 
@@ -344,11 +413,12 @@ impl Shared {
         })
     }
 
-    /// The local call a query asks for: the reply's archive (empty for a one-way message or a
-    /// ping), or why it failed.
-    fn call(&self, query: &Query) -> std::result::Result<Vec<u8>, Failure> {
+    /// The local call a query taken at `taken` asks for: the reply's archive (empty for a
+    /// one-way message or a ping), or why it failed. Its time counts from `taken`.
+    fn call(&self, query: &Query, taken: Instant) -> std::result::Result<Vec<u8>, Failure> {
         let decoded = self.decode(query)?;
-        let (call, timeout) = (decoded.call(), decoded.timeout);
+        let timeout = decoded.timeout.saturating_sub(taken.elapsed());
+        let call = decoded.call();
         let failed = |e: shmrpc::Error| Failure::of(&e);
         match decoded.header.kind {
             Kind::Request => {
@@ -372,6 +442,9 @@ pub struct Bridge {
     shared: Arc<Shared>,
     queryable: Option<Queryable<()>>,
     stop: flume::Sender<Job>,
+    /// The queue's receiving end, for what a callback still running queued after the threads
+    /// ended.
+    rest: flume::Receiver<Job>,
     threads: Vec<JoinHandle<()>>,
     session: Session,
 }
@@ -406,8 +479,8 @@ impl Bridge {
         self.shared.forwarded.load(Ordering::Relaxed)
     }
 
-    /// Of [`Bridge::forwarded`], the calls that Zenoh's callback made and answered itself
-    /// (see [`BridgeBuilder::inline_wait`]).
+    /// Of [`Bridge::forwarded`], the calls that Zenoh's callback answered itself (see
+    /// [`BridgeBuilder::inline_wait`]), failures included.
     pub fn answered_inline(&self) -> u64 {
         self.shared.inline.load(Ordering::Relaxed)
     }
@@ -430,6 +503,11 @@ impl Drop for Bridge {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // A callback that was running as the queryable went away may have queued a job after
+        // the last `Stop`: answer it here.
+        while let Ok(job) = self.rest.try_recv() {
+            self.shared.run(job);
         }
         tracing::info!(key = %self.shared.key, "bridge stopped");
     }

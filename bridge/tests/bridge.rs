@@ -4,6 +4,7 @@
 //! network namespaces made by the test.
 
 use shmrpc::{Request, Server};
+use shmrpc_zenoh::zenoh::Wait;
 use shmrpc_zenoh::{config, Bridge, Error, RemoteClient, Target};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -872,8 +873,9 @@ impl Drop for Netns {
 
 /// A call that outlasts the bridge's inline wait moves to a forwarding thread and frees Zenoh's
 /// callback: a second call made while the first is held in its handler is answered, the
-/// first's own reply comes once its handler goes on, and a quick call made while the bridge is
-/// idle is answered by the callback itself.
+/// first's own reply comes once its handler goes on, and calls made while the bridge is idle
+/// (a malformed one, then a quick one: the first leaves the bridge idle again) are answered by
+/// the callback itself.
 #[test]
 fn a_call_that_outlasts_the_inline_wait_frees_zenohs_callback_for_the_next() {
     let (name, key) = unique("inline");
@@ -898,7 +900,7 @@ fn a_call_that_outlasts_the_inline_wait_frees_zenohs_callback_for_the_next() {
     let bridge = Bridge::builder(&name)
         .key(&key)
         .session(host.clone())
-        .inline_wait(Duration::from_millis(300))
+        .inline_wait(Duration::from_secs(1))
         .start()
         .unwrap();
     let caller = shmrpc_zenoh::open(config::peer(&[], &[&endpoint]).unwrap()).unwrap();
@@ -929,12 +931,22 @@ fn a_call_that_outlasts_the_inline_wait_frees_zenohs_callback_for_the_next() {
         open.send(()).unwrap();
         assert_eq!(held.join().unwrap().unwrap(), vec![0u8, 9, 9]);
     });
+    let replies = caller.get(&key).timeout(wait).wait().unwrap();
+    let reply = replies
+        .recv()
+        .expect("an answer to a query without a header");
+    assert!(reply.result().is_err(), "a query without a header failed");
+    assert_eq!(
+        bridge.answered_inline(),
+        1,
+        "the malformed call was answered inline"
+    );
     let quick = remote.request_timeout(&vec![3u8; 5], wait).unwrap();
     assert_eq!(quick.as_slice(), &[3u8; 5]);
     assert_eq!(
         bridge.answered_inline(),
-        1,
+        2,
         "the quick call was made inline"
     );
-    assert_eq!(bridge.forwarded(), 3);
+    assert_eq!(bridge.forwarded(), 4);
 }
