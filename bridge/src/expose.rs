@@ -21,7 +21,7 @@ const QUEUE_PER_WORKER: usize = 64;
 /// How long Zenoh's callback waits for a call it started itself, unless
 /// [`BridgeBuilder::inline_wait`] says otherwise.
 pub const DEFAULT_INLINE_WAIT: Duration = Duration::from_micros(200);
-/// The longest [`BridgeBuilder::inline_wait`] may be.
+/// The longest [`BridgeBuilder::inline_wait`] may be (1 s).
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
 /// The largest request Zenoh's callback makes a call of itself, and the largest reply it sends
 /// itself: copying more would take about as long as the inline wait by itself (a few GB/s
@@ -68,7 +68,7 @@ impl BridgeBuilder {
     }
 
     /// How long Zenoh's callback may wait for a call it makes itself (default 200 µs, at
-    /// most [`MAX_INLINE_WAIT`]; zero: never). When a call arrives while the bridge carries no
+    /// most 1 s; zero: never). When a call arrives while the bridge carries no
     /// other, the callback makes it at once instead of waking a forwarding thread (a thread
     /// wake-up saved per call, and the reply sent from Zenoh's own thread: BENCHMARKS.md). If
     /// the server has not answered within this wait (counted from the query's arrival, the
