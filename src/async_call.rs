@@ -18,7 +18,7 @@
 //! the generation in the slot's state word and the call id keep a late reply away from the
 //! slot's next call.
 
-use crate::client::{within_share, Client, Done, MapRef, Reply};
+use crate::client::{give_up, within_share, Client, Done, MapRef, Reply};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::hub::{wake, Registered, Registry};
@@ -704,16 +704,7 @@ impl<Req: Message, Resp: Message, T> Drop for CallFuture<'_, '_, Req, Resp, T> {
                 ..
             } => {
                 hub.unregister(slot, gen);
-                match protocol::abandon(map.map(), slot, gen) {
-                    Ok(()) => {
-                        map.header().abandoned.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
-                    Err(s) if s.kind() == State::REPLY => {
-                        let _ = protocol::release(map.map(), &Futex, slot, s);
-                    }
-                    Err(_) => {}
-                }
+                give_up(&map, slot, gen);
             }
         }
     }

@@ -890,17 +890,24 @@ impl Published {
 
 impl Drop for Published {
     fn drop(&mut self) {
-        let Some(map) = self.map.take() else { return };
-        match protocol::abandon(map.map(), self.slot, self.gen) {
-            Ok(()) => {
-                map.header().abandoned.fetch_add(1, Ordering::Relaxed);
-            }
-            // The reply came: it is ours to free. (ACCEPTED: the worker frees it.)
-            Err(s) if s.kind() == State::REPLY => {
-                let _ = protocol::release(map.map(), &Futex, self.slot, s);
-            }
-            Err(_) => {}
+        if let Some(map) = self.map.take() {
+            give_up(&map, self.slot, self.gen);
         }
+    }
+}
+
+/// Gives up a call in flight that nobody will take (a dropped future or pending call): the
+/// worker frees the slot (counted as abandoned), or, if the reply had come, this frees it.
+/// (ACCEPTED: the worker frees it.)
+pub(crate) fn give_up(map: &Connection, slot: u32, gen: u32) {
+    match protocol::abandon(map.map(), slot, gen) {
+        Ok(()) => {
+            map.header().abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(s) if s.kind() == State::REPLY => {
+            let _ = protocol::release(map.map(), &Futex, slot, s);
+        }
+        Err(_) => {}
     }
 }
 
