@@ -49,13 +49,31 @@ pub(crate) fn calibrate(window: Duration) -> u64 {
     if cfg!(not(any(target_arch = "x86_64", target_arch = "x86"))) {
         return 1 << 32;
     }
-    let (t0, k0) = (Instant::now(), ticks());
+    let (t0, k0) = paired();
     while t0.elapsed() < window {
         std::hint::spin_loop();
     }
-    let (ns, k1) = (t0.elapsed().as_nanos() as u64, ticks());
+    let (t1, k1) = paired();
+    let ns = t1.saturating_duration_since(t0).as_nanos() as u64;
     let dk = k1.wrapping_sub(k0).max(1);
     (((ns as u128) << 32) / dk as u128).min(u64::MAX as u128) as u64
+}
+
+/// An `Instant` and the counter at the same moment: the reading of `Instant::now` between two
+/// counter reads that lie closest together, of a few tries. A thread preempted between the
+/// two clocks' readings (a loaded machine) would otherwise pair one clock's reading with the
+/// other's from milliseconds later, and skew the factor by as much as the window itself.
+fn paired() -> (Instant, u64) {
+    let mut best = (Instant::now(), ticks(), u64::MAX);
+    for _ in 0..8 {
+        let before = ticks();
+        let at = Instant::now();
+        let width = ticks().wrapping_sub(before);
+        if width < best.2 {
+            best = (at, before.wrapping_add(width / 2), width);
+        }
+    }
+    (best.0, best.1)
 }
 
 /// `ticks` in nanoseconds, with the factor from [`calibrate`].
@@ -72,4 +90,26 @@ pub(crate) fn ticks_for(d: Duration, ns_per_tick_q32: u64) -> u64 {
         ns_per_tick_q32
     };
     ((d.as_nanos() << 32) / q32 as u128).min(u64::MAX as u128) as u64
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    fn a_calibrated_factor_turns_ticks_into_the_instant_clocks_time() {
+        let q32 = calibrate(Duration::from_millis(5));
+        let (t0, k0) = paired();
+        // Time for the clocks to run apart if the factor were wrong; nothing waits on it.
+        std::thread::sleep(Duration::from_millis(30));
+        let (t1, k1) = paired();
+        let by_instant = t1.duration_since(t0).as_nanos() as f64;
+        let by_ticks = to_ns(k1.wrapping_sub(k0), q32) as f64;
+        let ratio = by_ticks / by_instant;
+        assert!(
+            (0.95..1.05).contains(&ratio),
+            "the factor gave {by_ticks} ns for {by_instant} ns by Instant"
+        );
+    }
 }
