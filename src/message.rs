@@ -188,13 +188,23 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
         sum: checked.then(Checksum::new),
         stop_at_end,
     };
-    let written = with_arena(|arena| {
-        let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
-        match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
-            Ok(_) => Ok(serializer.into_writer()),
-            Err(e) => Err(e),
-        }
-    });
+    let written = if is_plain::<T>() {
+        // SAFETY: `is_plain`: rkyv attests (`COPY_OPTIMIZATION`) that `T` has no uninit bytes
+        // and archives as its own bytes, and `T::Archived` has `T`'s size; `value` is a live
+        // `&T`, so its `size_of::<T>()` bytes are initialized and readable.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        let mut writer = writer;
+        <SlotWriter as Writer<rancor::Error>>::write(&mut writer, bytes).map(|()| writer)
+    } else {
+        with_arena(|arena| {
+            let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
+            match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
+                Ok(_) => Ok(serializer.into_writer()),
+                Err(e) => Err(e),
+            }
+        })
+    };
     match written {
         Ok(w) if w.pos <= cap => Ok(Ok((w.pos, w.sum.map_or(0, |s| s.finish())))),
         Ok(w) => Err(Error::PayloadTooLarge {
@@ -206,6 +216,17 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
             _ => Err(not_serialized(e)),
         },
     }
+}
+
+/// Whether `T` archives as a copy of its own bytes: rkyv's `COPY_OPTIMIZATION` (numbers, and
+/// arrays and tuples of them, on a target whose endianness and pointer width are the archive
+/// format's) with an archived form of `T`'s size. Such a value is its archive: serializing it
+/// is one copy, and the archive is the same bytes as rkyv's serializer writes from position 0
+/// (nothing out of line, no padding before or inside the root), which
+/// `plain_values_serialize_to_rkyvs_bytes` checks.
+#[inline(always)]
+const fn is_plain<T: rkyv::Archive>() -> bool {
+    T::COPY_OPTIMIZATION.is_enabled() && size_of::<T>() == size_of::<T::Archived>()
 }
 
 thread_local! {
@@ -379,6 +400,26 @@ mod tests {
             }
             buf.fill(0xAA);
         }
+    }
+
+    #[test]
+    fn plain_values_serialize_to_rkyvs_bytes() {
+        // Copied as their own bytes (on a little-endian target of either pointer width).
+        assert!(is_plain::<[u8; 64]>() && is_plain::<u8>());
+        if cfg!(target_endian = "little") {
+            assert!(is_plain::<u64>() && is_plain::<[u64; 3]>() && is_plain::<f64>());
+        }
+        // Not copies: out-of-line data, a tag, tuples (rkyv does not attest them).
+        assert!(!is_plain::<String>() && !is_plain::<Vec<u8>>() && !is_plain::<Option<u32>>());
+        assert!(!is_plain::<(u32, u32)>());
+        same_bytes(&[9u8; 64]);
+        same_bytes(&0x0102_0304_0506_0708u64);
+        same_bytes(&(7u32, 0xFFFF_FFFFu32));
+        same_bytes(&[1u64, 2, 3]);
+        same_bytes(&-5i16);
+        same_bytes(&1.5f64);
+        same_bytes(&true);
+        same_bytes(&'é');
     }
 
     #[test]
