@@ -342,6 +342,110 @@ fn shaped_session(kind: &str, n: usize, shaped: bool, cas: bool) -> Session {
     }
 }
 
+/// A protocol shmrpc does not have, modelled to measure what it would give
+/// (`SHMRPC_BENCH_SHAPES=1`, BENCHMARKS.md "A line pattern for the 1.6x goal"): every line has
+/// one writer, as in `raw-spin`, and the ownership checks are fences on the writer's own lines
+/// instead of read-modify-writes on lines both sides write. The client claims and frees the
+/// slot by CAS on a state word only it touches while the server keeps up; it writes the
+/// request and then a request sequence word, fences, and reads the worker's `watching` word
+/// (on the line of the reply's sequence word, which it reads anyway): only if the worker is not
+/// watching would it set the ready bit (never, here: this worker always watches). The worker
+/// watches the request sequence word of the slot it served last, announces on a line of its own
+/// which call it takes and fences (what an abandon would be decided against), copies, and
+/// publishes the reply and its sequence word. Nothing of shmrpc's compute is in it.
+mod watch {
+    /// Client-only in the steady state: claimed and freed by CAS.
+    pub const STATE: usize = 4096;
+    /// The request's sequence word and length (the client's line), then its bytes.
+    pub const REQ_SEQ: usize = 4096 + 64;
+    pub const REQ_LEN: usize = 4096 + 68;
+    pub const REQ: usize = 4096 + 128;
+    /// In the reply page: the reply's sequence word and the worker's `watching` word (the
+    /// worker's line, which the client polls), the call the worker takes (a line the client
+    /// reads only to abandon), then the reply's bytes.
+    pub const REPLY_SEQ: usize = 0;
+    pub const WATCHING: usize = 4;
+    pub const TAKEN: usize = 64;
+    pub const REPLY: usize = 128;
+    /// Room for the bytes on both sides (`Raw::len`): the contender runs up to this size.
+    pub const MAX: usize = 4096 - 128;
+}
+
+impl Raw {
+    fn reply_word(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: `watch`'s offsets lie in the reply page, 4-aligned.
+        unsafe { &*self.reply().add(offset).cast::<AtomicU32>() }
+    }
+}
+
+fn serve_watch(path: &str, n: usize) {
+    let raw = Raw::open(path, n, false);
+    let (req_seq, reply_seq) = (raw.word(watch::REQ_SEQ), raw.reply_word(watch::REPLY_SEQ));
+    let taken = raw.reply_word(watch::TAKEN);
+    raw.reply_word(watch::WATCHING).store(1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let mut seen = req_seq.load(Ordering::Acquire);
+    let mut buf = vec![0u8; n];
+    ready();
+    loop {
+        seen = Raw::wait_change(req_seq, seen, true);
+        if raw.word(128).load(Ordering::Acquire) != 0 {
+            return;
+        }
+        // Take the call: announce it on our line, fence, and check the request word again
+        // (a client that abandons would change it, fence, and read `taken`).
+        taken.store(seen, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        assert_eq!(req_seq.load(Ordering::Relaxed), seen);
+        let len = (raw.word(watch::REQ_LEN).load(Ordering::Relaxed) as usize).min(n);
+        // SAFETY: the client wrote `len` (<= n) request bytes before its Release store of the
+        // sequence word and waits for ours; the reply area is ours until then.
+        unsafe {
+            std::ptr::copy_nonoverlapping(raw.base.add(watch::REQ), buf.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.reply().add(watch::REPLY), len);
+        }
+        reply_seq.store(seen, Ordering::Release);
+    }
+}
+
+fn watch_session(n: usize) -> Session {
+    let kind = "raw-watch";
+    let path = format!("/{}", name(kind, n));
+    let raw = Raw::open(&path, n, true);
+    let server = ServerProc::start(&format!("{kind} {n} {path}"));
+    let _ = rustix::shm::unlink(path.as_str());
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    let mut seq = 0u32;
+    Session {
+        call: Box::new(move || {
+            let state = raw.word(watch::STATE);
+            shape::step(state, shape::FREE, shape::CLAIMED, Ordering::Acquire, true);
+            seq = seq.wrapping_add(1);
+            // SAFETY: the slot is ours (CLAIMED) and the worker reads the request only after
+            // the sequence word's Release store.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.base.add(watch::REQ), n) };
+            raw.word(watch::REQ_LEN).store(n as u32, Ordering::Relaxed);
+            raw.word(watch::REQ_SEQ).store(seq, Ordering::Release);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if raw.reply_word(watch::WATCHING).load(Ordering::Relaxed) == 0 {
+                raw.word64(shape::READY).fetch_or(1, Ordering::Release);
+            }
+            let reply_seq = raw.reply_word(watch::REPLY_SEQ);
+            while reply_seq.load(Ordering::Acquire) != seq {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the worker wrote the reply before its Release store of `seq`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(raw.reply().add(watch::REPLY), out.as_mut_ptr(), n)
+            };
+            black_box(out[n - 1]);
+            shape::step(state, shape::CLAIMED, shape::FREE, Ordering::Release, true);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
 /// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 256 MiB
 /// of large-message memory). In place (`in_place`): the handler replies with the request's
 /// bytes (`AsVec`), which are copied once, from the request into the reply, as the raw
@@ -417,6 +521,7 @@ fn serve(role: &str) {
         "raw-slot" => serve_shaped(args[2], n, false, true),
         "raw-shaped" => serve_shaped(args[2], n, true, true),
         "raw-stores" => serve_shaped(args[2], n, true, false),
+        "raw-watch" => serve_watch(args[2], n),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
         "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
@@ -1124,6 +1229,9 @@ fn interleaved(rounds: usize) {
                 spin_batch,
                 Box::new(move || shaped_session("raw-stores", n, true, false)),
             ));
+            if n <= watch::MAX {
+                cs.push(("raw-watch", spin_batch, Box::new(move || watch_session(n))));
+            }
         }
         let per_call = take_turns(&cs, rounds);
         let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
@@ -1144,6 +1252,9 @@ fn interleaved(rounds: usize) {
             println!("  raw-slot / raw-spin      {:.2}x", ratio(slot, 1));
             println!("  raw-shaped / raw-spin    {:.2}x", ratio(shaped, 1));
             println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));
+            if n <= watch::MAX {
+                println!("  raw-watch / raw-spin     {:.2}x", ratio(stores + 1, 1));
+            }
         }
         println!();
     }
