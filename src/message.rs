@@ -453,6 +453,16 @@ mod tests {
         // SAFETY: as above.
         let small = unsafe { serialize_into(&vec![1u8; 100], buf.as_mut_ptr(), 4096, false, true) };
         assert!(matches!(small, Ok(Ok((len, _))) if len > 100), "{small:?}");
+        // A plain value (one copy) stops the same way, with its whole size, checksum or not.
+        for checked in [false, true] {
+            // SAFETY: as above.
+            let r = unsafe { serialize_into(&[1u8; 8192], buf.as_mut_ptr(), 4096, checked, true) };
+            assert!(matches!(r, Ok(Err(8192))), "{r:?}");
+            assert!(
+                buf[4096..].iter().all(|&b| b == 0xAA),
+                "wrote past the area"
+            );
+        }
     }
 
     #[test]
