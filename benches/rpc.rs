@@ -446,6 +446,93 @@ fn watch_session(n: usize) -> Session {
     }
 }
 
+/// `raw-shaped` with another way for the worker to find the call (`SHMRPC_BENCH_SHAPES=1`):
+/// the same five CAS transitions of the state word, but instead of the ready bitmap's
+/// `fetch_or` and `fetch_and`, the client stores the call's sequence in a doorbell word of
+/// its own line after publishing, fences, and reads a `watched` word that the worker writes
+/// only when it starts or stops watching (the ready bit would be the fallback, never taken
+/// here); the worker polls the doorbell. What changing only the discovery of calls, and not
+/// the ownership by CAS, would give.
+mod bell {
+    /// The doorbell (client-written) and the `watched` word (worker-written), each on a line
+    /// of its own in the first page.
+    pub const BELL: usize = 512;
+    pub const WATCHED: usize = 768;
+}
+
+fn serve_bell(path: &str, n: usize) {
+    let raw = Raw::open(path, n, false);
+    let state = raw.word(shape::STATE);
+    let doorbell = raw.word(bell::BELL);
+    raw.word(bell::WATCHED).store(1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let mut seen = doorbell.load(Ordering::Acquire);
+    let mut buf = vec![0u8; n];
+    ready();
+    loop {
+        seen = Raw::wait_change(doorbell, seen, true);
+        if raw.word(128).load(Ordering::Acquire) != 0 {
+            return;
+        }
+        shape::step(
+            state,
+            shape::REQUEST,
+            shape::SERVING,
+            Ordering::Acquire,
+            true,
+        );
+        let len = (raw.word(shape::LEN).load(Ordering::Relaxed) as usize).min(n);
+        // SAFETY: the slot is SERVING: the client wrote `len` (<= n) bytes before its Release
+        // CAS and touches them again only after our REPLY.
+        unsafe {
+            std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
+        }
+        shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, true);
+    }
+}
+
+fn bell_session(n: usize) -> Session {
+    let kind = "raw-bell";
+    let path = format!("/{}", name(kind, n));
+    let raw = Raw::open(&path, n, true);
+    let server = ServerProc::start(&format!("{kind} {n} {path}"));
+    let _ = rustix::shm::unlink(path.as_str());
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    let mut seq = 0u32;
+    Session {
+        call: Box::new(move || {
+            let state = raw.word(shape::STATE);
+            shape::step(state, shape::FREE, shape::CLAIMED, Ordering::Acquire, true);
+            // SAFETY: the slot is CLAIMED by us: the worker reads it only after REQUEST.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.shape_payload(), n) };
+            raw.word(shape::LEN).store(n as u32, Ordering::Relaxed);
+            shape::step(
+                state,
+                shape::CLAIMED,
+                shape::REQUEST,
+                Ordering::Release,
+                true,
+            );
+            seq = seq.wrapping_add(1);
+            raw.word(bell::BELL).store(seq, Ordering::Release);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if raw.word(bell::WATCHED).load(Ordering::Relaxed) == 0 {
+                raw.word64(shape::READY).fetch_or(1, Ordering::Release);
+            }
+            while state.load(Ordering::Acquire) != shape::REPLY {
+                std::hint::spin_loop();
+            }
+            // SAFETY: REPLY: the worker wrote the reply before its Release CAS.
+            unsafe { std::ptr::copy_nonoverlapping(raw.shape_payload(), out.as_mut_ptr(), n) };
+            black_box(out[n - 1]);
+            shape::step(state, shape::REPLY, shape::FREE, Ordering::Release, true);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
 /// Large messages: a `Vec<u8>` echo with the default configuration (1 MiB of slots, 256 MiB
 /// of large-message memory). In place (`in_place`): the handler replies with the request's
 /// bytes (`AsVec`), which are copied once, from the request into the reply, as the raw
@@ -522,6 +609,7 @@ fn serve(role: &str) {
         "raw-shaped" => serve_shaped(args[2], n, true, true),
         "raw-stores" => serve_shaped(args[2], n, true, false),
         "raw-watch" => serve_watch(args[2], n),
+        "raw-bell" => serve_bell(args[2], n),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
         "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
@@ -1229,6 +1317,7 @@ fn interleaved(rounds: usize) {
                 spin_batch,
                 Box::new(move || shaped_session("raw-stores", n, true, false)),
             ));
+            cs.push(("raw-bell", spin_batch, Box::new(move || bell_session(n))));
             if n <= watch::MAX {
                 cs.push(("raw-watch", spin_batch, Box::new(move || watch_session(n))));
             }
@@ -1252,8 +1341,9 @@ fn interleaved(rounds: usize) {
             println!("  raw-slot / raw-spin      {:.2}x", ratio(slot, 1));
             println!("  raw-shaped / raw-spin    {:.2}x", ratio(shaped, 1));
             println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));
+            println!("  raw-bell / raw-spin      {:.2}x", ratio(stores + 1, 1));
             if n <= watch::MAX {
-                println!("  raw-watch / raw-spin     {:.2}x", ratio(stores + 1, 1));
+                println!("  raw-watch / raw-spin     {:.2}x", ratio(stores + 2, 1));
             }
         }
         println!();

@@ -92,12 +92,11 @@ pub(crate) fn ticks_for(d: Duration, ns_per_tick_q32: u64) -> u64 {
     ((d.as_nanos() << 32) / q32 as u128).min(u64::MAX as u128) as u64
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(loom), any(target_arch = "x86_64", target_arch = "x86")))]
 mod tests {
     use super::*;
 
     #[test]
-    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
     fn a_calibrated_factor_turns_ticks_into_the_instant_clocks_time() {
         let q32 = calibrate(Duration::from_millis(5));
         let (t0, k0) = paired();
