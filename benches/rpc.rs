@@ -297,10 +297,7 @@ fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
 }
 
 fn shaped_session(kind: &str, n: usize, shaped: bool, cas: bool) -> Session {
-    let path = format!("/{}", name(kind, n));
-    let raw = Raw::open(&path, n, true);
-    let server = ServerProc::start(&format!("{kind} {n} {path}"));
-    let _ = rustix::shm::unlink(path.as_str());
+    let (raw, server) = open_raw(kind, n);
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
     Session {
@@ -410,10 +407,7 @@ fn serve_watch(path: &str, n: usize) {
 
 fn watch_session(n: usize) -> Session {
     let kind = "raw-watch";
-    let path = format!("/{}", name(kind, n));
-    let raw = Raw::open(&path, n, true);
-    let server = ServerProc::start(&format!("{kind} {n} {path}"));
-    let _ = rustix::shm::unlink(path.as_str());
+    let (raw, server) = open_raw(kind, n);
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
     let mut seq = 0u32;
@@ -494,10 +488,7 @@ fn serve_bell(path: &str, n: usize) {
 
 fn bell_session(n: usize) -> Session {
     let kind = "raw-bell";
-    let path = format!("/{}", name(kind, n));
-    let raw = Raw::open(&path, n, true);
-    let server = ServerProc::start(&format!("{kind} {n} {path}"));
-    let _ = rustix::shm::unlink(path.as_str());
+    let (raw, server) = open_raw(kind, n);
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
     let mut seq = 0u32;
@@ -1170,11 +1161,18 @@ fn shmrpc_session(n: usize, calls: Calls) -> Session {
     }
 }
 
-fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
+/// A raw contender's mapping, made here, and its server process, started on it; the mapping's
+/// name is unlinked once both sides have it mapped (the server says ready after mapping it).
+fn open_raw(kind: &str, n: usize) -> (Raw, ServerProc) {
     let path = format!("/{}", name(kind, n));
     let raw = Raw::open(&path, n, true);
     let server = ServerProc::start(&format!("{kind} {n} {path}"));
-    let _ = rustix::shm::unlink(path.as_str()); // both sides have it mapped already
+    let _ = rustix::shm::unlink(path.as_str());
+    (raw, server)
+}
+
+fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
+    let (raw, server) = open_raw(kind, n);
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
     Session {
