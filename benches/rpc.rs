@@ -375,20 +375,28 @@ impl Raw {
     }
 }
 
+/// The loop of a worker that watches `word` (after saying so in `watched` and fencing, as the
+/// watch models' workers do): `serve` runs with each new value until the stop word is set.
+fn watch_word(raw: &Raw, word: &AtomicU32, watched: &AtomicU32, mut serve: impl FnMut(u32)) {
+    watched.store(1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let mut seen = word.load(Ordering::Acquire);
+    ready();
+    loop {
+        seen = Raw::wait_change(word, seen, true);
+        if raw.word(128).load(Ordering::Acquire) != 0 {
+            return;
+        }
+        serve(seen);
+    }
+}
+
 fn serve_watch(path: &str, n: usize) {
     let raw = Raw::open(path, n, false);
     let (req_seq, reply_seq) = (raw.word(watch::REQ_SEQ), raw.reply_word(watch::REPLY_SEQ));
     let taken = raw.reply_word(watch::TAKEN);
-    raw.reply_word(watch::WATCHING).store(1, Ordering::Relaxed);
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let mut seen = req_seq.load(Ordering::Acquire);
     let mut buf = vec![0u8; n];
-    ready();
-    loop {
-        seen = Raw::wait_change(req_seq, seen, true);
-        if raw.word(128).load(Ordering::Acquire) != 0 {
-            return;
-        }
+    watch_word(&raw, req_seq, raw.reply_word(watch::WATCHING), |seen| {
         // Take the call: announce it on our line, fence, and check the request word again
         // (a client that abandons would change it, fence, and read `taken`).
         taken.store(seen, Ordering::Relaxed);
@@ -402,7 +410,7 @@ fn serve_watch(path: &str, n: usize) {
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.reply().add(watch::REPLY), len);
         }
         reply_seq.store(seen, Ordering::Release);
-    }
+    });
 }
 
 fn watch_session(n: usize) -> Session {
@@ -457,17 +465,8 @@ mod bell {
 fn serve_bell(path: &str, n: usize) {
     let raw = Raw::open(path, n, false);
     let state = raw.word(shape::STATE);
-    let doorbell = raw.word(bell::BELL);
-    raw.word(bell::WATCHED).store(1, Ordering::Relaxed);
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let mut seen = doorbell.load(Ordering::Acquire);
     let mut buf = vec![0u8; n];
-    ready();
-    loop {
-        seen = Raw::wait_change(doorbell, seen, true);
-        if raw.word(128).load(Ordering::Acquire) != 0 {
-            return;
-        }
+    watch_word(&raw, raw.word(bell::BELL), raw.word(bell::WATCHED), |_| {
         shape::step(
             state,
             shape::REQUEST,
@@ -483,7 +482,7 @@ fn serve_bell(path: &str, n: usize) {
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
         shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, true);
-    }
+    });
 }
 
 fn bell_session(n: usize) -> Session {

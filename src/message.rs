@@ -218,9 +218,10 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
     }
 }
 
-/// Whether `T` archives as a copy of its own bytes: rkyv's `COPY_OPTIMIZATION` (numbers, and
-/// arrays and tuples of them, on a target whose endianness and pointer width are the archive
-/// format's) with an archived form of `T`'s size. Such a value is its archive: serializing it
+/// Whether `T` archives as a copy of its own bytes: rkyv's `COPY_OPTIMIZATION` (numbers and
+/// arrays of them on a target whose endianness and pointer width are the archive format's,
+/// and derived structs of such fields without padding; not tuples) with an archived form of
+/// `T`'s size. Such a value is its archive: serializing it
 /// is one copy, and the archive is the same bytes as rkyv's serializer writes from position 0
 /// (nothing out of line, no padding before or inside the root), which
 /// `plain_values_serialize_to_rkyvs_bytes` checks.
