@@ -290,6 +290,9 @@ fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
         // REPLY.
         unsafe {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
+            // Else the compiler drops the copy back (the same bytes to the same place): the
+            // reply's line would not move (it did until this was found).
+            black_box(&mut buf);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
         shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, cas);
@@ -479,6 +482,9 @@ fn serve_bell(path: &str, n: usize) {
         // CAS and touches them again only after our REPLY.
         unsafe {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
+            // Else the compiler drops the copy back (the same bytes to the same place): the
+            // reply's line would not move (it did until this was found).
+            black_box(&mut buf);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
         shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, true);
@@ -518,6 +524,147 @@ fn bell_session(n: usize) -> Session {
             unsafe { std::ptr::copy_nonoverlapping(raw.shape_payload(), out.as_mut_ptr(), n) };
             black_box(out[n - 1]);
             shape::step(state, shape::REPLY, shape::FREE, Ordering::Release, true);
+        }),
+        _keep: vec![Box::new(server)],
+    }
+}
+
+/// A third line pattern (`SHMRPC_BENCH_SHAPES=1`, BENCHMARKS.md "Ownership by CAS on lines
+/// of one writer"): every ownership decision is still a CAS on one word, as in shmrpc, but
+/// each such word lies on a line that one side alone writes while calls go well. The client
+/// claims and frees the slot by CAS on a claim word that only clients touch; it writes the
+/// request, then the call's generation into a call line that the worker only reads, and sets
+/// the ready bit. The worker takes the call by CAS on a decision word of its own (where an
+/// abandoning client or a reaper would CAS too, and only they would move that line), writes
+/// the reply over the request, stores the generation into a done line that the client polls,
+/// and closes the decision by CAS. `watch` (`raw-decide-watch`): instead of the bitmap, the
+/// worker polls the call line, and the client sets the ready bit only if the worker's
+/// `watching` word (on the done line, read after a fence) says nobody watches.
+mod decide {
+    /// The client's claim word (its own line).
+    pub const CLAIM: usize = 4096;
+    /// The call line: the call's generation, then its length.
+    pub const CALL_GEN: usize = 4096 + 64;
+    pub const CALL_LEN: usize = 4096 + 68;
+    /// The worker's decision word (its own line): the generation taken, with `SERVING` until
+    /// the reply is out.
+    pub const DECIDE: usize = 4096 + 128;
+    /// The done line: the generation whose reply is complete (the client polls it), and the
+    /// worker's `watching` word.
+    pub const DONE: usize = 4096 + 192;
+    pub const WATCHING: usize = 4096 + 196;
+    /// The payload: the request, then the reply over it, as in a shmrpc slot.
+    pub const PAYLOAD: usize = 4096 + 256;
+    pub const SERVING: u32 = 1 << 31;
+    /// Room for the bytes (`Raw::len`): the contender runs up to this size.
+    pub const MAX: usize = 2 * 4096 - 256;
+}
+
+fn serve_decide(path: &str, n: usize, watch: bool) {
+    let raw = Raw::open(path, n, false);
+    let bitmap = raw.word64(shape::READY);
+    let decide = raw.word(decide::DECIDE);
+    let call_gen = raw.word(decide::CALL_GEN);
+    let mut buf = vec![0u8; n];
+    if watch {
+        raw.word(decide::WATCHING).store(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    let mut seen = call_gen.load(Ordering::Relaxed);
+    ready();
+    loop {
+        if watch {
+            while call_gen.load(Ordering::Relaxed) == seen {
+                if raw.word(128).load(Ordering::Relaxed) != 0 {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+        } else {
+            while bitmap.load(Ordering::Relaxed) == 0 {
+                if raw.word(128).load(Ordering::Relaxed) != 0 {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            bitmap.fetch_and(!1, Ordering::AcqRel);
+        }
+        let gen = call_gen.load(Ordering::Acquire);
+        seen = gen;
+        // Take the call: a CAS from the value this worker left on its own line.
+        let old = decide.load(Ordering::Relaxed);
+        assert_ne!(old & !decide::SERVING, gen);
+        decide
+            .compare_exchange(
+                old,
+                gen | decide::SERVING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .unwrap();
+        let len = (raw.word(decide::CALL_LEN).load(Ordering::Relaxed) as usize).min(n);
+        // SAFETY: the client wrote `len` (<= n) bytes before its Release store of `gen` and
+        // touches them again only after our store of the done word.
+        unsafe {
+            let payload = raw.base.add(decide::PAYLOAD);
+            std::ptr::copy_nonoverlapping(payload, buf.as_mut_ptr(), len);
+            // Else the compiler drops the copy back (the same bytes to the same place).
+            black_box(&mut buf);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), payload, len);
+        }
+        raw.word(decide::DONE).store(gen, Ordering::Release);
+        decide
+            .compare_exchange(
+                gen | decide::SERVING,
+                gen,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .unwrap();
+    }
+}
+
+fn decide_session(n: usize, watch: bool) -> Session {
+    let kind = if watch {
+        "raw-decide-watch"
+    } else {
+        "raw-decide"
+    };
+    let (raw, server) = open_raw(kind, n);
+    let msg = vec![7u8; n];
+    let mut out = vec![0u8; n];
+    let mut gen = 0u32;
+    Session {
+        call: Box::new(move || {
+            let claim = raw.word(decide::CLAIM);
+            shape::step(claim, shape::FREE, shape::CLAIMED, Ordering::Acquire, true);
+            gen = (gen + 1) & !decide::SERVING;
+            let payload = raw.base.wrapping_add(decide::PAYLOAD);
+            // SAFETY: the slot is CLAIMED by us; the worker reads the payload only after the
+            // Release store of the generation.
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), payload, n) };
+            raw.word(decide::CALL_LEN)
+                .store(n as u32, Ordering::Relaxed);
+            raw.word(decide::CALL_GEN).store(gen, Ordering::Release);
+            let ring = if watch {
+                // SYNC (modelled): the generation, fence, `watching`; the worker's side is its
+                // store of `watching`, fence, and a last look at the call line.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                raw.word(decide::WATCHING).load(Ordering::Relaxed) == 0
+            } else {
+                true
+            };
+            if ring {
+                raw.word64(shape::READY).fetch_or(1, Ordering::Release);
+            }
+            let done = raw.word(decide::DONE);
+            while done.load(Ordering::Acquire) != gen {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the worker wrote the reply before its Release store of the done word.
+            unsafe { std::ptr::copy_nonoverlapping(payload, out.as_mut_ptr(), n) };
+            black_box(out[n - 1]);
+            shape::step(claim, shape::CLAIMED, shape::FREE, Ordering::Release, true);
         }),
         _keep: vec![Box::new(server)],
     }
@@ -600,6 +747,8 @@ fn serve(role: &str) {
         "raw-stores" => serve_shaped(args[2], n, true, false),
         "raw-watch" => serve_watch(args[2], n),
         "raw-bell" => serve_bell(args[2], n),
+        "raw-decide" => serve_decide(args[2], n, false),
+        "raw-decide-watch" => serve_decide(args[2], n, true),
         "uds" => serve_uds(args[2], n),
         "pipe" => serve_pipe(n),
         "shmrpc-bytes" => serve_shmrpc_bytes(args[2], true),
@@ -1012,13 +1161,16 @@ mod peers {
             .unwrap();
         let client = service.client_builder().create().unwrap();
         let msg = Box::new([7u8; N]);
+        // The caller reads the whole reply, as the raw contenders do: it copies it out.
+        let mut out = vec![0u8; N];
         Session {
             call: Box::new(move || {
                 let request = client.loan_uninit().unwrap();
                 let pending = request.write_payload(*msg).send().unwrap();
                 loop {
                     if let Some(response) = pending.receive().unwrap() {
-                        black_box(response[N - 1]);
+                        out.copy_from_slice(&response[..]);
+                        black_box(out[N - 1]);
                         break;
                     }
                     std::hint::spin_loop();
@@ -1138,14 +1290,18 @@ fn shmrpc_session_n<const N: usize>(calls: Calls) -> Session {
         .connect::<[u8; N], [u8; N]>()
         .unwrap();
     let msg = Box::new([7u8; N]);
+    // The caller reads the whole reply, as the raw contenders do: it copies it out.
+    let mut out = vec![0u8; N];
     Session {
         call: Box::new(move || {
             let reply = if calls == Calls::Async {
                 futures::executor::block_on(client.request_async(&msg))
             } else {
                 client.request(&msg)
-            };
-            black_box(reply.unwrap()[N - 1]);
+            }
+            .unwrap();
+            out.copy_from_slice(&reply[..]);
+            black_box(out[N - 1]);
         }),
         _keep: vec![Box::new(server)],
     }
@@ -1299,6 +1455,26 @@ fn interleaved(rounds: usize) {
         let shapes = std::env::var_os("SHMRPC_BENCH_SHAPES").is_some();
         let first_shape = cs.len();
         if shapes {
+            // shmrpc's own slot protocol without a message (`Client::ping`: no serialization,
+            // validation, types, handler or statistics; it reads `Instant::now` twice for the
+            // time it returns, ~25 ns each here).
+            cs.push((
+                "shmrpc-ping",
+                spin_batch,
+                Box::new(move || {
+                    let server_name = name("shmrpc-ping", n);
+                    let server = ServerProc::start(&format!("shmrpc 64 {server_name} 1 4"));
+                    let client = Client::builder(&server_name)
+                        .connect::<[u8; 64], [u8; 64]>()
+                        .unwrap();
+                    Session {
+                        call: Box::new(move || {
+                            black_box(client.ping().unwrap());
+                        }),
+                        _keep: vec![Box::new(server)],
+                    }
+                }),
+            ));
             cs.push((
                 "raw-slot",
                 spin_batch,
@@ -1318,6 +1494,18 @@ fn interleaved(rounds: usize) {
             if n <= watch::MAX {
                 cs.push(("raw-watch", spin_batch, Box::new(move || watch_session(n))));
             }
+            if n <= decide::MAX {
+                cs.push((
+                    "raw-decide",
+                    spin_batch,
+                    Box::new(move || decide_session(n, false)),
+                ));
+                cs.push((
+                    "raw-decide-watch",
+                    spin_batch,
+                    Box::new(move || decide_session(n, true)),
+                ));
+            }
         }
         let per_call = take_turns(&cs, rounds);
         let ratio = |a: usize, b: usize| median_ratio(&per_call, a, b);
@@ -1333,15 +1521,23 @@ fn interleaved(rounds: usize) {
             println!("  iceoryx2 / shmrpc        {:.2}x", ratio(5, 0));
         }
         if shapes {
-            let (slot, shaped, stores) = (first_shape, first_shape + 1, first_shape + 2);
-            println!("  raw-stores / raw-spin    {:.2}x", ratio(stores, 1));
-            println!("  raw-slot / raw-spin      {:.2}x", ratio(slot, 1));
-            println!("  raw-shaped / raw-spin    {:.2}x", ratio(shaped, 1));
-            println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));
-            println!("  raw-bell / raw-spin      {:.2}x", ratio(stores + 1, 1));
-            if n <= watch::MAX {
-                println!("  raw-watch / raw-spin     {:.2}x", ratio(stores + 2, 1));
+            let at = |name: &str| cs.iter().position(|c| c.0 == name);
+            let shaped = at("raw-shaped").unwrap();
+            for name in [
+                "shmrpc-ping",
+                "raw-stores",
+                "raw-slot",
+                "raw-shaped",
+                "raw-bell",
+                "raw-watch",
+                "raw-decide",
+                "raw-decide-watch",
+            ] {
+                if let Some(i) = at(name) {
+                    println!("  {name:<16} / raw-spin {:.2}x", ratio(i, 1));
+                }
             }
+            println!("  shmrpc / raw-shaped      {:.2}x", ratio(0, shaped));
         }
         println!();
     }
