@@ -529,8 +529,8 @@ fn bell_session(n: usize) -> Session {
     }
 }
 
-/// A third line pattern (`SHMRPC_BENCH_SHAPES=1`, BENCHMARKS.md "Ownership by CAS on lines
-/// of one writer"): every ownership decision is still a CAS on one word, as in shmrpc, but
+/// A third line pattern (`SHMRPC_BENCH_SHAPES=1`, BENCHMARKS.md "Honest models and honest
+/// callers; ownership by CAS on lines of one writer"): every ownership decision is still a CAS on one word, as in shmrpc, but
 /// each such word lies on a line that one side alone writes while calls go well. The client
 /// claims and frees the slot by CAS on a claim word that only clients touch; it writes the
 /// request, then the call's generation into a call line that the worker only reads, and sets
