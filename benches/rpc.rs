@@ -190,8 +190,12 @@ impl Raw {
     }
 }
 
-fn serve_raw(path: &str, n: usize, spin: bool) {
+/// `in_place` (`raw-inplace`): the reply goes over the request, as in a shmrpc slot, instead
+/// of into a page of its own; the server reads the request into a buffer and writes the reply
+/// from it.
+fn serve_raw(path: &str, n: usize, spin: bool, in_place: bool) {
     let raw = Raw::open(path, n, false);
+    let mut buf = vec![0u8; if in_place { n } else { 0 }];
     // Read the sequence before saying ready: the client may publish at once after.
     let mut seen = raw.word(0).load(Ordering::Acquire);
     ready();
@@ -201,7 +205,16 @@ fn serve_raw(path: &str, n: usize, spin: bool) {
             return;
         }
         // SAFETY: the client wrote the request before its Release bump and waits for ours.
-        unsafe { std::ptr::copy_nonoverlapping(raw.request(), raw.reply(), n) };
+        unsafe {
+            if in_place {
+                std::ptr::copy_nonoverlapping(raw.request(), buf.as_mut_ptr(), n);
+                // Else the compiler drops the copy back (the same bytes to the same place).
+                black_box(&mut buf);
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.request(), n);
+            } else {
+                std::ptr::copy_nonoverlapping(raw.request(), raw.reply(), n);
+            }
+        }
         Raw::publish(raw.word(64), spin);
     }
 }
@@ -740,8 +753,9 @@ fn serve(role: &str) {
                 _ => panic!("unsupported size {n}"),
             }
         }
-        "raw-spin" => serve_raw(args[2], n, true),
-        "raw-futex" => serve_raw(args[2], n, false),
+        "raw-spin" => serve_raw(args[2], n, true, false),
+        "raw-inplace" => serve_raw(args[2], n, true, true),
+        "raw-futex" => serve_raw(args[2], n, false, false),
         "raw-slot" => serve_shaped(args[2], n, false, true),
         "raw-shaped" => serve_shaped(args[2], n, true, true),
         "raw-stores" => serve_shaped(args[2], n, true, false),
@@ -1328,6 +1342,7 @@ fn open_raw(kind: &str, n: usize) -> (Raw, ServerProc) {
 
 fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
     let (raw, server) = open_raw(kind, n);
+    let in_place = kind == "raw-inplace";
     let msg = vec![7u8; n];
     let mut out = vec![0u8; n];
     Session {
@@ -1337,8 +1352,9 @@ fn raw_session(kind: &str, n: usize, spin: bool) -> Session {
             unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), raw.request(), n) };
             Raw::publish(raw.word(0), spin);
             Raw::wait_change(raw.word(64), seen, spin);
+            let reply = if in_place { raw.request() } else { raw.reply() };
             // SAFETY: the server wrote the reply before its Release bump.
-            unsafe { std::ptr::copy_nonoverlapping(raw.reply(), out.as_mut_ptr(), n) };
+            unsafe { std::ptr::copy_nonoverlapping(reply, out.as_mut_ptr(), n) };
             black_box(out[n - 1]);
         }),
         // The server process is killed when this drops; the mapping goes with `raw`.
@@ -1444,6 +1460,13 @@ fn interleaved(rounds: usize) {
                 (spin_batch / 10).max(300),
                 Box::new(move || shmrpc_session(n, Calls::Async)),
             ),
+            // `raw-spin` with the reply over the request, as shmrpc writes it: faster than
+            // `raw-spin` from 1 KiB on (BENCHMARKS.md), so the limit there.
+            (
+                "raw-inplace",
+                spin_batch,
+                Box::new(move || raw_session("raw-inplace", n, true)),
+            ),
         ];
         #[cfg(feature = "bench-peers")]
         cs.push((
@@ -1453,7 +1476,6 @@ fn interleaved(rounds: usize) {
         ));
         // The protocol's line traffic alone (see `mod shape`).
         let shapes = std::env::var_os("SHMRPC_BENCH_SHAPES").is_some();
-        let first_shape = cs.len();
         if shapes {
             // shmrpc's own slot protocol without a message (`Client::ping`: no serialization,
             // validation, types, handler or statistics; it reads `Instant::now` twice for the
@@ -1514,16 +1536,19 @@ fn interleaved(rounds: usize) {
             let mut v = per_call[i].clone();
             println!("  {name:<12} {:>10.0} ns", median(&mut v));
         }
+        let at = |name: &str| cs.iter().position(|c| c.0 == name);
+        let inplace = at("raw-inplace").unwrap();
         println!("  shmrpc / raw-spin        {:.2}x", ratio(0, 1));
+        println!("  shmrpc / raw-inplace     {:.2}x", ratio(0, inplace));
         println!("  shmrpc-park / raw-futex  {:.2}x", ratio(2, 3));
         println!("  shmrpc-async / shmrpc    {:.2}x", ratio(4, 0));
-        if first_shape > 5 {
-            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(5, 0));
+        if let Some(iox) = at("iceoryx2") {
+            println!("  iceoryx2 / shmrpc        {:.2}x", ratio(iox, 0));
         }
         if shapes {
-            let at = |name: &str| cs.iter().position(|c| c.0 == name);
             let shaped = at("raw-shaped").unwrap();
             for name in [
+                "raw-inplace",
                 "shmrpc-ping",
                 "raw-stores",
                 "raw-slot",
@@ -1630,11 +1655,6 @@ fn interleaved_large(rounds: usize) {
             Box::new(move || shmrpc_bytes_session(n, "shmrpc-owned")),
         ));
         let per_call = take_turns(&cs, rounds);
-        for (i, (name, _, _)) in cs.iter().enumerate() {
-            for (round, ns) in per_call[i].iter().enumerate() {
-                csv.push_str(&format!("{n},{name},{round},{ns:.0}\n"));
-            }
-        }
         for (i, (name, _, _)) in cs.iter().enumerate() {
             for (round, ns) in per_call[i].iter().enumerate() {
                 csv.push_str(&format!("{n},{name},{round},{ns:.0}\n"));

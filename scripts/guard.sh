@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The call path's quick guard (seconds once built): the 64 B and 1 KiB round trips against the
-# raw limit in a short interleaved run, and the instructions of one 64 B round trip (client and
-# worker, park mode) under callgrind.
+# raw limits (`raw-spin`; `raw-inplace`, the limit from 1 KiB on) in a short interleaved run,
+# and the instructions of one 64 B round trip (client and worker, park mode) under callgrind.
 # Run it before and after any change to the call path; CI runs it in report-only mode.
 # Usage: bash scripts/guard.sh   (ROUNDS=5 by default; needs valgrind for the second figure)
 set -euo pipefail
@@ -14,7 +14,7 @@ cargo bench -q -p shmrpc-bench --bench rpc --no-run 2>/dev/null
 echo "== 64 B and 1 KiB round trips, interleaved, $ROUNDS rounds"
 SHMRPC_BENCH_INTERLEAVED="$ROUNDS" SHMRPC_BENCH_SIZES=64,1024 \
     cargo bench -q -p shmrpc-bench --bench rpc 2>/dev/null \
-    | grep -E '^payload|^  (shmrpc |raw-spin |shmrpc / raw-spin)'
+    | grep -E '^payload|^  (shmrpc |raw-spin |raw-inplace |shmrpc / raw-)'
 
 echo "== instructions per 64 B round trip, client and worker, park mode (callgrind)"
 if ! command -v valgrind >/dev/null; then
