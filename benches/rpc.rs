@@ -303,8 +303,8 @@ fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
         // REPLY.
         unsafe {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
-            // Else the compiler drops the copy back (the same bytes to the same place): the
-            // reply's line would not move (it did until this was found).
+            // Else the compiler drops the copy back (the same bytes to the same place), and
+            // the reply's line never moves.
             black_box(&mut buf);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
@@ -495,8 +495,8 @@ fn serve_bell(path: &str, n: usize) {
         // CAS and touches them again only after our REPLY.
         unsafe {
             std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
-            // Else the compiler drops the copy back (the same bytes to the same place): the
-            // reply's line would not move (it did until this was found).
+            // Else the compiler drops the copy back (the same bytes to the same place), and
+            // the reply's line never moves.
             black_box(&mut buf);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
         }
@@ -543,8 +543,9 @@ fn bell_session(n: usize) -> Session {
 }
 
 /// A third line pattern (`SHMRPC_BENCH_SHAPES=1`, BENCHMARKS.md "Honest models and honest
-/// callers; ownership by CAS on lines of one writer"): every ownership decision is still a CAS on one word, as in shmrpc, but
-/// each such word lies on a line that one side alone writes while calls go well. The client
+/// callers; ownership by CAS on lines of one writer"): every ownership decision is still a CAS
+/// on one word, as in shmrpc, but each such word lies on a line that one side alone writes
+/// while calls go well. The client
 /// claims and frees the slot by CAS on a claim word that only clients touch; it writes the
 /// request, then the call's generation into a call line that the worker only reads, and sets
 /// the ready bit. The worker takes the call by CAS on a decision word of its own (where an
