@@ -190,6 +190,23 @@ impl Raw {
     }
 }
 
+/// A server's echo over the request: reads `len` bytes at `at` into `buf`, then writes them
+/// back from it, as a server that writes its reply over the request does. The `black_box`
+/// keeps the second copy: without it the compiler drops it (the same bytes to the same
+/// place), and the reply's line never moves.
+///
+/// # Safety
+/// `at..at + len` is inside the mapping, `len <= buf.len()`, and the caller owns those bytes
+/// under its model's protocol until it publishes the reply.
+unsafe fn echo_in_place(at: *mut u8, buf: &mut [u8], len: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), len);
+        black_box(&mut *buf);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), at, len);
+    }
+}
+
 /// `in_place` (`raw-inplace`): the reply goes over the request, as in a shmrpc slot, instead
 /// of into a page of its own; the server reads the request into a buffer and writes the reply
 /// from it.
@@ -207,10 +224,7 @@ fn serve_raw(path: &str, n: usize, spin: bool, in_place: bool) {
         // SAFETY: the client wrote the request before its Release bump and waits for ours.
         unsafe {
             if in_place {
-                std::ptr::copy_nonoverlapping(raw.request(), buf.as_mut_ptr(), n);
-                // Else the compiler drops the copy back (the same bytes to the same place).
-                black_box(&mut buf);
-                std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.request(), n);
+                echo_in_place(raw.request(), &mut buf, n);
             } else {
                 std::ptr::copy_nonoverlapping(raw.request(), raw.reply(), n);
             }
@@ -301,13 +315,7 @@ fn serve_shaped(path: &str, n: usize, shaped: bool, cas: bool) {
         // SAFETY: the slot is SERVING: the client wrote `len` (<= n, the size of `buf` and of
         // the payload) bytes before its Release CAS and touches them again only after our
         // REPLY.
-        unsafe {
-            std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
-            // Else the compiler drops the copy back (the same bytes to the same place), and
-            // the reply's line never moves.
-            black_box(&mut buf);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
-        }
+        unsafe { echo_in_place(raw.shape_payload(), &mut buf, len) };
         shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, cas);
     }
 }
@@ -493,13 +501,7 @@ fn serve_bell(path: &str, n: usize) {
         let len = (raw.word(shape::LEN).load(Ordering::Relaxed) as usize).min(n);
         // SAFETY: the slot is SERVING: the client wrote `len` (<= n) bytes before its Release
         // CAS and touches them again only after our REPLY.
-        unsafe {
-            std::ptr::copy_nonoverlapping(raw.shape_payload(), buf.as_mut_ptr(), len);
-            // Else the compiler drops the copy back (the same bytes to the same place), and
-            // the reply's line never moves.
-            black_box(&mut buf);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.shape_payload(), len);
-        }
+        unsafe { echo_in_place(raw.shape_payload(), &mut buf, len) };
         shape::step(state, shape::SERVING, shape::REPLY, Ordering::Release, true);
     });
 }
@@ -576,35 +578,10 @@ mod decide {
 
 fn serve_decide(path: &str, n: usize, watch: bool) {
     let raw = Raw::open(path, n, false);
-    let bitmap = raw.word64(shape::READY);
     let decide = raw.word(decide::DECIDE);
     let call_gen = raw.word(decide::CALL_GEN);
     let mut buf = vec![0u8; n];
-    if watch {
-        raw.word(decide::WATCHING).store(1, Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-    let mut seen = call_gen.load(Ordering::Relaxed);
-    ready();
-    loop {
-        if watch {
-            while call_gen.load(Ordering::Relaxed) == seen {
-                if raw.word(128).load(Ordering::Relaxed) != 0 {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-        } else {
-            while bitmap.load(Ordering::Relaxed) == 0 {
-                if raw.word(128).load(Ordering::Relaxed) != 0 {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-            bitmap.fetch_and(!1, Ordering::AcqRel);
-        }
-        let gen = call_gen.load(Ordering::Acquire);
-        seen = gen;
+    let mut serve = |gen: u32| {
         // Take the call: a CAS from the value this worker left on its own line.
         let old = decide.load(Ordering::Relaxed);
         assert_ne!(old & !decide::SERVING, gen);
@@ -619,13 +596,7 @@ fn serve_decide(path: &str, n: usize, watch: bool) {
         let len = (raw.word(decide::CALL_LEN).load(Ordering::Relaxed) as usize).min(n);
         // SAFETY: the client wrote `len` (<= n) bytes before its Release store of `gen` and
         // touches them again only after our store of the done word.
-        unsafe {
-            let payload = raw.base.add(decide::PAYLOAD);
-            std::ptr::copy_nonoverlapping(payload, buf.as_mut_ptr(), len);
-            // Else the compiler drops the copy back (the same bytes to the same place).
-            black_box(&mut buf);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), payload, len);
-        }
+        unsafe { echo_in_place(raw.base.add(decide::PAYLOAD), &mut buf, len) };
         raw.word(decide::DONE).store(gen, Ordering::Release);
         decide
             .compare_exchange(
@@ -635,6 +606,21 @@ fn serve_decide(path: &str, n: usize, watch: bool) {
                 Ordering::Relaxed,
             )
             .unwrap();
+    };
+    if watch {
+        return watch_word(&raw, call_gen, raw.word(decide::WATCHING), serve);
+    }
+    let bitmap = raw.word64(shape::READY);
+    ready();
+    loop {
+        while bitmap.load(Ordering::Relaxed) == 0 {
+            if raw.word(128).load(Ordering::Relaxed) != 0 {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        bitmap.fetch_and(!1, Ordering::AcqRel);
+        serve(call_gen.load(Ordering::Acquire));
     }
 }
 
