@@ -181,6 +181,32 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
     checked: bool,
     stop_at_end: bool,
 ) -> Result<Result<(usize, u32), usize>> {
+    if is_plain::<T>() {
+        // One copy, with the outcomes the writer would give: the size needed if it stops at
+        // the end, `PayloadTooLarge` if not, nothing written past `cap` either way.
+        let len = size_of::<T>();
+        if len > cap {
+            if stop_at_end {
+                return Ok(Err(len));
+            }
+            return Err(Error::PayloadTooLarge { len, max: cap });
+        }
+        // SAFETY: `is_plain`: rkyv attests (`COPY_OPTIMIZATION`) that `T` has no uninit bytes
+        // and archives as its own bytes, and `T::Archived` has `T`'s size; `value` is a live
+        // `&T`, so its `size_of::<T>()` bytes are initialized and readable.
+        let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), len) };
+        // SAFETY: `len <= cap`, and `dst..dst + cap` is the caller's to write (this function's
+        // contract); `bytes` is a distinct Rust value, so the ranges do not overlap.
+        unsafe { crate::copy::to_shared(bytes.as_ptr(), dst, len) };
+        let sum = if checked {
+            let mut sum = Checksum::new();
+            sum.update(bytes);
+            sum.finish()
+        } else {
+            0
+        };
+        return Ok(Ok((len, sum)));
+    }
     let writer = SlotWriter {
         ptr: dst,
         cap,
@@ -188,23 +214,13 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
         sum: checked.then(Checksum::new),
         stop_at_end,
     };
-    let written = if is_plain::<T>() {
-        // SAFETY: `is_plain`: rkyv attests (`COPY_OPTIMIZATION`) that `T` has no uninit bytes
-        // and archives as its own bytes, and `T::Archived` has `T`'s size; `value` is a live
-        // `&T`, so its `size_of::<T>()` bytes are initialized and readable.
-        let bytes =
-            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
-        let mut writer = writer;
-        <SlotWriter as Writer<rancor::Error>>::write(&mut writer, bytes).map(|()| writer)
-    } else {
-        with_arena(|arena| {
-            let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
-            match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
-                Ok(_) => Ok(serializer.into_writer()),
-                Err(e) => Err(e),
-            }
-        })
-    };
+    let written = with_arena(|arena| {
+        let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
+        match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
+            Ok(_) => Ok(serializer.into_writer()),
+            Err(e) => Err(e),
+        }
+    });
     match written {
         Ok(w) if w.pos <= cap => Ok(Ok((w.pos, w.sum.map_or(0, |s| s.finish())))),
         Ok(w) => Err(Error::PayloadTooLarge {
@@ -269,20 +285,98 @@ pub const MAX_DEPTH: usize = 256;
 
 /// Validates `bytes` as an archived `T` with bytecheck (nesting at most [`MAX_DEPTH`]) and
 /// returns a reference into them.
+///
+/// A plain value ([`is_plain`]: no pointers, nothing out of line) skips the validator's
+/// bookkeeping of subtree ranges, which only pointers consult: its root is placed and checked
+/// for bounds and alignment as rkyv's `access` places and checks it (at the end of `bytes`),
+/// and its `CheckBytes` runs as always (a `bool` must be 0 or 1, a `char` a scalar value).
+/// `plain_access_agrees_with_rkyv` checks that both give the same answer.
 pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
     use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
+    if is_plain::<T>() {
+        return access_plain::<T>(bytes);
+    }
     let mut validator = Validator::new(
         ArchiveValidator::with_max_depth(bytes, std::num::NonZeroUsize::new(MAX_DEPTH)),
         SharedValidator::new(),
     );
-    rkyv::api::access_with_context::<T::Archived, _, rancor::Error>(bytes, &mut validator).map_err(
-        |e| {
-            Error::BadMessage(format!(
-                "the bytes do not validate as {}: {e}",
-                std::any::type_name::<T>()
-            ))
-        },
-    )
+    rkyv::api::access_with_context::<T::Archived, _, rancor::Error>(bytes, &mut validator)
+        .map_err(|e| not_valid::<T>(&e))
+}
+
+/// [`access`] of a plain value.
+#[inline(always)]
+fn access_plain<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
+    use rkyv::rancor::{Source, Strategy};
+    use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
+    let size = size_of::<T::Archived>();
+    // rkyv's root position: the last `size` bytes.
+    let Some(pos) = bytes.len().checked_sub(size) else {
+        return Err(not_valid::<T>(&rancor::Error::new(Short(
+            bytes.len(),
+            size,
+        ))));
+    };
+    let root = bytes.as_ptr().wrapping_add(pos);
+    if !(root as usize).is_multiple_of(align_of::<T::Archived>()) {
+        return Err(not_valid::<T>(&rancor::Error::new(Unaligned(
+            root as usize,
+        ))));
+    }
+    let mut validator = Validator::new(ArchiveValidator::new(bytes), SharedValidator::new());
+    // SAFETY: `root..root + size` lies inside `bytes` (`pos + size == bytes.len()`), which
+    // stays borrowed for the result's lifetime, and `root` is aligned for `T::Archived`: what
+    // `check_bytes` requires of its pointer.
+    unsafe {
+        <T::Archived as CheckBytes<_>>::check_bytes(
+            root.cast::<T::Archived>(),
+            Strategy::<_, rancor::Error>::wrap(&mut validator),
+        )
+    }
+    .map_err(|e| not_valid::<T>(&e))?;
+    // SAFETY: the bytes at `root` (in bounds and aligned, above) validated as a
+    // `T::Archived`, which is `Portable`; `bytes` is borrowed for the result's lifetime.
+    Ok(unsafe { &*root.cast::<T::Archived>() })
+}
+
+/// A plain value's bytes refused before its own check: too few of them...
+#[derive(Debug)]
+struct Short(usize, usize);
+
+impl std::fmt::Display for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes, where the archived value needs {}",
+            self.0, self.1
+        )
+    }
+}
+
+impl std::error::Error for Short {}
+
+/// ...or its root not aligned for its type.
+#[derive(Debug)]
+struct Unaligned(usize);
+
+impl std::fmt::Display for Unaligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the archived value at {:#x} is not aligned for its type",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unaligned {}
+
+#[cold]
+fn not_valid<T>(e: &rancor::Error) -> Error {
+    Error::BadMessage(format!(
+        "the bytes do not validate as {}: {e}",
+        std::any::type_name::<T>()
+    ))
 }
 
 /// The type fingerprint of `T` that travels with every call (`SlotHeader::req_type` and
@@ -421,6 +515,108 @@ mod tests {
         same_bytes(&1.5f64);
         same_bytes(&true);
         same_bytes(&'é');
+    }
+
+    /// A plain struct with fields that have invalid bit patterns (a `bool` must be 0 or 1, a
+    /// `char` a scalar value), no padding and its fields in order, so that rkyv attests it.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone, Copy)]
+    #[repr(C)]
+    struct Picky {
+        n: u32,
+        c: char,
+        b: bool,
+        rest: [u8; 3],
+    }
+
+    /// `access` of a plain value (its own path, `access_plain`) and rkyv's `access` accept the
+    /// same bytes, at the same place, and refuse the same bytes: every value of one byte, and
+    /// for each type deterministic random and planted invalid contents, at every alignment
+    /// of a 16-aligned buffer and at lengths from none to a few bytes over the value's size.
+    fn plain_access_agrees<T: Message>(planted: &[&[u8]]) {
+        assert!(
+            is_plain::<T>(),
+            "{} is not plain",
+            std::any::type_name::<T>()
+        );
+        let size = size_of::<T::Archived>();
+        let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(size + 64);
+        buf.resize(size + 64, 0);
+        let mut z = 0x5EED_u64;
+        let mut contents: Vec<Vec<u8>> = planted.iter().map(|p| p.to_vec()).collect();
+        for _ in 0..64 {
+            contents.push(
+                (0..size + 32)
+                    .map(|_| {
+                        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                        ((z ^ (z >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 56) as u8
+                    })
+                    .collect(),
+            );
+        }
+        let (mut accepted, mut refused) = (0, 0);
+        for content in &contents {
+            for off in 0..16 {
+                for len in 0..=size + 16 {
+                    buf.fill(0);
+                    let n = content.len().min(len);
+                    // The content's first bytes where rkyv looks for the root, the end.
+                    buf[off + len - n..off + len].copy_from_slice(&content[..n]);
+                    let bytes = &buf[off..off + len];
+                    let ours = access::<T>(bytes);
+                    let theirs = rkyv::access::<T::Archived, rancor::Error>(bytes);
+                    match (ours, theirs) {
+                        (Ok(a), Ok(b)) => {
+                            assert!(std::ptr::eq(a, b), "{content:?} at {off}, {len}");
+                            accepted += 1;
+                        }
+                        (Err(Error::BadMessage(_)), Err(_)) => refused += 1,
+                        (a, b) => panic!(
+                            "{}: ours {:?}, rkyv's {:?}, {content:?} at {off}, length {len}",
+                            std::any::type_name::<T>(),
+                            a.is_ok(),
+                            b.is_ok()
+                        ),
+                    }
+                }
+            }
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn plain_access_agrees_with_rkyv() {
+        let bytes: Vec<[u8; 1]> = (0..=255u8).map(|b| [b]).collect();
+        let each: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
+        plain_access_agrees::<u8>(&each);
+        plain_access_agrees::<bool>(&each);
+        plain_access_agrees::<[u8; 64]>(&[]);
+        if cfg!(target_endian = "little") {
+            let surrogate = 0xD800u32.to_le_bytes();
+            let too_high = 0x11_0000u32.to_le_bytes();
+            let fine = u32::from('é').to_le_bytes();
+            plain_access_agrees::<u32>(&[]);
+            plain_access_agrees::<char>(&[&surrogate, &too_high, &fine]);
+            let mut picky = [0u8; 12];
+            picky[4..8].copy_from_slice(&fine);
+            let valid = picky;
+            picky[8] = 2;
+            let bad_bool = picky;
+            picky[8] = 1;
+            picky[4..8].copy_from_slice(&surrogate);
+            plain_access_agrees::<Picky>(&[&valid, &bad_bool, &picky]);
+            let value = Picky {
+                n: 7,
+                c: 'é',
+                b: true,
+                rest: [1, 2, 3],
+            };
+            let bytes = rkyv::to_bytes::<rancor::Error>(&value).unwrap();
+            let back = access::<Picky>(&bytes).map(|p| (p.n.to_native(), p.c.to_native(), p.b));
+            assert_eq!(back.ok(), Some((7, 'é', true)));
+        }
     }
 
     #[test]
