@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMRPC\0\x01"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRPC\0\x01");
 /// Bumped whenever any offset or meaning in this file changes.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Bytes reserved for [`Header`] at the start of the mapping.
 pub const HEADER_SIZE: usize = 1024;
 /// Process entries in the table that follows the header: entry `k` (1..=1023) belongs to the

@@ -23,13 +23,15 @@
 //! | REQUEST g | SERVING g | worker | [`begin_serving`] | (acquires the request) |
 //! | SERVING g | REPLY g | worker | [`finish`] | reply bytes and status |
 //! | SERVING g | ACCEPTED g | worker | [`finish`] | one-way: the message was taken |
-//! | REQUEST g, SERVING g | ABANDONED g | client | [`abandon`] | the client gave up |
-//! | ABANDONED g | FREE g+1 | worker | [`begin_serving`], [`finish`] | |
+//! | REQUEST g | ABANDONED g | client | [`abandon`] | the client gave up before a worker took it |
+//! | SERVING g | ORPHANED g | client | [`abandon`] | the client gave up while a worker serves it |
+//! | ABANDONED g | FREE g+1 | any worker | [`begin_serving`] | (a ready bit led it there) |
+//! | ORPHANED g | FREE g+1 | the serving worker | [`finish`] | (after the handler returned) |
 //! | ACCEPTED g | FREE g+1 | worker | [`release`] | (after the one-way handler ran) |
 //! | REPLY g | FREE g+1 | client | [`release`] | the client is done reading the reply |
 //! | CLAIMED g | FREE g+1 | client | [`release`] | the request did not fit |
 //! | CLAIMED g, REQUEST g, REPLY g | FREE g+1 | holder of the dead owner's lock | [`reap`] | the owner process died |
-//! | SERVING g | ABANDONED g | holder of the dead owner's lock | [`reap`] | the owner process died |
+//! | SERVING g | ORPHANED g | holder of the dead owner's lock | [`reap`] | the owner process died |
 //! | REQUEST g, SERVING g | + WAITER | client | [`wait_done`] | the client is about to park |
 //!
 //! # The ready bitmap
@@ -68,10 +70,17 @@ impl State {
     pub const SERVING: u32 = 3;
     /// The reply is published; the client owns the slot and reads it.
     pub const REPLY: u32 = 4;
-    /// The client gave up; the worker frees the slot when it sees this.
+    /// The client gave up before a worker took the call: the first worker that a ready bit
+    /// leads here frees the slot ([`begin_serving`]).
     pub const ABANDONED: u32 = 5;
     /// A one-way message was taken; the worker owns the slot until its handler returns.
     pub const ACCEPTED: u32 = 6;
+    /// The client gave up while a worker served the call: that worker still owns the slot
+    /// and frees it when its handler returns ([`finish`]); no other worker touches it, even
+    /// one that a stale or forged ready bit leads here. (Were this ABANDONED, such a worker
+    /// would free the slot under the serving one, whose reply would then land in the slot's
+    /// next call.)
+    pub const ORPHANED: u32 = 7;
     /// The client is parked on this word and needs a futex wake on the next transition.
     pub const WAITER: u32 = 1 << 3;
     const KIND_MASK: u32 = 0b111;
@@ -221,6 +230,9 @@ pub enum Mutant {
     NoPassOn,
     /// `take_ready` ignores its start and always takes the lowest ready bit first.
     LowestFirst,
+    /// `abandon` marks a call being served ABANDONED (which any worker frees) instead of
+    /// ORPHANED (which only its serving worker frees).
+    AbandonServingAsQueued,
 }
 
 /// Whether the words `w` run with the deliberate bug `m` (always `false` outside loom).
@@ -658,8 +670,8 @@ fn wait_done_slow<W: Words + ?Sized, P: Park + ?Sized>(
     }
 }
 
-/// Gives up the call in `slot`: REQUEST/SERVING -> ABANDONED, so that the worker frees the
-/// slot. If the call completed meanwhile, returns its state instead (the caller then owns a
+/// Gives up the call in `slot`: REQUEST -> ABANDONED (a worker that takes its ready bit frees
+/// the slot) or SERVING -> ORPHANED (the serving worker frees it when its handler returns). If the call completed meanwhile, returns its state instead (the caller then owns a
 /// REPLY, or nothing to do for ACCEPTED).
 pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), State> {
     let word = w.slot_state(slot);
@@ -668,14 +680,17 @@ pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), Stat
         if is_done(cur, gen) {
             return Err(done_state(cur, gen));
         }
-        if !matches!(cur.kind(), State::REQUEST | State::SERVING) {
-            return Ok(());
-        }
+        let to = match cur.kind() {
+            State::REQUEST => State::ABANDONED,
+            State::SERVING if mutated(w, Mutant::AbandonServingAsQueued) => State::ABANDONED,
+            State::SERVING => State::ORPHANED,
+            _ => return Ok(()),
+        };
         // SYNC: AcqRel: Acquire in case we lose to `finish` and read its reply; Release so the
         // worker that frees the slot orders after our last access.
         match word.compare_exchange(
             cur.0,
-            State::new(State::ABANDONED, gen).0,
+            State::new(to, gen).0,
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
@@ -755,13 +770,13 @@ pub enum Reaped {
     Nothing,
     /// A dead owner's CLAIMED, REQUEST or REPLY slot: freed.
     Freed,
-    /// A dead owner's call that a worker is serving: marked ABANDONED (the worker frees it).
+    /// A dead owner's call that a worker is serving: marked ORPHANED (the worker frees it).
     Abandoned,
 }
 
 /// The reaper's step for one slot. If the call in it belongs to an owner whose liveness
 /// `liveness` reports as [`Liveness::Dead`], the slot is freed (CLAIMED, REQUEST, REPLY: no one
-/// else holds those) or marked ABANDONED (SERVING: the worker frees it when the handler
+/// else holds those) or marked ORPHANED (SERVING: the worker frees it when the handler
 /// returns), by a compare-and-swap from the word observed here, so that any progress made
 /// since wins. An owner that is alive or whose liveness is unknown keeps its slot, however
 /// long it holds it: no timer ever takes a slot from its owner. A REQUEST may still have its
@@ -996,7 +1011,8 @@ pub fn begin_serving<W: Words + ?Sized, P: Park + ?Sized>(w: &W, park: &P, slot:
                 }
             }
             State::ABANDONED => {
-                // The client timed out before we took the request: the slot is ours to free.
+                // The client timed out before any worker took the request: the slot is ours to
+                // free. (An ORPHANED slot is its serving worker's to free: skipped.)
                 let _ = release(w, park, slot, cur);
                 return Begin::Skip;
             }
@@ -1040,7 +1056,9 @@ pub fn finish<W: Words + ?Sized, P: Park + ?Sized>(
                     Err(now) => cur = State(now),
                 }
             }
-            State::ABANDONED => {
+            // ORPHANED: the client gave up while we served. (ABANDONED at our generation only
+            // if a mutant or a peer wrote it: freed the same way, by a CAS from what we saw.)
+            State::ORPHANED | State::ABANDONED => {
                 // SYNC: the Acquire pairs with the client's AcqRel abandon CAS.
                 crate::sync::fence(Ordering::Acquire);
                 let _ = release(w, park, slot, cur);

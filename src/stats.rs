@@ -181,7 +181,7 @@ impl Stats {
                 State::REQUEST => SlotState::Queued,
                 State::SERVING => SlotState::Serving,
                 State::REPLY => SlotState::Replied,
-                State::ABANDONED => SlotState::Abandoned,
+                State::ABANDONED | State::ORPHANED => SlotState::Abandoned,
                 State::ACCEPTED => SlotState::Accepted,
                 _ => continue,
             };

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    echo, say, start_server, unique_name, wait_for_stats, wait_for_stdin_eof, Echo, Gate, Proc,
-    Rng, ROLE,
+    echo, read_line, say, start_server, unique_name, wait_for_stats, wait_for_stdin_eof, Echo,
+    Gate, Proc, Rng, ROLE,
 };
 use shmrpc::{Client, Error, Server, SlotState, Trust};
 #[cfg(unix)]
@@ -88,6 +88,33 @@ fn child_entry() {
             drop(server);
             say("stopped".into());
         }
+        // One slot, two workers; a call with text "hold" says "held" and waits for a "go".
+        ["held-server", name] => {
+            let go = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+            let handler_go = go.clone();
+            let server = Server::builder(name)
+                .slots(1)
+                .workers(2)
+                .serve(move |req: shmrpc::Request<'_, Echo>| {
+                    if req.text == "hold" {
+                        say("held".into());
+                        let (lock, changed) = &*handler_go;
+                        let mut gone = lock.lock().unwrap();
+                        while !*gone {
+                            gone = changed.wait(gone).unwrap();
+                        }
+                    }
+                    echo(req)
+                })
+                .unwrap();
+            say("ready".into());
+            assert_eq!(read_line(), "go");
+            *go.0.lock().unwrap() = true;
+            go.1.notify_all();
+            wait_for_stdin_eof();
+            drop(server);
+            say("stopped".into());
+        }
         // Killed while it holds its reply (the slot is in REPLY, owned by this process).
         ["hold-reply", name] => {
             let client = Client::<Echo>::connect(name).unwrap();
@@ -159,6 +186,21 @@ fn child_entry() {
                 std::thread::sleep(Duration::from_micros(200));
             }
             say(format!("result writes={writes}"));
+        }
+        // Sets slot 0's ready bit with no call published there (a stray bit, as a reaped
+        // request can leave behind), then reports when a worker has taken it.
+        #[cfg(unix)]
+        ["stray-bit", name] => {
+            let (base, _) = raw_map(name);
+            let ready = word64(base, std::mem::offset_of!(shmrpc::layout::Header, ready));
+            ready.fetch_or(1, Ordering::SeqCst);
+            say("set".into());
+            let until = Instant::now() + Duration::from_secs(10);
+            while ready.load(Ordering::SeqCst) & 1 != 0 {
+                assert!(Instant::now() < until, "no worker took the stray bit");
+                std::thread::yield_now();
+            }
+            say("taken".into());
         }
         _ => panic!("unknown child role {role:?}"),
     }
@@ -421,6 +463,49 @@ fn rogue_writer_cannot_crash_the_server_or_mix_up_replies() {
         server.finish(Duration::from_secs(10)),
         "the server exited with an error"
     );
+}
+
+/// A client gives up (timeout) on a call that a worker is serving; then a peer process sets
+/// that slot's ready bit, which leads the server's second worker to the slot. That worker must
+/// leave the slot to the one serving it: had it freed it, the next call would run in the slot
+/// while the first worker's late reply is still to be written there, and take that reply as
+/// its own. With one slot, a caller can only get the slot back once the first worker is done:
+/// until then it times out. (The server is a child, killed if this fails: a server whose slot
+/// was freed under a worker need not stop cleanly.)
+#[test]
+#[cfg(unix)] // the peer maps the file with mmap
+fn a_stray_ready_bit_never_frees_a_slot_under_its_serving_worker() {
+    let name = unique_name("straybit");
+    let mut server = start_server(&["held-server", &name]);
+    let client = Client::<Echo>::connect(&name).unwrap();
+    let gave_up = std::thread::scope(|s| {
+        let call =
+            s.spawn(|| client.request_timeout(&Echo::new(1, "hold"), Duration::from_secs(1)));
+        // The worker has the call (SERVING) before its deadline passes.
+        assert_eq!(server.line(), "held");
+        call.join().unwrap().map(|r| r.n)
+    });
+    assert!(matches!(gave_up, Err(Error::Timeout { .. })), "{gave_up:?}");
+    wait_for_stats(&name, "the given-up call still held by its worker", |s| {
+        s.in_use.len() == 1 && s.in_use[0].state == SlotState::Abandoned
+    });
+    let mut peer = Proc::spawn(&["stray-bit", &name]);
+    assert_eq!(peer.line(), "set");
+    assert_eq!(peer.line(), "taken");
+    assert!(peer.finish(Duration::from_secs(10)));
+    let meanwhile = client
+        .request_timeout(&Echo::new(2, "meanwhile"), Duration::from_millis(300))
+        .map(|r| r.n);
+    assert!(
+        matches!(meanwhile, Err(Error::Timeout { .. })),
+        "the slot was freed under its serving worker: a call got it meanwhile ({meanwhile:?})"
+    );
+    server.tell("go");
+    let took = time_until_served(&client, Duration::from_secs(3));
+    println!("served {took:?} after the held handler returned");
+    drop(server.child.stdin.take());
+    assert_eq!(server.line(), "stopped");
+    assert!(server.finish(Duration::from_secs(10)));
 }
 
 /// The mapping and the name lock are created with mode 0600, whatever the umask.

@@ -1345,6 +1345,97 @@ fn mutant_lowest_first_breaks_model_21() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Model 22: a stray ready bit leads a second worker to a call that the first is serving, and
+// its client gives up meanwhile (a timeout) and calls again on the same (only) slot. The
+// second worker must leave the slot alone: only the serving worker frees it, after its reply
+// write, so the client's next request never shares the slot with the old reply (loom reports
+// the two writes to the payload if they are not ordered) and the old reply never completes
+// the next call. Such a bit is left by a reaped REQUEST whose bit outlives the slot's next
+// publication (DESIGN.md section 6b), or forged by a peer.
+
+fn model_22(mutant: Mutant) {
+    model("22 abandoned while served, stray bit", move || {
+        let bus = Bus::new(1, mutant);
+        let (slot, gen) = protocol::try_claim(&*bus, 1, 0).unwrap();
+        bus.write(slot, 1);
+        assert!(protocol::publish_request(&*bus, &*bus, slot, gen));
+        let taken = protocol::take_ready(&*bus, 0).expect("the ready bit");
+        let Begin::Serve(served) = protocol::begin_serving(&*bus, &*bus, taken) else {
+            panic!("the request was not servable");
+        };
+        // The stray bit.
+        bus.ready[0].fetch_or(1, Ordering::SeqCst);
+        let first = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                bus.write(slot, 10);
+                protocol::finish(&*bus, &*bus, slot, served, State::REPLY)
+            })
+        };
+        let second = {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                if let Some(s) = protocol::take_ready(&*bus, 0) {
+                    if let Begin::Serve(g) = protocol::begin_serving(&*bus, &*bus, s) {
+                        let v = bus.read(s);
+                        bus.write(s, v * 10);
+                        protocol::finish(&*bus, &*bus, s, g, State::REPLY);
+                    }
+                }
+            })
+        };
+        // The client's deadline passes: it gives up, then calls again if the slot is free.
+        let mut next = None;
+        match protocol::abandon(&*bus, slot, gen) {
+            Ok(()) => {}
+            Err(st) => {
+                assert_eq!(st.kind(), State::REPLY);
+                assert_eq!(bus.read(slot), 10);
+                assert!(protocol::release(&*bus, &*bus, slot, st));
+            }
+        }
+        if let Some((s, g)) = protocol::try_claim(&*bus, 1, 0) {
+            bus.write(s, 2);
+            assert!(
+                protocol::publish_request(&*bus, &*bus, s, g),
+                "the next call's slot was taken from its live owner"
+            );
+            next = Some(g);
+        }
+        first.join().unwrap();
+        second.join().unwrap();
+        if let Some(g) = next {
+            // Nothing but a worker's REQUEST -> SERVING -> REPLY of this call may have moved
+            // it: REQUEST (not yet taken) or the reply to 2.
+            let st = bus.state(slot);
+            assert_eq!(st.gen(), g, "the next call's slot was freed under it");
+            match st.kind() {
+                State::REQUEST => assert_eq!(bus.read(slot), 2),
+                State::REPLY => assert_eq!(bus.read(slot), 20, "the next call got the old reply"),
+                k => panic!("the next call's slot is in state {k}"),
+            }
+        } else {
+            assert_eq!(
+                bus.state(slot).kind(),
+                State::FREE,
+                "the slot never came back"
+            );
+        }
+    });
+}
+
+#[test]
+fn model_22_a_call_abandoned_while_served_is_freed_by_its_worker_only() {
+    model_22(Mutant::None);
+}
+
+#[test]
+#[ignore = "a deliberate bug: run by `mutants_are_caught`, which expects it to fail"]
+fn mutant_abandon_serving_as_queued_breaks_model_22() {
+    model_22(Mutant::AbandonServingAsQueued);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The mutants must fail.
 
 /// Runs every `mutant_*` test in its own process and checks that loom catches the bug: the
@@ -1404,6 +1495,10 @@ fn mutants_are_caught() {
         (
             "mutant_run_freed_first_breaks_model_18",
             "Causality violation|changed under its worker",
+        ),
+        (
+            "mutant_abandon_serving_as_queued_breaks_model_22",
+            "Causality violation|freed under it|old reply|taken from its live owner",
         ),
         (
             "mutant_release_by_store_breaks_model_16",
