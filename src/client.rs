@@ -941,6 +941,11 @@ pub(crate) fn reply_error<Req>(st: u32, len: usize, max: usize, same_call: bool)
         )),
         status::HANDLER_PANICKED => Error::HandlerPanicked,
         status::REPLY_TOO_LARGE => Error::PayloadTooLarge { len, max },
+        status::NO_MEMORY => Error::io(
+            "the server's reply: the server had no memory for it (its shared memory file \
+             system is full)",
+            std::io::ErrorKind::StorageFull,
+        ),
         status::WRONG_KIND => {
             Error::BadMessage("the server is one-way: use `send`, not `request`".into())
         }

@@ -316,7 +316,14 @@ unsafe fn into_arena<T: Encode>(
             name: String::new(),
         });
     };
-    // SAFETY: the run is recorded in our slot, 64-byte aligned.
+    let run = match reserve_run(map, slot, run, min) {
+        Ok(run) => run,
+        Err(e) => {
+            drop_run(map, slot);
+            return Err(e);
+        }
+    };
+    // SAFETY: the run is recorded in our slot, backed, 64-byte aligned.
     let len = match unsafe { into_run(map, run, value, checked) } {
         Ok((len, sum)) => {
             trim(map, slot, len);
@@ -342,7 +349,11 @@ unsafe fn into_arena<T: Encode>(
             name: String::new(),
         });
     };
-    // SAFETY: the run is recorded in our slot, `n` chunks, 64-byte aligned.
+    if let Err(e) = map.reserve(run) {
+        drop_run(map, slot);
+        return Err(e);
+    }
+    // SAFETY: the run is recorded in our slot, `n` chunks, backed, 64-byte aligned.
     let second = unsafe { into_run(map, run, value, checked) };
     if second.is_err() {
         drop_run(map, slot);
@@ -350,11 +361,32 @@ unsafe fn into_arena<T: Encode>(
     second
 }
 
+/// Gives run `run` (recorded in `slot`, ours) memory ([`Mapping::reserve`]) before anything is
+/// written there: all of it if there is that much, else only the `min` chunks the message
+/// needed when it outgrew its slot, the rest of the run going back (a message longer than
+/// that then finds the run too short, and its exact size gets its own run and reservation).
+/// `Io` (`ENOSPC`: a full `/dev/shm`) if not even `min` chunks have memory.
+fn reserve_run(map: &Mapping, slot: u32, run: Extent, min: u32) -> Result<Extent> {
+    let whole = map.reserve(run);
+    if whole.is_ok() || run.count <= min {
+        return whole.map(|()| run);
+    }
+    if arena::trim(map, slot, min) > 0 {
+        map.notify_arena();
+    }
+    let cut = Extent {
+        first: run.first,
+        count: min,
+    };
+    map.reserve(cut).map(|()| cut)
+}
+
 /// Serializes `value` into arena run `run`, counting past its end (`PayloadTooLarge` with the
 /// exact length if it does not fit).
 ///
 /// # Safety
-/// The run is recorded in a slot the caller owns, and nothing borrows it.
+/// The run is recorded in a slot the caller owns, has memory behind it
+/// ([`Mapping::reserve`]), and nothing borrows it.
 unsafe fn into_run<T: Encode>(
     map: &Mapping,
     run: Extent,

@@ -191,6 +191,9 @@ pub mod status {
     /// The call's type fingerprints do not match the server's request or reply type; the
     /// payload holds the server's types in words (UTF-8, `reply_len` bytes).
     pub const TYPE_MISMATCH: u32 = 5;
+    /// The server could not get memory for a reply too large for its slot (the file system
+    /// behind the mapping, `/dev/shm` on Linux, is full).
+    pub const NO_MEMORY: u32 = 6;
 }
 
 /// Where a parked-on word's park counter is: this many bytes after the word (the four words

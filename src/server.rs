@@ -973,6 +973,12 @@ fn publish_reply(map: &Mapping, slot: u32, gen: u32, checked: bool, written: Res
             sh.reply_len
                 .store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
+        // No memory behind the run the reply was to go to (`Mapping::reserve`).
+        Err(e @ Error::Io { .. }) => {
+            tracing::warn!(error = %e, "no memory for a reply (replied NoMemory)");
+            sh.status.store(status::NO_MEMORY, Ordering::Relaxed);
+            sh.reply_len.store(0, Ordering::Relaxed);
+        }
         Err(_) => {
             sh.status.store(status::BAD_MESSAGE, Ordering::Relaxed);
             sh.reply_len.store(0, Ordering::Relaxed);

@@ -121,6 +121,10 @@ pub struct Mapping {
     base: NonNull<u8>,
     layout: Layout,
     _fd: sys::Fd,
+    /// One bit per arena chunk that this process knows to have memory behind it (it reserved
+    /// it, [`Mapping::reserve`]): pages are never given back while the file lives, so a bit,
+    /// once set, stays true.
+    backed: Box<[AtomicU64]>,
     /// This process's entry in the process table (`layout::ProcEntry`), whose byte lock the
     /// file description behind `_fd` holds for as long as the mapping lives; 0 for the
     /// server's mapping and read-only views, which never claim slots.
@@ -210,8 +214,16 @@ impl Mapping {
             base,
             layout,
             _fd: fd,
+            backed: Self::none_backed(&layout),
             entry: 0,
         }
+    }
+
+    /// A [`Mapping::backed`] for `layout`'s arena with no chunk known to be backed.
+    fn none_backed(layout: &Layout) -> Box<[AtomicU64]> {
+        (0..layout.arena_chunks.div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect()
     }
 
     /// Creates the mapping of a new server under `name` (whose [`NameLock`] the caller holds),
@@ -229,8 +241,11 @@ impl Mapping {
         sys::unlink_object(&object)?;
         // Exclusive: fails on anything created under the name meanwhile, a link included.
         let fd = sys::create_object(&object)?;
-        // The arena's part of the file stays a hole until large messages use it.
+        // The arena's part of the file stays a hole until large messages use it
+        // (`Mapping::reserve`); the rest gets its memory now, so that no write to the header or
+        // a slot can find a full `/dev/shm` (a SIGBUS): a full one fails the start instead.
         sys::set_len(&fd, layout.file_len() as u64, &path)?;
+        sys::reserve(&fd, 0, layout.arena_offset() as u64, &path)?;
         // The server's liveness: held as long as this file description is open, that is,
         // until this mapping drops or the process ends, however it ends.
         match try_lock_byte(&fd, SERVER_LOCK_BYTE) {
@@ -344,8 +359,11 @@ impl Mapping {
         let slots = h.slot_count.load(Ordering::Relaxed);
         let slot_size = h.slot_size.load(Ordering::Relaxed) as usize;
         let chunks = h.arena_chunks.load(Ordering::Relaxed);
+        // (In u64: a forged count times the chunk size may not fit a 32-bit usize; `with_arena`
+        // refuses what does not fit the address space.)
+        let arena = u64::from(chunks) * crate::arena::CHUNK as u64;
         let layout = match Layout::new(capacity, slots)
-            .and_then(|l| l.with_arena(chunks as usize * crate::arena::CHUNK))
+            .and_then(|l| l.with_arena(usize::try_from(arena).unwrap_or(usize::MAX)))
         {
             Ok(l) if l.slot_size == slot_size && l.file_len() == size => l,
             _ => {
@@ -364,6 +382,7 @@ impl Mapping {
         }
         let mut map = probe;
         // Same length as the probe (`file_len() == size`), so `Drop` still unmaps the right range.
+        map.backed = Self::none_backed(&layout);
         map.layout = layout;
         if !view {
             map.entry = map.take_entry(name)?;
@@ -518,6 +537,28 @@ impl Mapping {
             Some(run) if run.within(self.layout.arena_chunks) => (self.arena_run(run), run.bytes()),
             _ => (self.payload(i), max),
         }
+    }
+
+    /// Makes sure that arena run `run` (inside the arena) has memory behind it before this
+    /// process writes there: the arena is a hole until used, and on Linux the first write to a
+    /// page of it when `/dev/shm` is full would be a SIGBUS, where this returns the error
+    /// (`ENOSPC`). A system call only for chunks this process has not reserved before.
+    pub(crate) fn reserve(&self, run: crate::arena::Extent) -> Result<()> {
+        let chunks = run.first as usize..(run.first + run.count) as usize;
+        let known = |c: usize| self.backed[c / 64].load(Ordering::Relaxed) & (1 << (c % 64)) != 0;
+        if chunks.clone().all(known) {
+            return Ok(());
+        }
+        sys::reserve(
+            &self._fd,
+            (self.layout.arena_offset() + run.offset()) as u64,
+            run.bytes() as u64,
+            "a large message",
+        )?;
+        for c in chunks {
+            self.backed[c / 64].fetch_or(1 << (c % 64), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The first byte of arena run `run` (which lies inside the arena).

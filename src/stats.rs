@@ -208,10 +208,13 @@ impl Stats {
             })
             .filter(|run| run.within(lay.arena_chunks))
             .map(|run| run.bytes())
-            .sum::<usize>()
+            .fold(0usize, usize::saturating_add)
             .min(lay.arena_bytes());
-        let large_in_use = (in_use.iter().map(|u| u.large_bytes).sum::<usize>()
-            + large_held_by_workers)
+        // Saturating: forged records may overlap, and their sum need not fit a 32-bit usize.
+        let large_in_use = in_use
+            .iter()
+            .map(|u| u.large_bytes)
+            .fold(large_held_by_workers, usize::saturating_add)
             .min(lay.arena_bytes());
         Stats {
             server_pid: h.server_pid.load(Ordering::Relaxed),

@@ -59,6 +59,41 @@ fn child_entry() {
     };
     let args: Vec<&str> = role.split(' ').collect();
     match args[..] {
+        // Runs in a mount namespace whose /dev/shm is a 16 MiB tmpfs (`full_shm_prefix`): a
+        // server with the default 256 MiB of large-message memory, messages larger than the
+        // room left, then a /dev/shm filled to the last byte. Each step reports its outcome;
+        // a SIGBUS would end the child before its line.
+        ["full-shm", name] => {
+            let server = Server::builder(name)
+                .serve(|req: Request<'_, Vec<u8>>| -> Vec<u8> {
+                    // A short request asks for a reply of that many MiB.
+                    match req.len() {
+                        1 => vec![7; usize::from(req[0]) << 20],
+                        _ => req.to_vec(),
+                    }
+                })
+                .unwrap();
+            let client = Client::<Vec<u8>>::connect(name).unwrap();
+            let kind = |r: Result<usize, Error>| match r {
+                Ok(len) => format!("ok {len}"),
+                Err(Error::Io { source, .. }) => format!("io {:?}", source.kind()),
+                Err(e) => format!("other {e}"),
+            };
+            let call = |msg: &Vec<u8>| kind(client.request(msg).map(|r| r.len()));
+            say(format!("request 24 MiB: {}", call(&vec![1; 24 << 20])));
+            say(format!("reply 24 MiB: {}", call(&vec![24])));
+            say(format!("request 1 MiB: {}", call(&vec![1; 1 << 20])));
+            say(format!("reply 1 MiB: {}", call(&vec![1])));
+            // Fill what is left of /dev/shm, then start another server.
+            let mut filler = std::fs::File::create("/dev/shm/filler").unwrap();
+            let block = vec![0u8; 64 << 10];
+            while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+            say(format!("request 8 MiB, full: {}", call(&vec![1; 8 << 20])));
+            let other = Server::builder(format!("{name}-2")).serve(echo_bytes);
+            say(format!("start, full: {}", kind(other.map(|_| 0))));
+            say(format!("request 1 KiB, full: {}", call(&vec![1; 1 << 10])));
+            drop(server);
+        }
         // The default configuration: 1 MiB of slots, 256 MiB of large-message memory.
         ["bytes-server", name] => {
             let server = Server::builder(name).workers(2).serve(echo_bytes).unwrap();
@@ -299,6 +334,54 @@ fn a_server_killed_in_a_large_transfer_is_reported_and_cleaned() {
 /// A call that needs more memory than is free while other calls hold it waits for room within
 /// its timeout and then goes through; one that cannot get room in time gets `Timeout`, not a
 /// failure of another kind, and the memory of a held reply is not taken from its holder.
+/// `unshare` and `sh` arguments that run the test binary (appended) as root of a new user and
+/// mount namespace in which /dev/shm is a fresh 16 MiB tmpfs; `None` where that is not allowed
+/// (no user namespaces).
+#[cfg(target_os = "linux")]
+fn full_shm_prefix() -> Option<[&'static str; 5]> {
+    let prefix = [
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=16m tmpfs /dev/shm && exec \"$0\" \"$@\"",
+    ];
+    let works = std::process::Command::new(prefix[0])
+        .args(&prefix[1..])
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    works.then_some(prefix)
+}
+
+/// A full /dev/shm (its one size limit is shared by every user of the machine; a container's
+/// is often 64 MiB, under the default 256 MiB of large-message memory) gives typed errors, not
+/// a SIGBUS: a request or a reply larger than the room left is `Io` (`StorageFull`), smaller
+/// ones still go through, and a server cannot start on a full one. The large-message memory
+/// is a hole in the file until used, and the first write to a page of a hole on a full tmpfs
+/// is a SIGBUS: writers now reserve a run's memory first, and a server its header and slots.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_full_dev_shm_is_an_error_for_the_message_that_does_not_fit_and_never_a_crash() {
+    let Some(prefix) = full_shm_prefix() else {
+        println!("skipped: `unshare -rm` (a user and mount namespace) is not available here");
+        return;
+    };
+    let mut child = Proc::spawn_under(&prefix, &["full-shm", &unique_name("fullshm")]);
+    for (step, want) in [
+        ("request 24 MiB", "io StorageFull"),
+        ("reply 24 MiB", "io StorageFull"),
+        ("request 1 MiB", "ok 1048576"),
+        ("reply 1 MiB", "ok 1048576"),
+        ("request 8 MiB, full", "io StorageFull"),
+        ("start, full", "io StorageFull"),
+        ("request 1 KiB, full", "ok 1024"),
+    ] {
+        assert_eq!(child.line(), format!("{step}: {want}"));
+    }
+    assert!(child.finish(Duration::from_secs(10)));
+}
+
 #[test]
 fn a_call_waits_for_large_memory_within_its_timeout() {
     let name = unique_name("largewait");

@@ -29,6 +29,15 @@ pub(crate) fn check_objects_dir() -> Result<(), Error> {
     Ok(())
 }
 
+/// Gives `len` bytes of `fd`'s file at `offset` memory now (`fallocate`, keeping the size):
+/// a tmpfs file sized by `ftruncate` is a hole, and the first write to a page of it when the
+/// file system is full (`/dev/shm` has one size limit for all its users; a container's is
+/// often 64 MiB) is a SIGBUS, where this is `ENOSPC`. Pages already there cost nothing.
+pub(crate) fn reserve(fd: &OwnedFd, offset: u64, len: u64, what: &str) -> Result<()> {
+    rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len)
+        .context(|| format!("reserving {len} bytes of memory for {what}"))
+}
+
 /// The CPU this thread runs on (`usize::MAX` if unknown): glibc's `sched_getcpu`, a vDSO
 /// call. (rustix's own vDSO lookup crashes under valgrind, which then cannot run a process
 /// using shmrpc.)

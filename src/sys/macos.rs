@@ -87,6 +87,14 @@ pub(crate) fn current_cpu() -> usize {
 /// `/tmp/shmrpc-UID` appears only when a first server starts: before, there are no objects.
 pub(crate) const OBJECTS_DIR_MAY_BE_ABSENT: bool = true;
 
+/// Linux reserves a file's memory before its first write (`linux.rs`). Here the objects are
+/// files of a private directory, and nothing is reserved yet: on a full disk the first write
+/// to a page `ftruncate` added can still fault (`F_PREALLOCATE` would be the tool; not done,
+/// as macOS is compiled here but not run).
+pub(crate) fn reserve(_fd: &OwnedFd, _offset: u64, _len: u64, _what: &str) -> Result<()> {
+    Ok(())
+}
+
 /// A private file of `len` zero bytes: created in the objects' directory and unlinked at once.
 pub(crate) fn anonymous_file(len: u64) -> Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};

@@ -16,7 +16,9 @@ mod os;
 #[path = "macos.rs"]
 mod os;
 #[cfg(any(target_os = "linux", target_os = "macos"))]
-pub(crate) use os::{anonymous_file, current_cpu, futex_wait, futex_wake, CASE_INSENSITIVE_NAMES};
+pub(crate) use os::{
+    anonymous_file, current_cpu, futex_wait, futex_wake, reserve, CASE_INSENSITIVE_NAMES,
+};
 
 #[cfg(windows)]
 mod windows;

@@ -788,6 +788,13 @@ pub(crate) fn lock_file(fd: &Fd, what: &str) -> Result<bool> {
 
 // ---- file contents and mapping --------------------------------------------------------------
 
+/// Linux reserves a file's memory before its first write (`linux.rs`); here nothing is left
+/// to do: extending a file that is not sparse (ours are not) allocates its clusters, so a full
+/// disk fails [`set_len`], not a later write through the view.
+pub(crate) fn reserve(_fd: &Fd, _offset: u64, _len: u64, _what: &str) -> Result<()> {
+    Ok(())
+}
+
 /// Sets the length of `fd`'s file.
 pub(crate) fn set_len(fd: &Fd, len: u64, what: &str) -> Result<()> {
     let info = FILE_END_OF_FILE_INFO {
