@@ -814,29 +814,35 @@ fn read_request<'a, T: Message>(
     slot: u32,
     scratch: Option<&'a mut AlignedVec>,
 ) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
-    let len = map.slot(slot).req_len.load(Ordering::Relaxed) as usize;
+    let sh = map.slot(slot);
+    let (flags, len) = (
+        sh.kind.load(Ordering::Relaxed),
+        sh.req_len.load(Ordering::Relaxed),
+    );
     // The payload area, or the arena run the slot records (inside the arena: checked).
-    let (area, room) = map.message_area(slot, len);
-    read_request_in::<T>(map, slot, area, room, scratch)
+    let (area, room) = map.message_area(slot, len as usize);
+    read_request_in::<T>(map, slot, (flags, len as usize), area, room, scratch)
 }
 
 /// [`read_request`] from the `room` bytes at `area`: the slot's payload area or an arena run
-/// (inside the arena) that this worker owns through the slot or its own record.
+/// (inside the arena) that this worker owns through the slot or its own record. `flags` and
+/// `len` are the slot's `kind` and `req_len` words as the caller read them, once, to choose
+/// `area`: read again, a peer could change them in between (a length that chose a copy, then
+/// one that reads the payload area in place, where the reply goes).
 fn read_request_in<'a, T: Message>(
     map: &'a Mapping,
     slot: u32,
+    (flags, len): (u32, usize),
     area: *mut u8,
     room: usize,
     scratch: Option<&'a mut AlignedVec>,
 ) -> (u32, Uuid, Result<&'a T::Archived, u32>) {
     let sh = map.slot(slot);
-    let flags = sh.kind.load(Ordering::Relaxed);
     let kind = flags & kind::MASK;
     let id = Uuid::from_u64_pair(
         sh.call_id[0].load(Ordering::Relaxed),
         sh.call_id[1].load(Ordering::Relaxed),
     );
-    let len = sh.req_len.load(Ordering::Relaxed) as usize;
     if len > room {
         return (kind, id, Err(status::BAD_MESSAGE));
     }
@@ -996,14 +1002,16 @@ where
     F: for<'r, 'o> Fn(Request<'r, Req>, Responder<'o, Resp>) -> Replied<'o> + Send + Sync,
 {
     fn serve(&self, map: &Mapping, slot: u32, gen: u32, mem: &mut WorkerMem) {
-        let kind = kind_of(map, slot);
+        let layout = map.layout();
+        let sh = map.slot(slot);
+        // Read once: where the request is read from depends on them (`read_request_in`).
+        let flags = sh.kind.load(Ordering::Relaxed);
+        let len = sh.req_len.load(Ordering::Relaxed) as usize;
+        let kind = flags & kind::MASK;
         if !self.types.check(map, slot, gen, kind) {
             return;
         }
-        let layout = map.layout();
-        let sh = map.slot(slot);
-        let checked = sh.kind.load(Ordering::Relaxed) & kind::CHECKED != 0;
-        let len = sh.req_len.load(Ordering::Relaxed) as usize;
+        let checked = flags & kind::CHECKED != 0;
         let WorkerMem {
             scratch,
             copy,
@@ -1059,7 +1067,7 @@ where
                 _ => (map.payload(slot), layout.max_payload(), None),
             }
         };
-        let (kind, id, archived) = read_request_in::<Req>(map, slot, area, room, buf);
+        let (kind, id, archived) = read_request_in::<Req>(map, slot, (flags, len), area, room, buf);
         let archived = match archived {
             Ok(a) => a,
             Err(st) => {
