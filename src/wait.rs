@@ -232,7 +232,7 @@ pub(crate) fn stretched(spin: Duration, expected: Duration) -> Duration {
     if spin.is_zero() {
         return spin;
     }
-    spin + expected.min(MAX_STRETCH)
+    spin.saturating_add(expected.min(MAX_STRETCH))
 }
 
 /// 0.01 ns per tick, times 2^32.
@@ -260,19 +260,23 @@ impl<'a> CallWait<'a> {
         worker_cpus: &'a AtomicU64,
         alive: &'a dyn Fn() -> bool,
     ) -> Self {
+        // The spin does not read the clock for the deadline (parking does): a budget longer
+        // than the whole timeout would overrun it, and spin for ever with `Duration::MAX`.
+        let spin = mode.spin_budget().min(deadline.timeout);
         CallWait {
             deadline,
             ns_per_tick_q32,
             worker_cpus,
-            spin: mode.spin_budget(),
+            spin,
             parks: 0,
             alive,
         }
     }
 
-    /// Spins longer for a reply expected to take about `expected` (see [`stretched`]).
+    /// Spins longer for a reply expected to take about `expected` (see [`stretched`]), never
+    /// longer than the whole timeout.
     pub(crate) fn stretch(&mut self, expected: Duration) {
-        self.spin = stretched(self.spin, expected);
+        self.spin = stretched(self.spin, expected).min(self.deadline.timeout);
     }
 
     /// Spins at most `max`: a wait that must end by then (the spin does not look at the

@@ -368,6 +368,34 @@ fn handler_panic_is_reported_and_the_server_keeps_serving() {
     }
 }
 
+/// A spin budget longer than the call's timeout (here without end) does not outlast the
+/// timeout: the spin reads no clock for the deadline, so it is capped by the timeout itself.
+/// Fails if the caller spins until the slow reply arrives (an `Ok` after 1 s) or panics adding
+/// to an endless budget.
+#[test]
+fn a_spin_budget_longer_than_the_timeout_still_times_out_on_time() {
+    let name = unique_name("longspin");
+    let _s = Server::builder(&name).serve(echo).unwrap();
+    let c = Client::builder(&name)
+        .wait_mode(WaitMode::Adaptive {
+            spin: Duration::MAX,
+        })
+        .connect::<Echo, Echo>()
+        .unwrap();
+    let mut slow = Echo::new(1, "slow");
+    slow.sleep_ms = 1000;
+    let t0 = Instant::now();
+    let got = c
+        .request_timeout(&slow, Duration::from_millis(50))
+        .map(|r| r.n);
+    assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
 #[test]
 fn timeout_then_the_next_call_gets_its_own_reply_never_the_late_one() {
     let name = unique_name("timeout");
