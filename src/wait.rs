@@ -253,6 +253,7 @@ pub(crate) struct CallWait<'a> {
 
 impl<'a> CallWait<'a> {
     /// A wait for a call with `deadline`; `ns_per_tick_q32` is the mapping header's.
+    #[inline]
     pub(crate) fn new(
         mode: WaitMode,
         deadline: Deadline,
