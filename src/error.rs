@@ -99,7 +99,9 @@ pub enum Error {
     },
     /// The handler panicked while serving this call; the server goes on serving.
     HandlerPanicked,
-    /// An operating-system call failed.
+    /// An operating-system call failed. Kind `StorageFull` when the file system behind the
+    /// mappings (`/dev/shm` on Linux) is full: a message that needed memory there (a request,
+    /// or the reply the server could not place), or a server that could not start.
     Io {
         /// What was being done, and to which object.
         context: String,
