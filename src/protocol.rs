@@ -671,8 +671,9 @@ fn wait_done_slow<W: Words + ?Sized, P: Park + ?Sized>(
 }
 
 /// Gives up the call in `slot`: REQUEST -> ABANDONED (a worker that takes its ready bit frees
-/// the slot) or SERVING -> ORPHANED (the serving worker frees it when its handler returns). If the call completed meanwhile, returns its state instead (the caller then owns a
-/// REPLY, or nothing to do for ACCEPTED).
+/// the slot) or SERVING -> ORPHANED (the serving worker frees it when its handler returns).
+/// If the call completed meanwhile, returns its state instead (the caller then owns a REPLY,
+/// or nothing to do for ACCEPTED).
 pub fn abandon<W: Words + ?Sized>(w: &W, slot: u32, gen: u32) -> Result<(), State> {
     let word = w.slot_state(slot);
     let mut cur = State(word.load(Ordering::Acquire));
