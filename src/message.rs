@@ -10,6 +10,7 @@ use rkyv::ser::allocator::Arena;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Writer};
+use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
 use std::cell::Cell;
 use uuid::Uuid;
 
@@ -198,10 +199,9 @@ pub(crate) unsafe fn serialize_into<T: Encode>(
         // SAFETY: `len <= cap`, and `dst..dst + cap` is the caller's to write (this function's
         // contract); `bytes` is a distinct Rust value, so the ranges do not overlap.
         unsafe { crate::copy::to_shared(bytes.as_ptr(), dst, len) };
+        // Summed from our own copy of the bytes, as the writer sums them.
         let sum = if checked {
-            let mut sum = Checksum::new();
-            sum.update(bytes);
-            sum.finish()
+            crate::layout::checksum(bytes)
         } else {
             0
         };
@@ -292,7 +292,6 @@ pub const MAX_DEPTH: usize = 256;
 /// and its `CheckBytes` runs as always (a `bool` must be 0 or 1, a `char` a scalar value).
 /// `plain_access_agrees_with_rkyv` checks that both give the same answer.
 pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
-    use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
     if is_plain::<T>() {
         return access_plain::<T>(bytes);
     }
@@ -308,7 +307,6 @@ pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
 #[inline(always)]
 fn access_plain<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
     use rkyv::rancor::{Source, Strategy};
-    use rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator, Validator};
     let size = size_of::<T::Archived>();
     // rkyv's root position: the last `size` bytes.
     let Some(pos) = bytes.len().checked_sub(size) else {
